@@ -1,0 +1,1 @@
+"""The ``compress`` command line: a thin Typer shell over the ``compressor`` library."""

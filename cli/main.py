@@ -1,0 +1,39 @@
+"""Entry point of ``compress``. Commands live in ``cli/cmd_*.py``; each defines ``register(app)``.
+
+Command modules import the library lazily (inside the command) so ``compress --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import typer
+
+import cli
+
+app = typer.Typer(
+    name="compress",
+    help="Compress a trained CNN for a deploy target: search, slim, fine-tune, export to ONNX, validate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _register_commands() -> None:
+    names = sorted(m.name for m in pkgutil.iter_modules(cli.__path__) if m.name.startswith("cmd_"))
+    for name in names:
+        importlib.import_module(f"cli.{name}").register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""compressor's small registered architectures (owned by issue 3)."""
