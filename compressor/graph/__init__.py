@@ -1,0 +1,1 @@
+"""The channel graph: torch.fx tracing, coupled-channel groups, slimming, FLOPs/params counting."""
