@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from compressor.errors import UsageError
+from compressor.export.api import export_checkpoint, validate_checkpoint
 from compressor.export.onnx_export import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -32,7 +33,7 @@ from compressor.export.validate import (
 
 __all__ = [
     "INPUT_NAME", "OUTPUT_NAME", "Check", "ExportResult", "SimplifyResult", "ValidationReport",
-    "export_for_target", "export_onnx", "make_session", "measure_latency", "read_tensor",
+    "export_checkpoint", "export_for_target", "export_onnx", "validate_checkpoint", "make_session", "measure_latency", "read_tensor",
     "resolve_input_shape", "simplify_onnx", "validate", "versions", "write_test_data_set",
 ]
 
