@@ -319,3 +319,11 @@ def test_cli_validate_wrong_reference_exits_4(tmp_path: Path, checkpoint: Path) 
     r = runner.invoke(app, ["validate", str(onnx_path), "--reference", str(other), "-t", "server", "--no-latency"])
     assert r.exit_code == 4, r.output
     assert (tmp_path / "validation.json").is_file()
+
+
+@pytest.mark.slow
+def test_dynamo_exporter_path(tmp_path: Path) -> None:
+    res = export_onnx(tiny_net(), tmp_path / "d.onnx", input_shape=(2, *SHAPE), exporter="dynamo", opset=18)
+    assert res.exporter == "dynamo" and res.opset == 18
+    rep = validate(res.path, tiny_net(), target=fast(), latency=False, write_test_data=False)
+    assert rep.check("numerics").status == "pass"

@@ -2,8 +2,10 @@
 
 The exporter is torch's TorchScript-based one (``torch.onnx.export(..., dynamo=False)``): for the
 convolutional classifiers this tool compresses it is mature, fast (~1 s for ResNet-18) and writes
-one self-contained file, while the torch.export-based exporter (``dynamo=True``) takes about twice
-as long, needs onnxscript and rejects some models the tracer handles. ``exporter="auto"`` (the
+one self-contained file at exactly the opset asked for (11 to 20: a target may need an old opset
+for an old runtime), while the torch.export-based exporter (``dynamo=True``) takes two to three
+times as long, needs onnxscript, and with torch 2.15 writes opset 18 or newer only (asked for 17, its
+version conversion fails and it keeps 18). ``exporter="auto"`` (the
 default) tries TorchScript first and falls back to the torch.export-based exporter when the
 TorchScript exporter is missing or fails; the result records which one wrote the file.
 """
