@@ -163,9 +163,11 @@ def export_onnx(
     try:
         for i, name in enumerate(order):
             try:
+                def write(tmp: str, name: str = name) -> None:
+                    _export_to(model, x, tmp, opset=opset, dynamic_batch=dynamic_batch, exporter=name)
+
                 with _quiet(), contextlib.redirect_stdout(io.StringIO()):
-                    atomic_write(path, lambda tmp, name=name: _export_to(
-                        model, x, tmp, opset=opset, dynamic_batch=dynamic_batch, exporter=name))
+                    atomic_write(path, write)
                 used = name
                 break
             except Exception as e:  # noqa: BLE001 - reported, then the next exporter is tried
