@@ -71,6 +71,9 @@ def test_export_names_shapes_versions_and_matches_torch(tmp_path: Path, dynamic:
     proto = onnx.load(res.path)
     onnx.checker.check_model(proto)
     assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [13]
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["compressor.opset"] == "13" and props["compressor.onnxsim_version"] == res.versions["onnxsim"]
+    assert proto.producer_name == "compressor"
     dim0 = proto.graph.input[0].type.tensor_type.shape.dim[0]
     if dynamic:
         assert dim0.dim_param == "batch"
@@ -299,6 +302,8 @@ def test_cli_export_and_validate(tmp_path: Path, checkpoint: Path) -> None:
 
     r = runner.invoke(app, ["export", str(checkpoint), "--target", "phone", "-o", str(tmp_path / "x.onnx")])
     assert r.exit_code == 2 and "mobile" in r.output
+    r = runner.invoke(app, [*args, "--opt-level", "max"])
+    assert r.exit_code == 2 and "extended" in r.output
 
 
 def test_cli_validate_wrong_reference_exits_4(tmp_path: Path, checkpoint: Path) -> None:

@@ -192,12 +192,33 @@ def export_onnx(
         notes.append(f"asked for opset {opset}, the exporter wrote opset {real_opset}")
 
     sim = simplify_onnx(path) if simplify else None
+    _stamp(path, {"exporter": used, "opset": str(real_opset), "input_shape": "x".join(map(str, shape)),
+                  "dynamic_batch": str(dynamic_batch).lower(), "simplified": str(bool(sim and sim.simplified)).lower(),
+                  **{f"{k}_version": v for k, v in versions().items()}})
     return ExportResult(
         path=str(path), opset=int(real_opset), input_name=INPUT_NAME, output_name=OUTPUT_NAME,
         input_shape=list(shape), dynamic_batch=dynamic_batch, exporter=used,
         export_seconds=round(export_seconds, 3), simplify=sim, size_bytes=path.stat().st_size,
         versions=versions(), notes=notes,
     )
+
+
+def _stamp(path: Path, props: dict[str, str]) -> None:
+    """Record how the file was made in its own metadata (``metadata_props``, prefixed ``compressor.``)."""
+    import onnx
+
+    from compressor import __version__
+
+    model = onnx.load(str(path))
+    model.producer_name = "compressor"
+    model.producer_version = __version__
+    keep = [p for p in model.metadata_props if not p.key.startswith("compressor.")]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = f"compressor.{k}", v
+    atomic_write(path, lambda tmp: onnx.save(model, tmp))
 
 
 def simplify_onnx(
