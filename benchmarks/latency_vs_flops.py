@@ -125,6 +125,13 @@ def bench_model(name: str, *, flops: float, multiples: list[int], target: Any, s
     return out
 
 
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover - not Unix
+        return None
+
+
 def _simd() -> str:
     """The widest x86 vector extension (ONNX Runtime's MLAS blocks channels by 8 on AVX2, 16 on AVX-512)."""
     try:
@@ -193,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "machine": {
             "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": cpu_count(), "simd": _simd(), "torch": torch.__version__, **versions(),
+            "cpu_count": cpu_count(), "simd": _simd(), "load_average_1_5_15min_at_end": _loadavg(), "torch": torch.__version__, **versions(),
             "note": ("shared with other jobs while measuring: absolute times are noisy, the interleaved "
                      "ratios less so") if args.shared else "not shared",
         },
