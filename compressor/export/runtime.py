@@ -131,9 +131,14 @@ def time_sessions(
     if clock not in ("wall", "thread_cpu"):
         raise UsageError(f"clock {clock!r} is invalid; valid: wall, thread_cpu")
     now = time.perf_counter if clock == "wall" else time.thread_time
+    # warm-up: ``warmup`` runs each, cut short (after at least 2) once a fifth of the budget is spent
+    warm_limit = max(0.5, 0.2 * time_budget_s) / max(len(sessions), 1)
     for sess, feed in sessions:
-        for _ in range(warmup):
+        w0 = time.perf_counter()
+        for i in range(warmup):
             sess.run(None, feed)
+            if i >= 1 and time.perf_counter() - w0 > warm_limit:
+                break
     times: list[list[float]] = [[] for _ in sessions]
     start = time.perf_counter()
     while True:
