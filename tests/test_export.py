@@ -155,6 +155,7 @@ def test_validate_passes_and_writes_replayable_test_data(tmp_path: Path) -> None
     assert acc is not None and acc["samples"] == len(data)
     assert acc["onnx_top1"] == acc["torch_top1"] == 100.0 and "onnx_top5" in acc
     assert rep.numerics["data"]["samples"] == len(data) and rep.numerics["random"]["batches"] == 3
+    assert 0 <= rep.check("numerics").value < 1.0  # type: ignore[operator]
     lat = rep.latency
     assert lat is not None and lat["compressed"]["runs"] >= 30 and "original" in lat and lat["ratio_p50"] > 0
     assert lat["compressed"]["p50"] <= lat["compressed"]["p90"] <= lat["compressed"]["p99"]
@@ -175,6 +176,8 @@ def test_wrong_onnx_model_fails_numerics_with_exit_4(tmp_path: Path) -> None:
     other = tiny_net(seed=1)
     rep = validate(path, other, target=fast(), data=labelled_by(other), latency=False)
     assert rep.check("numerics").status == "fail" and rep.exit_code == 4 and not rep.passed
+    num = rep.check("numerics")
+    assert num.limit == 1.0 and num.value is not None and num.value > 1.0  # fraction of the tolerance used
     assert rep.check("latency").status == "skipped"
     with pytest.raises(ValidationError, match="numerics"):
         rep.raise_for_status()
