@@ -423,6 +423,7 @@ def validate(
                                   latency_budget_s, seed)
         report.latency["session"] = info.to_dict()
         report.latency["measured_on"] = machine_note(target)
+        report.latency["clock"] = "wall"
         lat = report.latency["compressed"]
         limit = target.budget.latency_ms
         value = lat["at_percentile"]
