@@ -962,7 +962,37 @@ class ChannelGraph:
                 hi = mid
         a, b = counts_at(lo), counts_at(hi)
         ca, cb = self.cost_of_counts(a).macs, self.cost_of_counts(b).macs
-        return a if abs(ca - target) < abs(cb - target) else b
+        best = a if abs(ca - target) < abs(cb - target) else b
+        if multiple == 1:
+            best = self._refine(best, target, sizes={n: int(z) for n, z in zip(names, sizes)})
+        return best
+
+    def _refine(self, counts: dict[str, int], target: float, *, sizes: dict[str, int], steps: int = 200) -> dict[str, int]:
+        """Nudge single groups by one channel while that brings MACs closer to ``target``.
+
+        A shared ratio moves in coarse steps on small networks; this closes the gap while
+        keeping the shape (the least-pruned group loses, the most-pruned gains, first).
+        """
+        counts = dict(counts)
+        cur = self.cost_of_counts(counts).macs
+        for _ in range(steps):
+            if abs(cur - target) <= 0.002 * target:
+                break
+            over = cur > target
+            order = sorted(counts, key=lambda n: counts[n] / sizes[n], reverse=over)
+            moved = False
+            for n in order:
+                k = counts[n] + (-1 if over else 1)
+                if not 1 <= k <= sizes[n]:
+                    continue
+                trial = {**counts, n: k}
+                c = self.cost_of_counts(trial).macs
+                if abs(c - target) < abs(cur - target):
+                    counts, cur, moved = trial, c, True
+                    break
+            if not moved:
+                break
+        return counts
 
     # ---------------------------------------------------------------- masks
     @torch.no_grad()
