@@ -121,11 +121,11 @@ def _finish(S: torch.Tensor, E: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     """
     n = S.shape[0]
     dev = S.device
-    I = torch.nonzero(E).flatten()
-    K = int(I.numel())
+    ex = torch.nonzero(E).flatten()
+    K = int(ex.numel())
     ar_k = torch.arange(K, device=dev)
-    c = torch.argmax(S[:, I], dim=1)
-    c[I] = ar_k
+    c = torch.argmax(S[:, ex], dim=1)
+    c[ex] = ar_k
     # Per cluster k, the member j maximising sum_{i in k} S[i, j]; ties -> smallest j (np.argmax).
     T = torch.zeros((K, n), dtype=S.dtype, device=dev)
     T.index_add_(0, c, S)  # row order == numpy's axis-0 sum order on CPU
@@ -134,10 +134,10 @@ def _finish(S: torch.Tensor, E: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     is_best = score == best[c]
     big = torch.full((K,), n, dtype=torch.long, device=dev)
     cand = torch.where(is_best, torch.arange(n, device=dev), torch.full_like(c, n))
-    I = big.scatter_reduce(0, c, cand, "amin")
-    c = torch.argmax(S[:, I], dim=1)
-    c[I] = ar_k
-    labels = I[c]
+    ex = big.scatter_reduce(0, c, cand, "amin")
+    c = torch.argmax(S[:, ex], dim=1)
+    c[ex] = ar_k
+    labels = ex[c]
     centers = torch.unique(labels)  # sorted
     return centers, torch.searchsorted(centers, labels)
 
@@ -219,11 +219,11 @@ def affinity_propagation_batch(
     for it in range(max_iter):
         # responsibilities
         torch.add(A, Sa, out=tmp)
-        Y, I = tmp.max(dim=2, keepdim=True)
-        tmp.scatter_(2, I, -torch.inf)
+        Y, top = tmp.max(dim=2, keepdim=True)
+        tmp.scatter_(2, top, -torch.inf)
         Y2 = tmp.amax(dim=2, keepdim=True)
         torch.sub(Sa, Y, out=tmp)
-        tmp.scatter_(2, I, Sa.gather(2, I) - Y2)
+        tmp.scatter_(2, top, Sa.gather(2, top) - Y2)
         tmp *= od
         R *= d
         R += tmp
