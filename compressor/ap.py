@@ -31,6 +31,7 @@ EPruner uses to run several betas of one layer at once.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,16 +86,26 @@ def _check_args(damping: float, max_iter: int, convergence_iter: int) -> None:
 
 
 def _as_similarity(S: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Checked (B, n, n) similarities in ``dtype`` (not copied when already right; never modified)."""
     if not isinstance(S, torch.Tensor):
         S = torch.as_tensor(np.asarray(S))
     if S.dim() != 3 or S.shape[1] != S.shape[2]:
         raise UsageError(f"similarity must be square, got shape {tuple(S.shape)}")
     if S.shape[1] == 0:
         raise UsageError("similarity matrix is empty: Affinity Propagation needs at least one point")
-    S = S.to(dtype=dtype).clone()
-    if not bool(torch.isfinite(S).all()):
+    S = S.to(dtype=dtype)
+    lo, hi = torch.aminmax(S)  # NaN propagates, so one pass checks everything
+    if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
         raise UsageError("similarity matrix has NaN or infinite entries; pass finite similarities")
     return S
+
+
+def _all_off_diagonal_equal(Sb: torch.Tensor) -> bool:
+    """Whether every off-diagonal similarity equals the first one (no n x n copy)."""
+    n = Sb.shape[0]
+    v = Sb[0, 1]
+    hits = int((Sb == v).sum()) - int((Sb.diagonal() == v).sum())
+    return hits == n * n - n
 
 
 def _as_preference(preference: float | torch.Tensor, b: int, n: int, S: torch.Tensor) -> torch.Tensor:
@@ -113,30 +124,47 @@ def _as_preference(preference: float | torch.Tensor, b: int, n: int, S: torch.Te
     return p
 
 
+def _assign(S: torch.Tensor, ex: torch.Tensor) -> torch.Tensor:
+    """Cluster of every point: its most similar exemplar (first on ties); exemplar k -> k."""
+    n, K = S.shape[0], int(ex.numel())
+    c = torch.empty(n, dtype=torch.long, device=S.device)
+    is_ex = torch.zeros(n, dtype=torch.bool, device=S.device)
+    is_ex[ex] = True
+    non = torch.nonzero(~is_ex).flatten()
+    if non.numel():
+        c[non] = torch.argmax(S.index_select(0, non).index_select(1, ex), dim=1)
+    c[ex] = torch.arange(K, device=S.device)
+    return c
+
+
 def _finish(S: torch.Tensor, E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's final assignment and exemplar refinement, vectorised over points.
 
     ``S`` is one problem's noisy similarity (preference on the diagonal), ``E`` its exemplar
-    mask (not empty). Returns (sorted exemplars, labels into them).
+    mask (not empty). Returns (sorted exemplars, labels into them). Only clusters with more
+    than one member are refined, on their (m x m) block, so the work is small both when
+    there are few exemplars and when almost every point is one.
     """
     n = S.shape[0]
     dev = S.device
     ex = torch.nonzero(E).flatten()
     K = int(ex.numel())
-    ar_k = torch.arange(K, device=dev)
-    c = torch.argmax(S[:, ex], dim=1)
-    c[ex] = ar_k
-    # Per cluster k, the member j maximising sum_{i in k} S[i, j]; ties -> smallest j (np.argmax).
-    T = torch.zeros((K, n), dtype=S.dtype, device=dev)
-    T.index_add_(0, c, S)  # row order == numpy's axis-0 sum order on CPU
-    score = T[c, torch.arange(n, device=dev)]
-    best = torch.full((K,), -torch.inf, dtype=S.dtype, device=dev).scatter_reduce(0, c, score, "amax")
-    is_best = score == best[c]
-    big = torch.full((K,), n, dtype=torch.long, device=dev)
-    cand = torch.where(is_best, torch.arange(n, device=dev), torch.full_like(c, n))
-    ex = big.scatter_reduce(0, c, cand, "amin")
-    c = torch.argmax(S[:, ex], dim=1)
-    c[ex] = ar_k
+    c = _assign(S, ex)
+    # Per cluster, the member j maximising sum_{i in cluster} S[i, j]; ties -> smallest j (np.argmax).
+    sizes = torch.bincount(c, minlength=K)
+    M = torch.nonzero(sizes[c] > 1).flatten()
+    if M.numel():
+        u, cm = torch.unique(c[M], return_inverse=True)
+        sub = S.index_select(0, M).index_select(1, M)
+        T = torch.zeros((int(u.numel()), int(M.numel())), dtype=S.dtype, device=dev)
+        T.index_add_(0, cm, sub)  # rows in ascending order == numpy's axis-0 sum order on CPU
+        score = T[cm, torch.arange(int(M.numel()), device=dev)]
+        best = torch.full((int(u.numel()),), -torch.inf, dtype=S.dtype, device=dev).scatter_reduce(0, cm, score, "amax")
+        cand = torch.where(score == best[cm], M, torch.full_like(M, n))
+        new = torch.full((int(u.numel()),), n, dtype=torch.long, device=dev).scatter_reduce(0, cm, cand, "amin")
+        ex = ex.clone()
+        ex[u] = new
+        c = _assign(S, ex)
     labels = ex[c]
     centers = torch.unique(labels)  # sorted
     return centers, torch.searchsorted(centers, labels)
@@ -177,13 +205,12 @@ def affinity_propagation_batch(
     # Degenerate cases, decided as scikit-learn does (before noise).
     todo: list[int] = []
     for b in range(B):
-        Sb = S[b]
         if n == 1:
-            results[b] = APResult(torch.zeros(1, dtype=torch.long, device=dev), torch.zeros(1, dtype=torch.long, device=dev), 0, True, None)
+            one = torch.zeros(1, dtype=torch.long, device=dev)
+            results[b] = APResult(one, one.clone(), 0, True, None)
             continue
-        off = Sb[~torch.eye(n, dtype=torch.bool, device=dev)]
-        if bool((pref[b] == pref[b, 0]).all()) and bool((off == off[0]).all()):
-            if float(pref[b, 0]) > float(Sb[0, n - 1]):
+        if bool((pref[b] == pref[b, 0]).all()) and _all_off_diagonal_equal(S[b]):
+            if float(pref[b, 0]) > float(S[b, 0, n - 1]):
                 ex = torch.arange(n, device=dev)
                 results[b] = APResult(ex, ex.clone(), 0, True, "all similarities and preferences equal and the preference is higher: every point is an exemplar")
             else:
@@ -193,23 +220,26 @@ def affinity_propagation_batch(
     if not todo:
         return [r for r in results if r is not None]
 
-    S0 = S[todo]  # similarities before preference and noise (for the medoid fallback)
-    Sn = S0.clone()
+    # S with the preference on the diagonal plus scikit-learn's noise: S += (eps*S + 100*tiny) * N
+    Sn = S[todo] if len(todo) < B else S.clone()
     Sn.diagonal(dim1=1, dim2=2).copy_(pref[todo])
-    noise = _noise(n, random_state, dev, dtype)
-    Sn += (Sn * _EPS64 + _TINY100_64) * noise if dtype == torch.float64 else (Sn * float(torch.finfo(dtype).eps) + float(torch.finfo(dtype).tiny) * 100) * noise
+    finfo = torch.finfo(dtype)
+    tmp = torch.mul(Sn, _EPS64 if dtype == torch.float64 else float(finfo.eps))
+    tmp.add_(_TINY100_64 if dtype == torch.float64 else float(finfo.tiny) * 100)
+    tmp.mul_(_noise(n, random_state, dev, dtype))
+    Sn.add_(tmp)
 
     ids = list(todo)  # batch slot -> problem index
     Sa = Sn
     A = torch.zeros_like(Sa)
     R = torch.zeros_like(Sa)
-    tmp = torch.empty_like(Sa)
     prevE = torch.zeros((len(ids), n), dtype=torch.bool, device=dev)
     stable = torch.zeros(len(ids), dtype=torch.long, device=dev)
     on_cpu = dev.type == "cpu"
     zero_idx = torch.zeros(n, dtype=torch.long, device=dev)
     colsum = torch.empty((len(ids), 1, n), dtype=dtype, device=dev)
     d, od = float(damping), 1.0 - float(damping)
+    half = d == 0.5
     final_E: dict[int, torch.Tensor] = {}
     final_it: dict[int, int] = {}
     converged_at: dict[int, bool] = {}
@@ -224,9 +254,12 @@ def affinity_propagation_batch(
         Y2 = tmp.amax(dim=2, keepdim=True)
         torch.sub(Sa, Y, out=tmp)
         tmp.scatter_(2, top, Sa.gather(2, top) - Y2)
-        tmp *= od
-        R *= d
-        R += tmp
+        if half:  # d*R + (1-d)*new == (R + new) / 2 exactly when d = 0.5 (one pass fewer)
+            R.add_(tmp).mul_(0.5)
+        else:
+            tmp *= od
+            R *= d
+            R += tmp
         # availabilities
         torch.clamp(R, min=0, out=tmp)
         tmp.diagonal(dim1=1, dim2=2).copy_(R.diagonal(dim1=1, dim2=2))
@@ -238,9 +271,12 @@ def affinity_propagation_batch(
         dA = tmp.diagonal(dim1=1, dim2=2).clone()
         tmp.clamp_(min=0)
         tmp.diagonal(dim1=1, dim2=2).copy_(dA)
-        tmp *= od
-        A *= d
-        A -= tmp
+        if half:
+            A.sub_(tmp).mul_(0.5)
+        else:
+            tmp *= od
+            A *= d
+            A -= tmp
         # convergence: the exemplar set unchanged for `convergence_iter` iterations, not empty
         E = (A.diagonal(dim1=1, dim2=2) + R.diagonal(dim1=1, dim2=2)) > 0
         same = (E == prevE).all(dim=1)
@@ -278,7 +314,7 @@ def affinity_propagation_batch(
                 "of the last iteration (as scikit-learn does)"
             )
         else:
-            m = _medoid(S0[j])
+            m = _medoid(S[pid])
             ex = torch.tensor([m], dtype=torch.long, device=dev)
             lab = torch.zeros(n, dtype=torch.long, device=dev)
             fb = (
@@ -325,10 +361,12 @@ def affinity_propagation(
 
 
 def neg_sq_distances(X: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """s(i, j) = -||x_i - x_j||^2 for the rows of ``X`` (diagonal exactly 0, symmetric)."""
+    """s(i, j) = -||x_i - x_j||^2 for the rows of ``X`` (exactly symmetric, diagonal 0)."""
     X = X.detach().to(dtype=dtype).flatten(1)
     sq = (X * X).sum(dim=1)
-    S = -(sq[:, None] + sq[None, :] - 2.0 * (X @ X.T)).clamp_(min=0)
-    S = 0.5 * (S + S.T)
+    D = X @ X.T
+    D.mul_(-2.0).add_(sq[:, None]).add_(sq[None, :]).clamp_(min=0)
+    S = D.T + D
+    S.mul_(-0.5)
     S.fill_diagonal_(0)
     return S

@@ -42,12 +42,13 @@ MEDIAN_RULES = ("column", "global")
 _BATCH_ELEMENTS = 1 << 22
 
 
-def _median_lower_upper(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """numpy's median along ``dim`` (mean of the two middle values for an even count)."""
-    n = x.shape[dim]
-    s = torch.sort(x, dim=dim).values
-    lo = s.select(dim, (n - 1) // 2)
-    hi = s.select(dim, n // 2)
+def _median_rows(x: torch.Tensor) -> torch.Tensor:
+    """numpy's median of each row (mean of the two middle values for an even count)."""
+    n = x.shape[-1]
+    lo = torch.kthvalue(x, (n - 1) // 2 + 1, dim=-1).values
+    if n % 2:
+        return lo
+    hi = torch.kthvalue(x, n // 2 + 1, dim=-1).values
     return (lo + hi) / 2
 
 
@@ -58,10 +59,9 @@ def similarity_and_median(vectors: torch.Tensor, rule: str = "column") -> tuple[
     S = neg_sq_distances(vectors)
     n = S.shape[0]
     if rule == "column":
-        med = _median_lower_upper(S, 0)
+        med = _median_rows(S)  # S is exactly symmetric: column medians == row medians
     elif n > 1:
-        off = S[~torch.eye(n, dtype=torch.bool, device=S.device)]
-        med = _median_lower_upper(off, 0)
+        med = _median_rows(S[~torch.eye(n, dtype=torch.bool, device=S.device)])
     else:
         med = torch.zeros((), dtype=S.dtype, device=S.device)
     return S, med
