@@ -156,6 +156,13 @@ def test_find_beta_unreachable_reports_nearest() -> None:
     assert abs(beta - 2) < 0.01
 
 
+def test_find_beta_gives_up_on_flat_functions() -> None:
+    _, frac, hist = find_beta(lambda b: 0.01, 0.5)  # prunes too much at any beta
+    assert frac == 0.01 and len(hist) <= 12
+    _, frac, hist = find_beta(lambda b: 1.0, 0.5)  # never prunes
+    assert frac == 1.0 and len(hist) <= 12
+
+
 def test_find_beta_reaches_smooth_target() -> None:
     beta, frac, _ = find_beta(lambda b: 1 / (1 + b), 0.3, tolerance=0.01)
     assert abs(frac - 0.3) <= 0.003 and abs(beta - 7 / 3) < 0.1

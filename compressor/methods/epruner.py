@@ -135,14 +135,21 @@ def find_beta(
     tolerance: float = 0.01,
     beta_max: float = 1024.0,
     beta_rtol: float = 1e-3,
+    beta_min: float = 1e-3,
     max_steps: int = 40,
 ) -> tuple[float, float, list[tuple[float, float]]]:
-    """Bisect beta > 0 so ``fraction_at(beta)`` (non-increasing in beta) is within ``tolerance``
-    (relative) of ``target``: bracket by doubling from 1, then halve the bracket until a beta is
-    within tolerance or the bracket is narrower than ``beta_rtol`` (relative); the exemplar
-    counts move in steps, so a target between two steps cannot be met exactly. Returns
-    (beta, fraction, history); when no evaluated beta is within tolerance, the one whose
-    fraction is nearest to the target."""
+    """Find beta > 0 so ``fraction_at(beta)`` (non-increasing in beta) is within ``tolerance``
+    (relative) of ``target``.
+
+    Brackets the target (beta 0 keeps everything; doubling from 1 upwards), then shrinks the
+    bracket with safeguarded false position: interpolate linearly between the bracket ends,
+    but bisect whenever the previous step did not at least halve the bracket, so the bracket
+    always shrinks at least as fast as every other bisection step. Stops when a beta is within
+    tolerance or the bracket is narrower than ``beta_rtol`` (relative) or beta would drop below ``beta_min``: the exemplar counts
+    move in steps, so a target between two steps cannot be met exactly. Returns (beta,
+    fraction, history); when no evaluated beta is within tolerance, the one whose fraction is
+    nearest to the target.
+    """
     hist: list[tuple[float, float]] = []
 
     def f(b: float) -> float:
@@ -153,24 +160,32 @@ def find_beta(
     def ok(v: float) -> bool:
         return abs(v - target) <= tolerance * target
 
-    lo, hi = 0.0, 1.0
-    v = f(hi)
-    while v > target and not ok(v) and hi < beta_max:
-        lo, hi = hi, hi * 2.0
-        v = f(hi)
-    if not ok(v) and v < target:
-        # bisect between lo (keeps more than target, or beta 0: keeps all) and hi (keeps less)
+    lo, f_lo = 0.0, 1.0  # beta -> 0: preference -> 0 above every similarity, every channel kept
+    hi = 1.0
+    f_hi = f(hi)
+    while f_hi > target and not ok(f_hi) and hi < beta_max:
+        lo, f_lo = hi, f_hi
+        hi *= 2.0
+        f_hi = f(hi)
+    if not ok(f_hi) and f_hi < target:
+        bisect_next = False
         for _ in range(max_steps):
-            if hi - lo <= beta_rtol * hi:
+            width = hi - lo
+            if width <= beta_rtol * hi or hi <= beta_min:
                 break
-            mid = (lo + hi) / 2
+            if bisect_next or f_lo <= f_hi:
+                mid = lo + width / 2
+            else:
+                t = (f_lo - target) / (f_lo - f_hi)
+                mid = lo + min(max(t, 0.05), 0.95) * width
             v = f(mid)
             if ok(v):
                 break
             if v > target:
-                lo = mid
+                lo, f_lo = mid, v
             else:
-                hi = mid
+                hi, f_hi = mid, v
+            bisect_next = (hi - lo) > width / 2
     best = min(hist, key=lambda bv: (not ok(bv[1]), abs(bv[1] - target), bv[0]))
     return best[0], best[1], hist
 
