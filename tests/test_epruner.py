@@ -28,6 +28,7 @@ class FakeGroup:
     name: str
     size: int
     frozen: bool = False
+    members: list[tuple[str, str]] | None = None
 
 
 class FakeGraph:
@@ -142,6 +143,16 @@ def test_groups_option_restricts_pruning() -> None:
     assert set(plan.groups) <= {"g1"} and set(plan.info["exemplars"]) == {"g1"}
     with pytest.raises(UsageError, match="not prunable"):
         epruner(None, graph, flops=None, beta=1.0, groups=["nope"])
+
+
+def test_coupled_false_leaves_residual_groups_whole() -> None:
+    graph = FakeGraph(5)
+    graph.prunable[0].members = [("a.conv", "out"), ("b.conv", "out"), ("c.conv", "in")]  # a residual sum
+    graph.prunable[1].members = [("d.conv", "out"), ("e.conv", "in")]
+    plan = epruner(None, graph, flops=None, beta=3.0, coupled=False)
+    assert "g0" not in plan.info["exemplars"] and "g0" not in plan.groups
+    assert "g1" in plan.info["exemplars"]
+    assert "g0" in epruner(None, graph, flops=None, beta=3.0).info["exemplars"]
 
 
 def test_beta_wins_over_flops_and_is_reported() -> None:

@@ -124,6 +124,11 @@ class ExemplarCache:
         return {name: r.exemplars.cpu().tolist() for name, r in res.items()}
 
 
+def _producers(group: Any) -> int:
+    """Number of layers producing a group's channels (several: a residual sum ties them)."""
+    return sum(1 for m in getattr(group, "members", None) or [] if len(m) > 1 and m[1] == "out")
+
+
 def _fraction(graph: Any, keep: dict[str, list[int]]) -> float:
     return graph.cost(keep).macs / graph.full.macs
 
@@ -202,6 +207,7 @@ def epruner(
     median: str = "column",
     tolerance: float = 0.01,
     groups: Sequence[str] | None = None,
+    coupled: bool = True,
     damping: float = 0.5,
     max_iter: int = 200,
     convergence_iter: int = 15,
@@ -212,13 +218,15 @@ def epruner(
 
     ``beta`` (> 0) sets the preference directly; otherwise ``flops`` (fraction of MACs to
     keep) is met by bisection on beta. ``data`` and ``seed`` are unused (data-free,
-    deterministic); ``groups`` restricts pruning to the named groups.
+    deterministic); ``groups`` restricts pruning to the named groups; ``coupled=False`` leaves
+    whole every group with several producing layers (residual channels: the official code
+    never prunes residual outputs of ImageNet ResNets).
     """
     del data
     if options:
         raise UsageError(
             f"unknown option(s) for epruner: {', '.join(sorted(options))}; valid: beta, median, "
-            "tolerance, groups, damping, max_iter, convergence_iter, device"
+            "tolerance, groups, coupled, damping, max_iter, convergence_iter, device"
         )
     if median not in MEDIAN_RULES:
         raise UsageError(f"unknown median rule {median!r}; valid: {', '.join(MEDIAN_RULES)}")
@@ -240,13 +248,15 @@ def epruner(
         names = [n for n in prunable if n in set(groups)]
     else:
         names = list(prunable)
+    if not coupled:
+        names = [n for n in names if _producers(prunable[n]) <= 1]
 
     t0 = time.perf_counter()
     cache = ExemplarCache(
         graph, names, median=median, damping=damping, max_iter=max_iter,
         convergence_iter=convergence_iter, device=device,
     )
-    info: dict[str, Any] = {"median": median, "damping": damping, "max_iter": max_iter, "convergence_iter": convergence_iter}
+    info: dict[str, Any] = {"coupled": coupled, "median": median, "damping": damping, "max_iter": max_iter, "convergence_iter": convergence_iter}
     if beta is not None:
         b = float(beta)
         frac = _fraction(graph, cache.keep(b)) if names else 1.0
