@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from compressor.ap import APResult, affinity_propagation_batch, neg_sq_distances
+from compressor.ap import APProblem, APResult, neg_sq_distances
 from compressor.errors import UsageError
 from compressor.methods import check_flops, register_method
 from compressor.plan import Plan
@@ -86,15 +86,17 @@ class ExemplarCache:
         self.median = median
         self.ap_kw = {"damping": damping, "max_iter": max_iter, "convergence_iter": convergence_iter}
         self.device = torch.device(device)
-        self._sim: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._sim: dict[str, tuple[APProblem, torch.Tensor]] = {}
         self._res: dict[tuple[str, float], APResult] = {}
         self.ap_runs = 0
         self.ap_seconds = 0.0
 
-    def similarity(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def problem(self, name: str) -> tuple[APProblem, torch.Tensor]:
+        """The group's AP problem (similarities + noise, built once) and its median(s)."""
         if name not in self._sim:
             v = self.graph.channel_vectors(name).to(self.device)
-            self._sim[name] = similarity_and_median(v, self.median)
+            S, med = similarity_and_median(v, self.median)
+            self._sim[name] = (APProblem(S), med)
         return self._sim[name]
 
     def results(self, betas: Sequence[float]) -> dict[float, dict[str, APResult]]:
@@ -104,15 +106,15 @@ class ExemplarCache:
             todo = [b for b in dict.fromkeys(betas) if (name, b) not in self._res]
             if not todo:
                 continue
-            S, med = self.similarity(name)
-            n = S.shape[0]
+            prob, med = self.problem(name)
+            n = prob.n
             per = max(1, _BATCH_ELEMENTS // max(n * n, 1))
             for i in range(0, len(todo), per):
                 chunk = todo[i : i + per]
-                b = torch.tensor(chunk, dtype=S.dtype, device=S.device)
+                b = torch.tensor(chunk, dtype=med.dtype, device=med.device)
                 pref = b[:, None] * med.expand(n)[None, :]
                 t0 = time.perf_counter()
-                out = affinity_propagation_batch(S.expand(len(chunk), n, n), pref, **self.ap_kw)
+                out = prob.run(pref, **self.ap_kw)
                 self.ap_seconds += time.perf_counter() - t0
                 self.ap_runs += len(chunk)
                 for beta, r in zip(chunk, out, strict=True):
