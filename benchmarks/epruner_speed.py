@@ -53,7 +53,8 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "load_average_at_start": list(os.getloadavg()),
         "note": "2-core VM shared with ~7 other engineers' runs (load average above); every time is "
-        "wall clock under that load, ours and scikit-learn's measured back to back per group",
+        "wall clock under that load, ours and scikit-learn's measured back to back per group (best of 3 "
+        "for groups of <= 512 channels, one run above), one thread each (OMP_NUM_THREADS=1)",
     }
 
 
@@ -94,13 +95,16 @@ def compare_ap(model: torch.nn.Module, input_shape: tuple[int, ...], betas: list
             S, med = similarity_and_median(V)
             pref = beta * med
             Snp, pnp = S.numpy().copy(), pref.numpy().copy()
-            apmod._noise_cpu.cache_clear()  # each group pays for its noise, as scikit-learn does
-            t0 = time.perf_counter()
-            ours = apmod.affinity_propagation(S, pref)
-            t_ours = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            sk_ex, sk_it = sklearn_ap(Snp, pnp)
-            t_sk = time.perf_counter() - t0
+            reps = 3 if V.shape[0] <= 512 else 1  # best of 3 where a run is short (shared machine)
+            t_ours = t_sk = float("inf")
+            for _ in range(reps):
+                apmod._noise_cpu.cache_clear()  # each run pays for its noise, as scikit-learn does
+                t0 = time.perf_counter()
+                ours = apmod.affinity_propagation(S, pref)
+                t_ours = min(t_ours, time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                sk_ex, sk_it = sklearn_ap(Snp, pnp)
+                t_sk = min(t_sk, time.perf_counter() - t0)
             same = ours.exemplars.tolist() == sk_ex.tolist()
             rows.append(
                 {
