@@ -292,6 +292,7 @@ def main() -> None:
             result[part] = {"not_measured": f"{type(e).__name__}: {e}", "trace": traceback.format_exc(limit=4)}
             print(f"[{part}] not measured: {e}", flush=True)
         result[part]["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        result[part]["commit"] = result["machine"]["commit"]
         result[part]["quick"] = args.quick
         atomic_write_json(OUT, result)
     print(f"wrote {OUT}")
