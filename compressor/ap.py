@@ -452,61 +452,6 @@ class APProblem:
         return [results[b] for b in range(B)]
 
 
-class APStack:
-    """Several similarity matrices of one size, each solved with its own preferences in one batch.
-
-    EPruner runs every channel group of a network at one beta; stacking the groups of equal
-    size makes that a handful of batched runs instead of one run per group (on CUDA, far
-    fewer kernel launches). As :class:`APProblem`, the noisy matrices are built once and a run
-    writes only their diagonals. Results are identical to :func:`affinity_propagation`.
-    """
-
-    def __init__(self, mats: list[torch.Tensor], *, random_state: int = 0, dtype: torch.dtype = torch.float64) -> None:
-        if not mats or any(m.dim() != 2 or m.shape != mats[0].shape for m in mats):
-            raise UsageError("APStack needs square similarity matrices of one size")
-        self.S = _as_similarity(torch.stack(list(mats)), dtype)
-        self.G, self.n = int(self.S.shape[0]), int(self.S.shape[1])
-        noise = _noise(self.n, random_state, self.S.device, dtype)
-        self._base = self.S.clone(memory_format=torch.contiguous_format)
-        _add_noise(self._base, noise)
-        self._noise_diag = noise.diagonal().clone()
-        self._all_equal = [self.n > 1 and _all_off_diagonal_equal(self.S[g]) for g in range(self.G)]
-
-    def run(
-        self,
-        preference: torch.Tensor,
-        *,
-        damping: float = 0.5,
-        max_iter: int = 200,
-        convergence_iter: int = 15,
-    ) -> list[APResult]:
-        """One AP run per matrix; ``preference`` (G, n) (or (G,): one scalar per matrix)."""
-        _check_args(damping, max_iter, convergence_iter)
-        pref = _as_preference(torch.as_tensor(preference, dtype=self.S.dtype, device=self.S.device), self.G, self.n, self.S)
-        results: dict[int, APResult] = {}
-        todo = []
-        for g in range(self.G):
-            r = _degenerate(self.S[g], pref[g], self._all_equal[g])
-            if r is None:
-                todo.append(g)
-            else:
-                results[g] = r
-        if todo:
-            eps, tiny100 = _noise_terms(self.S.dtype)
-            pt = pref[todo]
-            diag = pt + (pt * eps + tiny100) * self._noise_diag  # the noisy diagonal, as scikit-learn
-            if len(todo) == self.G:
-                Sn = self._base
-            else:
-                Sn = self._base[todo]
-            Sn.diagonal(dim1=1, dim2=2).copy_(diag)
-            results.update(
-                _iterate(Sn, todo, lambda pid: _medoid(self.S[pid]), damping=damping, max_iter=max_iter,
-                         convergence_iter=convergence_iter)
-            )
-        return [results[g] for g in range(self.G)]
-
-
 def affinity_propagation(
     S: torch.Tensor,
     preference: float | torch.Tensor,

@@ -8,13 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from compressor.ap import (
-    APProblem,
-    APStack,
-    affinity_propagation,
-    affinity_propagation_batch,
-    neg_sq_distances,
-)
+from compressor.ap import APProblem, affinity_propagation, affinity_propagation_batch, neg_sq_distances
 from compressor.errors import UsageError
 
 sklearn_cluster = pytest.importorskip("sklearn.cluster")
@@ -121,22 +115,6 @@ def test_problem_reused_over_preferences_matches_single_runs(seed: int) -> None:
     assert scalar.exemplars.tolist() == sk_ap(S, float(np.median(S)))[0].tolist()
     with pytest.raises(UsageError, match="ambiguous"):
         prob.run(torch.from_numpy(med))
-
-
-def test_stack_of_matrices_matches_single_runs() -> None:
-    rng = np.random.default_rng(0)
-    mats = [sim(rng.standard_normal((40, 5)) * s) for s in (0.5, 1.0, 3.0)] + [np.zeros((40, 40))]
-    prefs = np.stack([0.8 * np.median(m, axis=0) for m in mats[:3]] + [np.full(40, -1.0)])
-    stack = APStack([torch.from_numpy(m) for m in mats])
-    for scale in (1.0, 2.5):  # the stack is reused: only its diagonals are rewritten
-        out = stack.run(torch.from_numpy(scale * prefs))
-        for m, p, r in zip(mats, scale * prefs, out, strict=True):
-            ref = affinity_propagation(torch.from_numpy(m), torch.from_numpy(p))
-            assert r.exemplars.tolist() == ref.exemplars.tolist() == sk_ap(m, p)[0].tolist()
-            assert r.n_iter == ref.n_iter
-    assert out[3].fallback is not None  # the all-equal matrix: scikit-learn's special case
-    with pytest.raises(UsageError):
-        APStack([torch.zeros(3, 3), torch.zeros(4, 4)])
 
 
 def test_more_beta_fewer_exemplars() -> None:

@@ -18,9 +18,9 @@ Per prunable group of the channel graph (ALGORITHMS.md, EPruner):
 safeguarded false position) so the slimmed network keeps ``flops`` of the full model's MACs
 (analytic cost, ``graph.cost``) within ``tolerance`` (relative, 1% by default); when no beta
 reaches the target (exemplar counts move in steps) the nearest achievable one is returned and
-reported. Each group's similarity matrix (with scikit-learn's noise) is built once, groups
-of equal size run as one batch, and AP results are cached per (group, beta), so the search
-re-runs only new betas. No data, no randomness: the same model gives the same plan.
+reported. Each group's similarity matrix (with scikit-learn's noise) is built once and AP
+results are cached per (group, beta), so the search re-runs only new betas. No data, no
+randomness: the same model gives the same plan.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ from typing import Any
 
 import torch
 
-from compressor.ap import APResult, APStack, neg_sq_distances
+from compressor.ap import APProblem, APResult, neg_sq_distances
 from compressor.errors import UsageError
 from compressor.methods import check_flops, register_method
 from compressor.plan import Plan
 
 MEDIAN_RULES = ("column", "global")
 
-#: Largest stack (groups x n x n) of one AP call, in similarities (4 such float64 buffers live at once).
+#: Largest batch (betas x n x n) of one AP call, in elements (4 such float64 buffers live at once).
 _BATCH_ELEMENTS = 1 << 22
 
 
@@ -69,11 +69,7 @@ def similarity_and_median(vectors: torch.Tensor, rule: str = "column") -> tuple[
 
 
 class ExemplarCache:
-    """Similarity matrices and AP results per (group, beta) for one graph.
-
-    Groups of equal size are stacked (:class:`~compressor.ap.APStack`, at most
-    ``_BATCH_ELEMENTS`` similarities per stack), so one beta costs a few batched AP runs.
-    """
+    """Similarity matrices and AP results per (group, beta) for one graph."""
 
     def __init__(
         self,
@@ -91,45 +87,42 @@ class ExemplarCache:
         self.median = median
         self.ap_kw = {"damping": damping, "max_iter": max_iter, "convergence_iter": convergence_iter}
         self.device = torch.device(device)
-        self._stacks: list[tuple[list[str], APStack, torch.Tensor]] | None = None
+        self._sim: dict[str, tuple[APProblem, torch.Tensor]] = {}
         self._res: dict[tuple[str, float], APResult] = {}
         self.ap_runs = 0
         self.ap_seconds = 0.0
         self.similarity_seconds = 0.0
 
-    def stacks(self) -> list[tuple[list[str], APStack, torch.Tensor]]:
-        """(group names, their AP stack, their medians (G, n)), built once."""
-        if self._stacks is None:
+    def problem(self, name: str) -> tuple[APProblem, torch.Tensor]:
+        """The group's AP problem (similarities + noise, built once) and its median(s)."""
+        if name not in self._sim:
             t0 = time.perf_counter()
-            by_size: dict[int, list[tuple[str, torch.Tensor, torch.Tensor]]] = {}
-            for name in self.names:
-                v = self.graph.channel_vectors(name).to(self.device)
-                S, med = similarity_and_median(v, self.median)
-                by_size.setdefault(S.shape[0], []).append((name, S, med.expand(S.shape[0])))
-            self._stacks = []
-            for n, items in by_size.items():
-                per = max(1, _BATCH_ELEMENTS // (n * n))
-                for i in range(0, len(items), per):
-                    chunk = items[i : i + per]
-                    stack = APStack([S for _, S, _ in chunk])
-                    self._stacks.append(([nm for nm, _, _ in chunk], stack, torch.stack([m for _, _, m in chunk])))
-                    del chunk
+            v = self.graph.channel_vectors(name).to(self.device)
+            S, med = similarity_and_median(v, self.median)
+            self._sim[name] = (APProblem(S), med)
             self.similarity_seconds += time.perf_counter() - t0
-        return self._stacks
+        return self._sim[name]
 
     def results(self, betas: Sequence[float]) -> dict[float, dict[str, APResult]]:
-        """AP results of every group at every beta (cached)."""
-        betas = [float(b) for b in dict.fromkeys(float(b) for b in betas)]
-        for beta in betas:
-            for names, stack, med in self.stacks():
-                if all((nm, beta) in self._res for nm in names):
-                    continue
+        """AP results of every group at every beta (cached; new betas of a group in batches)."""
+        betas = [float(b) for b in betas]
+        for name in self.names:
+            todo = [b for b in dict.fromkeys(betas) if (name, b) not in self._res]
+            if not todo:
+                continue
+            prob, med = self.problem(name)
+            n = prob.n
+            per = max(1, _BATCH_ELEMENTS // max(n * n, 1))
+            for i in range(0, len(todo), per):
+                chunk = todo[i : i + per]
+                b = torch.tensor(chunk, dtype=med.dtype, device=med.device)
+                pref = b[:, None] * med.expand(n)[None, :]
                 t0 = time.perf_counter()
-                out = stack.run(beta * med, **self.ap_kw)
+                out = prob.run(pref, **self.ap_kw)
                 self.ap_seconds += time.perf_counter() - t0
-                self.ap_runs += len(names)
-                for nm, r in zip(names, out, strict=True):
-                    self._res[(nm, beta)] = r
+                self.ap_runs += len(chunk)
+                for beta, r in zip(chunk, out, strict=True):
+                    self._res[(name, beta)] = r
         return {b: {name: self._res[(name, b)] for name in self.names} for b in betas}
 
     def keep(self, beta: float) -> dict[str, list[int]]:
