@@ -223,3 +223,16 @@ def test_ddp_two_processes_gloo(tmp_path: Path) -> None:
     assert sorted(p.name for p in outdir.iterdir()) == ["ft.pt", "ft.pt.state"]  # exactly one checkpoint
     model, meta = load_checkpoint(outdir / "ft.pt")
     assert meta["finetune"]["world_size"] == 2 and meta["finetune"]["steps_per_epoch"] == 9  # 144 / (2 * 8)
+
+
+@pytest.mark.gpu
+def test_finetune_on_cuda_with_amp(tiny_data: DataBundle, tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    teacher = _model(seed=1)
+    res = finetune(_model(), tiny_data, epochs=4, out=tmp_path / "g.pt", meta=META, teacher=teacher,
+                   **{**FAST, "device": "auto"})  # fmt: skip
+    assert res.best_acc >= 50.0 and all(math.isfinite(h["train_loss"]) for h in res.history)
+    assert next(res.model.parameters()).device.type == "cpu"
+    assert next(teacher.parameters()).device.type == "cpu"  # handed back where it was
+    assert load_checkpoint(tmp_path / "g.pt")[1]["finetune"]["distill"] is True
