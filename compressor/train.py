@@ -329,6 +329,7 @@ def _finetune(
     model = model.to(dev)
     _check_outputs(model, data, dev, "model")
     teacher_device = next(iter(teacher.parameters()), torch.empty(0)).device if teacher is not None else None
+    teacher_grads = [p.requires_grad for p in teacher.parameters()] if teacher is not None else []
     if teacher is not None:
         teacher = teacher.to(dev).eval()
         for p in teacher.parameters():
@@ -486,8 +487,10 @@ def _finetune(
         test_acc = accuracy(model, test_loader, device=dev)["top1"]
 
     model = model.cpu().eval()
-    if teacher is not None and teacher_device is not None:
+    if teacher is not None and teacher_device is not None:  # hand the teacher back as it came
         teacher.to(teacher_device)
+        for p, g in zip(teacher.parameters(), teacher_grads, strict=True):
+            p.requires_grad_(g)
     out_path: Path | None = None
     if out is not None:
         out_path = Path(out)

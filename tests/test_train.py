@@ -105,7 +105,7 @@ def test_distillation_and_label_smoothing(tiny_data: DataBundle) -> None:
     teacher = finetune(_model(), tiny_data, epochs=3, **FAST).model
     res = finetune(_model(seed=1), tiny_data, epochs=2, teacher=teacher, label_smoothing=0.1, kd_alpha=0.7, **FAST)
     assert all(math.isfinite(h["train_loss"]) for h in res.history)
-    assert all(not p.requires_grad for p in teacher.parameters())
+    assert all(p.requires_grad for p in teacher.parameters())  # handed back unchanged
 
 
 def test_schedule_warms_up_then_decays() -> None:
