@@ -141,18 +141,9 @@ def test_accuracy_topk() -> None:
 
 
 def test_cli_finetune(tmp_path: Path) -> None:
-    import typer
     from typer.testing import CliRunner
 
-    from cli import cmd_finetune
-
-    app = typer.Typer()
-
-    @app.callback()
-    def _group() -> None:  # keep "finetune" a subcommand even when it is the only command
-        pass
-
-    cmd_finetune.register(app)
+    from cli.main import app
 
     import numpy as np
 
