@@ -9,14 +9,12 @@ import typer
 from cli._common import cli_errors, console, parse_shape, print_json
 
 
-def _method_names() -> list[str]:
+def _check_method(value: str) -> str:
+    """Validate against the registry lazily (only when the command runs), so ``--help`` stays
+    instant and a new method never means editing the CLI."""
     from compressor.methods import list_methods
 
-    return list_methods()
-
-
-def _check_method(value: str) -> str:
-    names = _method_names()
+    names = list_methods()
     if value not in names:
         raise typer.BadParameter(f"unknown method {value!r}; valid: {', '.join(names)}")
     return value
@@ -27,8 +25,8 @@ def register(app: typer.Typer) -> None:
     def search(
         checkpoint: Path = typer.Argument(..., help="Trained checkpoint (compressor, torchvision reference, or state_dict with --arch)."),
         method: str = typer.Option(
-            "eagleeye", "--method", "-m", callback=_check_method,
-            help="Pruning method, one of the registered methods ('compress search --help' lists them below).",
+            "eagleeye", "--method", "-m", callback=_check_method, metavar="METHOD",
+            help="A registered pruning method (eagleeye, epruner, l1-uniform, ...); an unknown name lists them.",
         ),
         flops: float | None = typer.Option(None, "--flops", help="Fraction of the original FLOPs (MACs) to keep, in (0, 1], e.g. 0.5."),
         beta: float | None = typer.Option(None, "--beta", help="epruner: the preference factor, instead of --flops."),
