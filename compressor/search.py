@@ -121,7 +121,9 @@ class SearchResult:
 class _Progress:
     """A rich progress bar (rank 0 only): candidates done, best score so far, candidates/min."""
 
-    def __init__(self, enabled: bool, total: int | None, done: int, description: str) -> None:
+    def __init__(
+        self, enabled: bool, total: int | None, done: int, description: str, best: float | None = None
+    ) -> None:
         self.enabled = enabled
         self.start = time.perf_counter()
         self.new = 0
@@ -139,7 +141,9 @@ class _Progress:
             TimeElapsedColumn(),
             transient=False,
         )
-        self.task = self.bar.add_task(description, total=total, completed=done, best="-", rate="-")
+        self.task = self.bar.add_task(
+            description, total=total, completed=done, best="-" if best is None else f"{best:.2f}", rate="-"
+        )
         self.bar.start()
 
     def update(self, n_new: int, best: float | None) -> None:
@@ -227,7 +231,7 @@ def run_search(
         scores = [float(r[score_key]) for r in records.values() if r.get(score_key) is not None]
         return max(scores) if scores else None
 
-    bar = _Progress(progress and rank == 0, candidates, len(records), description)
+    bar = _Progress(progress and rank == 0, candidates, len(records), description, best_score())
     start = time.perf_counter()
     stopped_by = "candidates"
     evaluated = 0
