@@ -122,3 +122,94 @@ def test_unreachable_targets_and_bad_options_are_errors() -> None:
         sample_strategy(ChainGraph(), 0.5, seed=-1)
     with pytest.raises(BudgetError, match="FLOPs target"):
         sample_strategy(ChainGraph(frozen=("g1", "g2", "g3")), 0.05, max_attempts=2)
+
+
+# ---- the method on the real channel graph (tiny net, synthetic data) ------------------------------
+def _fixtures():  # type: ignore[no-untyped-def]
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("dist_search_worker", Path(__file__).parent / "dist_search_worker.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class _Guarded:
+    """A DataBundle whose test split and augmented train split must not be touched by a search."""
+
+    def __init__(self, data) -> None:  # type: ignore[no-untyped-def]
+        self._d = data
+        self.name, self.train_eval, self.val = data.name, data.train_eval, data.val
+
+    @property
+    def test(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the search read the test split")
+
+    @property
+    def train(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the search calibrated on augmented images")
+
+
+def test_search_returns_a_plan_at_the_flops_target(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from compressor.graph import slim
+    from compressor.io import read_jsonl
+    from compressor.methods.eagleeye import eagleeye
+
+    fx = _fixtures()
+    model, graph, data = fx.tiny_setup()
+    f = tmp_path / "c.jsonl"
+    plan = eagleeye(model, graph, flops=0.5, data=_Guarded(data), seed=3, candidates=5, calib_batches=2,
+                    batch_size=16, device="cpu", progress=False, candidates_file=f)
+    assert plan.method == "eagleeye" and plan.seed == 3 and plan.flops_target == 0.5
+    assert set(plan.groups) <= {g.name for g in graph.prunable}
+    assert abs(graph.cost(plan).macs / graph.full.macs - 0.5) <= 0.005
+    recs = read_jsonl(f)
+    assert [r["index"] for r in recs] == list(range(5))
+    for r in recs:
+        assert {"index", "ratios", "flops", "params", "score", "seconds"} <= set(r)
+        assert abs(r["flops"] - 0.5) <= 0.005 and 0.0 <= r["score"] <= 100.0
+    best = max(recs, key=lambda r: (r["score"], -r["index"]))
+    assert plan.info["candidate"] == best["index"] and plan.info["score"] == best["score"]
+    assert {g: len(k) for g, k in plan.groups.items()} == {g: int(c) for g, c in best["counts"].items()}
+    # the plan applies and the slimmed net runs
+    import torch
+
+    out = slim(model, plan, graph=graph)(torch.randn(2, 3, 16, 16))
+    assert out.shape == (2, 4)
+
+
+def test_search_is_deterministic_and_resumes_to_the_same_plan(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from compressor.io import read_jsonl
+
+    fx = _fixtures()
+    a = fx.run_tiny_search(candidates=6)
+    f = tmp_path / "c.jsonl"
+    fx.run_tiny_search(candidates=3, candidates_file=f)
+    assert len(read_jsonl(f)) == 3
+    b = fx.run_tiny_search(candidates=6, candidates_file=f)
+    assert len(read_jsonl(f)) == 6 and b.info["candidates_resumed"] == 3
+    assert a.groups == b.groups and a.info["candidate"] == b.info["candidate"]
+
+
+def test_top_k_finetune_picks_the_best_after_finetuning() -> None:
+    fx = _fixtures()
+    plan = fx.run_tiny_search(candidates=4, top_k=2, finetune_epochs=1)
+    ft = plan.info["finetuned"]
+    assert len(ft) == 2
+    best = max(ft, key=lambda r: (r["finetuned"], -r["index"]))
+    assert plan.info["candidate"] == best["index"]
+
+
+def test_search_needs_data_and_a_flops_target() -> None:
+    from compressor.methods.eagleeye import eagleeye
+
+    fx = _fixtures()
+    model, graph, data = fx.tiny_setup()
+    with pytest.raises(UsageError, match="--data"):
+        eagleeye(model, graph, flops=0.5, data=None, candidates=1, progress=False)
+    with pytest.raises(UsageError, match="--flops"):
+        eagleeye(model, graph, flops=None, data=data, candidates=1, progress=False)
+    with pytest.raises(UsageError):
+        eagleeye(model, graph, flops=0.5, data=data, candidates=1, calib_batches=0, progress=False)

@@ -120,3 +120,93 @@ def test_two_gloo_processes_shard_and_gather(tmp_path: Path) -> None:
     assert got["best"] == single.best()["index"]
     # rank 0 wrote every record once
     assert sorted(r["index"] for r in read_jsonl(out.with_suffix(".jsonl"))) == list(range(9))
+
+
+@pytest.mark.distributed
+def test_eagleeye_under_torchrun_gives_the_single_process_plan(tmp_path: Path) -> None:
+    from compressor.plan import Plan
+
+    out = tmp_path / "plan.json"
+    _torchrun(["eagleeye", str(out)], tmp_path)
+    dist_plan = Plan.load(out)
+    single = _worker().run_tiny_search()
+    assert dist_plan.groups == single.groups
+    assert dist_plan.info["candidate"] == single.info["candidate"]
+    assert dist_plan.info["world_size"] == 2
+    assert len(read_jsonl(out.with_suffix(".jsonl"))) == 6
+
+
+# ---- compress search ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from compressor.checkpoint import save_checkpoint
+    from compressor.models import build_model, canonical_arch
+
+    torch.manual_seed(0)
+    kw = {"num_classes": 10, "in_channels": 1, "depth": 8, "width": 4}
+    model = build_model("resnet_cifar", **kw).eval()
+    meta = {"arch": canonical_arch("resnet_cifar"), "arch_kwargs": kw, "dataset": "mnist5k",
+            "input_shape": [1, 28, 28], "num_classes": 10}
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.pt", meta=meta)
+
+
+def _cli(args: list[str]) -> Any:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    return CliRunner().invoke(app, args)
+
+
+def test_cli_search_writes_a_plan_and_resumes(tiny_ckpt: Path, tmp_path: Path) -> None:
+    from compressor.plan import Plan
+
+    plan_path = tmp_path / "plan.json"
+    common = [str(tiny_ckpt), "--method", "eagleeye", "--flops", "0.5", "--calib-batches", "2",
+              "--batch-size", "16", "--device", "cpu", "-o", str(plan_path), "--json"]
+    r = _cli(["search", *common, "--candidates", "3"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert abs(summary["flops_ratio"] - 0.5) <= 0.005
+    plan = Plan.load(plan_path)
+    assert plan.method == "eagleeye" and plan.input_shape == [1, 1, 28, 28]
+    cands = tmp_path / "plan.candidates.jsonl"
+    assert len(read_jsonl(cands)) == 3
+    r = _cli(["search", *common, "--candidates", "4"])
+    assert r.exit_code == 0, r.output
+    recs = read_jsonl(cands)
+    assert [x["index"] for x in recs] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        (["--method", "nope", "--flops", "0.5"], 2),
+        (["--method", "eagleeye", "--flops", "1.5"], 2),
+        (["--method", "eagleeye", "--flops", "0.5", "--beta", "0.7"], 2),
+        (["--method", "eagleeye", "--flops", "0.5", "--candidates", "0"], 2),
+    ],
+)
+def test_cli_search_bad_arguments_exit_2(tiny_ckpt: Path, tmp_path: Path, args: list[str], code: int) -> None:
+    r = _cli(["search", str(tiny_ckpt), *args, "-o", str(tmp_path / "p.json"), "--quiet"])
+    assert r.exit_code == code, r.output
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_cli_search_missing_checkpoint_exits_2(tmp_path: Path) -> None:
+    r = _cli(["search", str(tmp_path / "missing.pt"), "--flops", "0.5", "-o", str(tmp_path / "p.json")])
+    assert r.exit_code == 2
+
+
+def test_cli_search_dispatches_other_methods(tiny_ckpt: Path, tmp_path: Path) -> None:
+    from compressor.methods import list_methods
+    from compressor.plan import Plan
+
+    if "l1-uniform" not in list_methods():
+        pytest.skip("l1-uniform not registered on this branch yet")
+    r = _cli(["search", str(tiny_ckpt), "--method", "l1-uniform", "--flops", "0.5", "-o", str(tmp_path / "p.json"),
+              "--json"])
+    assert r.exit_code == 0, r.output
+    assert Plan.load(tmp_path / "p.json").method == "l1-uniform"
