@@ -210,3 +210,12 @@ def test_cli_search_dispatches_other_methods(tiny_ckpt: Path, tmp_path: Path) ->
               "--json"])
     assert r.exit_code == 0, r.output
     assert Plan.load(tmp_path / "p.json").method == "l1-uniform"
+
+
+def test_compressor_search_stays_callable_after_importing_the_module() -> None:
+    import compressor
+    import compressor.search as loop
+
+    assert callable(compressor.search) and loop.run_search is run_search
+    with pytest.raises(UsageError, match="unknown method"):
+        compressor.search(object(), method="no-such-method", flops=0.5)
