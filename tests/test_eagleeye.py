@@ -172,7 +172,8 @@ def test_search_returns_a_plan_at_the_flops_target(tmp_path) -> None:  # type: i
         assert abs(r["flops"] - 0.5) <= 0.005 and 0.0 <= r["score"] <= 100.0
     best = max(recs, key=lambda r: (r["score"], -r["index"]))
     assert plan.info["candidate"] == best["index"] and plan.info["score"] == best["score"]
-    assert {g: len(k) for g, k in plan.groups.items()} == {g: int(c) for g, c in best["counts"].items()}
+    for g, c in best["counts"].items():
+        assert (len(plan.groups[g]) if g in plan.groups else graph.group(g).size) == c
     # the plan applies and the slimmed net runs
     import torch
 
