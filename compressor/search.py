@@ -383,7 +383,9 @@ def search_checkpoint(
     opts = method_options(
         method,
         options,
-        {"device": device, "candidates_file": candidates_file, "progress": progress, "meta": meta},
+        # "auto" leaves the method's own default device (each method resolves it its own way)
+        {"device": None if device == "auto" else device, "candidates_file": candidates_file, "progress": progress,
+         "meta": meta},
     )
     load_seconds = time.perf_counter() - t0
     graph = build_graph(model, input_shape=tuple(input_shape))
