@@ -14,6 +14,7 @@ understand freezes the labels it touches, with the reason, so it is never mis-sl
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import operator
@@ -69,6 +70,7 @@ _SPATIAL_FN = {
     F.upsample_bilinear, torch.adaptive_avg_pool1d, torch.avg_pool1d, torch.max_pool1d, torch.max_pool2d,
     torch.max_pool3d,
 }  # fmt: skip
+_NO_FLOPS = _UNARY | _BINARY | _SHAPE | _CAT | _SPLIT | _REDUCE | _SOFTMAX | {"getitem", "getattr", "size", "dim", "pad"}
 _NO_TENSOR = {"size", "dim", "numel", "getattr", "_assert", "ndimension", "nelement", "is_contiguous"}
 
 
@@ -266,23 +268,38 @@ def _tensors(x: Any) -> list[torch.Tensor]:
 class _Pass:
     """Run a traced graph on real tensors while propagating id tensors beside them."""
 
-    def __init__(self, gm: fx.GraphModule, st: _Analysis, tag: str = "", count_flops: bool = False) -> None:
+    def __init__(
+        self, gm: fx.GraphModule, st: _Analysis, tag: str = "", count_flops: bool = False, fake: bool = False
+    ) -> None:
         self.gm = gm
         self.st = st
         self.tag = tag
         self.modules = dict(gm.named_modules())
         self.count_flops = count_flops
         self.flops = 0
+        self.fake_mode: Any = None
+        if fake:  # shapes without arithmetic: the analysis needs no values
+            from torch._subclasses.fake_tensor import FakeTensorMode
 
-    def _exec(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run one real op, counting its FLOPs (only real ops: the id tensors are not counted)."""
-        if not self.count_flops:
-            return fn(*args, **kwargs)
-        from torch.utils.flop_counter import FlopCounterMode
+            self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
 
-        with FlopCounterMode(display=False) as fc:
+    def _exec(self, fn: Any, *args: Any, count: bool = True, **kwargs: Any) -> Any:
+        """Run one model op (fake or real), counting its FLOPs; id-tensor ops are not counted.
+
+        Convolutions and linear layers are counted analytically by their handlers (the same
+        formula as torch.utils.flop_counter), and ops that cannot multiply matrices are not
+        counted at all, so the counter's per-op cost is paid only where it is needed.
+        """
+        ctx = [self.fake_mode] if self.fake_mode is not None else []
+        if self.count_flops and count:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            ctx.append(FlopCounterMode(display=False))
+        with contextlib.ExitStack() as stack:
+            entered = [stack.enter_context(c) for c in ctx]
             out = fn(*args, **kwargs)
-        self.flops += fc.get_total_flops()
+        if self.count_flops and count:
+            self.flops += entered[-1].get_total_flops()
         return out
 
     def run(self, *inputs: torch.Tensor) -> Any:
@@ -308,8 +325,17 @@ class _Pass:
             except (TraceError, UsageError):
                 raise
             except Exception as e:
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                shapes = [tuple(x.shape) for x in inputs if isinstance(x, torch.Tensor)]
+                if isinstance(e, RuntimeError) and any(
+                    w in msg for w in ("size", "shape", "channels", "dimension", "mat1", "Expected")
+                ):
+                    raise UsageError(
+                        f"the model rejects input shape {shapes[0] if shapes else '?'} at {node.format_node()}: "
+                        f"{msg}. Pass the shape the model expects (--input-shape N,C,H,W)."
+                    ) from e
                 raise TraceError(
-                    f"running {node.format_node()} failed during channel analysis: {type(e).__name__}: {e}"
+                    f"running {node.format_node()} failed during channel analysis: {type(e).__name__}: {msg}"
                 ) from e
             if i is not None and self.st.mask is not None:
                 r = _apply_mask(r, i, self.st.mask)
@@ -330,7 +356,10 @@ class _Pass:
                 x = node.args[0] if node.args else None
             if not isinstance(x, torch.Tensor):
                 return x, None
-            return x, st.fresh_frozen(x, "network input", key=f"{self.tag}input:{node.name}")
+            ids_x = st.fresh_frozen(x, "network input", key=f"{self.tag}input:{node.name}")
+            if self.fake_mode is not None:
+                x = self.fake_mode.from_tensor(x)
+            return x, ids_x
         if node.op == "get_attr":
             v = _fetch_attr(self.gm, str(node.target))
             if not isinstance(v, torch.Tensor):
@@ -345,7 +374,8 @@ class _Pass:
             if st.mask is not None and isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1:
                 out = _masked_layer_norm(args[0], ids[node.args[0]], st.mask, m.weight, m.bias, m.eps)
             else:
-                out = self._exec(m, *args, **kwargs)
+                h = handler_for(m)
+                out = self._exec(m, *args, count=h is None, **kwargs)
             return out, self.module_ids(node, m, ids, out)
         fn_name = _fn_name(node)
         if node.op == "call_function" and node.target is F.layer_norm and st.mask is not None:
@@ -355,9 +385,9 @@ class _Pass:
             out = _masked_layer_norm(args[0], ids[node.args[0]], st.mask, w, b, eps)
         elif node.op == "call_method":
             self_obj, *rest = args
-            out = self._exec(getattr(self_obj, str(node.target)), *rest, **kwargs)
+            out = self._exec(getattr(self_obj, str(node.target)), *rest, count=fn_name not in _NO_FLOPS, **kwargs)
         else:
-            out = self._exec(node.target, *args, **kwargs)
+            out = self._exec(node.target, *args, count=fn_name not in _NO_FLOPS and node.target not in _SPATIAL_FN, **kwargs)
         return out, self.function_ids(node, fn_name, real, ids, out)
 
     def module_ids(self, node: fx.Node, m: nn.Module, ids: dict[fx.Node, Any], out: Any) -> Any:
@@ -685,8 +715,17 @@ class ChannelGraph:
                 Group(name, len(classes), frozen, reason, _dedupe(members.get(g, [])), classes)
             )
         self._by_name = {g.name: g for g in self.groups}
+        # producers that some plans could empty: those not present in every class of their group
+        self._at_risk: list[np.ndarray] = []
+        for rec in st.records.values():
+            if rec.out_labels is None or not len(rec.out_labels):
+                continue
+            pcls = np.unique(self.label_class[rec.out_labels.numpy()])
+            gi = self.class_group_index[pcls[0]]
+            if gi >= 0 and len(pcls) < self.groups[gi].size:
+                self._at_risk.append(pcls)
         self._build_cost_model(total_macs)
-        self._importance: dict[str, np.ndarray] | None = None
+        self._scores: np.ndarray | None = None
 
     # ---------------------------------------------------------------- groups
     @property
@@ -723,15 +762,19 @@ class ChannelGraph:
                 w = w.reshape(w.shape[0], -1)
             yield rec, w
 
-    def importance(self) -> dict[str, np.ndarray]:
-        """L1 norm of each channel's filters, summed over a coupled group's producers."""
-        if self._importance is None:
+    def _class_scores(self) -> np.ndarray:
+        if self._scores is None:
             score = np.zeros(self.n_classes, dtype=np.float64)
             for rec, w in self._producer_rows():
                 assert rec.out_labels is not None
                 np.add.at(score, self.label_class[rec.out_labels.numpy()], w.abs().sum(1).double().cpu().numpy())
-            self._importance = {g.name: score[g.classes] for g in self.groups}
-        return {g.name: self._importance[g.name] for g in self.prunable}
+            self._scores = score
+        return self._scores
+
+    def importance(self) -> dict[str, np.ndarray]:
+        """L1 norm of each channel's filters, summed over a coupled group's producers."""
+        score = self._class_scores()
+        return {g.name: score[g.classes] for g in self.prunable}
 
     def channel_vectors(self, name: str) -> torch.Tensor:
         """(size, D): per channel of group ``name``, its producers' filters concatenated (EPruner)."""
@@ -782,6 +825,17 @@ class ChannelGraph:
                 raise UsageError(f"plan keeps channel index out of range for group {name!r} (size {g.size})")
             keep[g.classes] = False
             keep[g.classes[idx]] = True
+        return self._keep_producers(keep)
+
+    def _keep_producers(self, keep: np.ndarray) -> np.ndarray:
+        """A plan never empties a layer: a producer that would lose every output channel (a
+        concatenation feeding a depthwise conv can put all kept channels on one side) keeps its
+        most important one."""
+        if self._at_risk:
+            score = self._class_scores()
+            for pcls in self._at_risk:
+                if not keep[pcls].any():
+                    keep[pcls[np.argmax(score[pcls])]] = True
         return keep
 
     def keep_labels(self, plan: Plan | dict[str, Sequence[int]]) -> torch.Tensor:
@@ -906,7 +960,7 @@ class ChannelGraph:
         for name, k in counts.items():
             g = self._by_name[name]
             keep[g.classes] = rank[name] < max(int(k), 1)
-        return keep
+        return self._keep_producers(keep)
 
     def _ranks(self) -> dict[str, np.ndarray]:
         if not hasattr(self, "_rank_cache"):
@@ -962,7 +1016,37 @@ class ChannelGraph:
                 hi = mid
         a, b = counts_at(lo), counts_at(hi)
         ca, cb = self.cost_of_counts(a).macs, self.cost_of_counts(b).macs
-        return a if abs(ca - target) < abs(cb - target) else b
+        best = a if abs(ca - target) < abs(cb - target) else b
+        if multiple == 1:
+            best = self._refine(best, target, sizes={n: int(z) for n, z in zip(names, sizes)})
+        return best
+
+    def _refine(self, counts: dict[str, int], target: float, *, sizes: dict[str, int], steps: int = 200) -> dict[str, int]:
+        """Nudge single groups by one channel while that brings MACs closer to ``target``.
+
+        A shared ratio moves in coarse steps on small networks; this closes the gap while
+        keeping the shape (the least-pruned group loses, the most-pruned gains, first).
+        """
+        counts = dict(counts)
+        cur = self.cost_of_counts(counts).macs
+        for _ in range(steps):
+            if abs(cur - target) <= 0.002 * target:
+                break
+            over = cur > target
+            order = sorted(counts, key=lambda n: counts[n] / sizes[n], reverse=over)
+            moved = False
+            for n in order:
+                k = counts[n] + (-1 if over else 1)
+                if not 1 <= k <= sizes[n]:
+                    continue
+                trial = {**counts, n: k}
+                c = self.cost_of_counts(trial).macs
+                if abs(c - target) < abs(cur - target):
+                    counts, cur, moved = trial, c, True
+                    break
+            if not moved:
+                break
+        return counts
 
     # ---------------------------------------------------------------- masks
     @torch.no_grad()
@@ -987,8 +1071,9 @@ class ChannelGraph:
     ) -> float:
         """Largest difference between the masked original and ``slim_model`` on random inputs.
 
-        Reported as ``max |masked - slim| / max(1, max |masked|)``: an absolute error for outputs
-        of order one, a relative one for models whose outputs are large (float tolerance ~1e-5).
+        Reported relative to the output's scale, ``max |masked - slim| / max |masked|``, so it
+        means the same for a trained net and for an untrained one whose outputs are tiny or huge
+        (float32 agreement is ~1e-6).
         """
         if inputs is None:
             gen = torch.Generator().manual_seed(0)
@@ -1006,8 +1091,9 @@ class ChannelGraph:
                 if a.shape != b.shape:
                     return float("inf")
                 if a.numel():
-                    scale = max(1.0, float(a.float().abs().max()))
-                    worst = max(worst, float((a.float() - b.float()).abs().max()) / scale)
+                    scale = float(a.float().abs().max())
+                    diff = float((a.float() - b.float()).abs().max())
+                    worst = max(worst, diff / scale if scale > 0 else diff)
         slim_model.train(was)
         return worst
 
@@ -1052,14 +1138,9 @@ def build_graph(
     try:
         gm = trace(model, leaf_modules)
         st = _Analysis()
-        try:
-            p = _Pass(gm, st, count_flops=True)
-            p.run(x)
-        except RuntimeError as e:
-            if "shape" in str(e) or "size" in str(e) or "channels" in str(e):
-                raise UsageError(f"the model rejects input shape {tuple(x.shape)}: {str(e).splitlines()[0]}") from e
-            raise
-        total_macs = int(p.flops // 2)
+        p = _Pass(gm, st, count_flops=True)
+        p.run(x)
+        total_macs = int(p.flops // 2) + sum(rec.macs for rec in st.records.values())
         # modules used only in training (auxiliary heads) are absent from the eval graph:
         # trace the training graph too so their input channels are known.
         used = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
@@ -1082,7 +1163,7 @@ def build_graph(
                     try:
                         _Pass(gm_train, st, tag=f"train{attempt}:").run(xt)
                         break
-                    except TraceError:
+                    except (TraceError, UsageError):
                         if attempt == 2:
                             raise
                         xt = torch.randn(*xt.shape[:2], *(2 * s for s in xt.shape[2:]), device=xt.device)
@@ -1196,3 +1277,29 @@ def count(model: nn.Module, input_shape: Sequence[int]) -> Cost:
         if macs or params:
             rows.append({"module": name, "type": type(m).__name__, "macs": int(macs), "params": int(params)})
     return Cost(int(fc.get_total_flops() // 2), int(sum(p.numel() for p in model.parameters())), rows)
+
+
+@torch.no_grad()
+def calibrate_bn(model: nn.Module, input_shape: Sequence[int], *, batches: int = 4, seed: int = 0) -> nn.Module:
+    """Give an untrained model's BatchNorm layers statistics from random inputs (in place).
+
+    Untrained deep nets (EfficientNet at init) have vanishing activations in eval mode, which
+    makes numerical checks vacuous; tests and benchmarks calibrate first.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in bns]
+    was = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.eval()
+    for m in bns:
+        m.train()
+    for _ in range(batches):
+        model(torch.randn((max(2, int(input_shape[0])), *input_shape[1:]), generator=gen))
+    for m, (mom, tr) in zip(bns, saved):
+        m.momentum = mom
+        m.train(tr)
+    model.train(was)
+    return model
