@@ -89,14 +89,37 @@ def torch_pruning(model: torch.nn.Module, shape: tuple[int, ...]) -> dict:
         return {"ok": False, "error": f"{type(e).__name__}: {str(e)[:200]}"}
 
 
+def torch_pruning_subprocess(name: str, size: int, threads: int, timeout: float) -> dict:
+    """Torch-Pruning on one model in a child process, so a slow or hanging case is cut off."""
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--tp-one", name, "--tp-size", str(size), "--threads", str(threads)]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timeout: more than {timeout:.0f} s"}
+    for line in reversed(res.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    return {"ok": False, "error": f"crashed (exit {res.returncode}): {res.stderr.strip().splitlines()[-1:] }"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-tp", action="store_true")
+    ap.add_argument("--tp-timeout", type=float, default=60.0)
+    ap.add_argument("--tp-one", default="")
+    ap.add_argument("--tp-size", type=int, default=64)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "zoo_slim.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.tp_one:
+        torch.manual_seed(0)
+        model = torchvision.models.get_model(args.tp_one, weights=None).eval()
+        print(json.dumps(torch_pruning(model, (1, 3, args.tp_size, args.tp_size))))
+        return
     names = args.models.split(",") if args.models else torchvision.models.list_models(module=torchvision.models)
     results = {}
     for name in names:
@@ -112,9 +135,7 @@ def main() -> None:
         except Exception as e:
             row["ours"] = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:300]}", "trace": traceback.format_exc()[-800:]}
         if not args.no_tp:
-            torch.manual_seed(0)
-            model = torchvision.models.get_model(name, weights=None).eval()
-            row["torch_pruning"] = torch_pruning(model, shape)
+            row["torch_pruning"] = torch_pruning_subprocess(name, s, args.threads, args.tp_timeout)
         results[name] = row
         o, t = row["ours"], row.get("torch_pruning", {})
         print(
@@ -124,7 +145,7 @@ def main() -> None:
             f"tp={'ok ' if t.get('ok') else 'FAIL'} t={t.get('total_s', float('nan')):.2f}s",
             flush=True,
         )
-        del model
+        model = None
     conv = {n: r for n, r in results.items() if not r["transformer"]}
     summary = {
         "models": len(results),
@@ -144,6 +165,7 @@ def main() -> None:
         if not args.no_tp:
             tps = []
             for _ in range(5):
+                torch.manual_seed(0)
                 tp_res = torch_pruning(torchvision.models.resnet50().eval(), shape)
                 tps.append(tp_res.get("total_s", float("nan")))
             summary["resnet50_224_torch_pruning_s"] = sorted(tps)[2]

@@ -277,6 +277,8 @@ class _Pass:
         self.modules = dict(gm.named_modules())
         self.count_flops = count_flops
         self.flops = 0
+        self.taint: dict[fx.Node, list[tuple[torch.Tensor, int | None]]] = {}
+        self.size_nodes: dict[fx.Node, torch.Tensor] = {}
         self.fake_mode: Any = None
         if fake:  # shapes without arithmetic: the analysis needs no values
             from torch._subclasses.fake_tensor import FakeTensorMode
@@ -337,6 +339,8 @@ class _Pass:
                 raise TraceError(
                     f"running {node.format_node()} failed during channel analysis: {type(e).__name__}: {msg}"
                 ) from e
+            if node.op in ("call_function", "call_method", "call_module"):
+                self._sizes(node, r, ids)
             if i is not None and self.st.mask is not None:
                 r = _apply_mask(r, i, self.st.mask)
             real[node] = r
@@ -345,6 +349,46 @@ class _Pass:
                 real.pop(dead, None)
                 ids.pop(dead, None)
         return result
+
+    # ---------------------------------------------------------------- sizes
+    def _sizes(self, node: fx.Node, out: Any, ids: dict[fx.Node, Any]) -> None:
+        """Follow channel counts read with ``x.size()`` / ``x.shape`` into the ops they shape.
+
+        ``D = x.size(1)`` used to reshape a *different* tensor ties that tensor's shape to x's
+        channels (MaxViT attention); the engine cannot rewrite that, so x's channels freeze.
+        Using it on the same channels (``x.view(x.size(0), x.size(1), -1)``, channel shuffle)
+        is fine: both sides shrink together.
+        """
+        taint: list[tuple[torch.Tensor, int | None]] = [t for a in node.all_input_nodes for t in self.taint.get(a, [])]
+        name = _fn_name(node)
+        if not _tensors(out):
+            src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+            x_ids = ids.get(src) if src is not None else None
+            if isinstance(x_ids, torch.Tensor) and (name == "size" or (name == "getattr" and node.args[1] == "shape")):
+                varying = self.st.varying_dims(x_ids)
+                dim = node.args[1] if name == "size" and len(node.args) > 1 else node.kwargs.get("dim")
+                if isinstance(dim, int):
+                    taint = [(x_ids, None)] if dim % x_ids.dim() in varying else []
+                else:
+                    taint = [(x_ids, None)] if varying else []
+                    self.size_nodes[node] = x_ids
+            elif name == "getitem" and src in self.size_nodes and isinstance(node.args[1], int):
+                x_ids = self.size_nodes[src]
+                taint = [(x_ids, None)] if node.args[1] % x_ids.dim() in self.st.varying_dims(x_ids) else []
+            if taint:
+                self.taint[node] = taint
+            return
+        if not taint:
+            return
+        data = ids.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
+        for src, _ in taint:
+            same = (
+                name in _SHAPE
+                and isinstance(data, torch.Tensor)
+                and torch.equal(torch.unique(src), torch.unique(data))
+            )
+            if not same:
+                self.st.freeze(src, f"{node.name}: these channels' count shapes another tensor")
 
     # ---------------------------------------------------------------- per node
     def run_node(self, node: fx.Node, real: dict[fx.Node, Any], ids: dict[fx.Node, Any], it: Any) -> tuple[Any, Any]:
@@ -447,7 +491,7 @@ class _Pass:
                 return x_ids[node.args[1]]  # type: ignore[index]
             if isinstance(x_ids, torch.Tensor):
                 self._check_index(x_ids, node.args[1], what)
-                res = x_ids[mixed(node.args[1])]
+                res = x_ids[fx.node.map_arg(node.args[1], lambda n: real[n])]  # the index is data, not labels
                 return self._checked(res, out, in_ids, what)
         if node.target is F.layer_norm:
             return self._layer_norm(node, ids, out, what)
