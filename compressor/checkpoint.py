@@ -64,8 +64,9 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
-        unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
-        if not unsupported:
+        unsupported = re.search(r"GLOBAL ([\w.]+)", msg)
+        names = f"it references {unsupported.group(1)}" if unsupported else "it references Python classes"
+        if not unsupported and "allowlist" not in msg and "safe_globals" not in msg:
             raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {_describe_bytes(path)}") from None
         if trust_pickle:
             try:
@@ -75,7 +76,7 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
                     f"{path} could not be unpickled even with --trust-pickle: {type(e2).__name__}: {e2}"
                 ) from None
         raise CheckpointError(
-            f"{path} contains pickled Python objects (it references {unsupported.group(1)}), such as a whole "
+            f"{path} contains pickled Python objects ({names}), such as a whole "
             "nn.Module, not just tensors. Unpickling them can run arbitrary code, so compressor refuses to load "
             "it by default.\n" + _CONVERT_HINT.format(path=path)
         ) from None
