@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import linecache
 import random
+import re
 import sys
 import traceback
 import types
@@ -480,7 +481,11 @@ def build_net(seed: int, **kwargs: Any) -> Any:
 @dataclass
 class Failure:
     seed: int
-    kind: str  # generator | trace | graph | slim | wrong_model | shape | original_modified | verify
+    #: generator (a bug of the fuzzer) | trace (build_graph raised) | graph (groups unreadable or
+    #: frozen without reason) | slim (slim raised) | slim_crash (the slimmed model fails to run) |
+    #: shape (its output shape differs) | verify (graph.verify raised) | wrong_model (slimmed !=
+    #: masked original) | original_modified (slimming changed the original model)
+    kind: str
     message: str
     plan: dict[str, list[int]] | None = None
 
@@ -514,6 +519,11 @@ def _short(e: BaseException) -> str:
     return text if len(text) < 600 else text[:600] + "..."
 
 
+def _slim_shapes(model: Any) -> str:
+    """The parameter shapes of a slimmed model (where a crash usually shows)."""
+    return "slimmed parameters: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in model.state_dict().items())[:1500]
+
+
 def random_plan_groups(graph: Any, rng: random.Random, style: str = "random") -> dict[str, list[int]]:
     """Random kept subsets over ``graph.prunable`` (never empty). ``style``: random | one | all_but_one."""
     groups: dict[str, list[int]] = {}
@@ -534,8 +544,12 @@ def random_plan_groups(graph: Any, rng: random.Random, style: str = "random") ->
 
 
 def _reason_key(reason: str | None) -> str:
-    text = (reason or "(no reason given)").strip()
-    return text.split(":")[0][:60] if text else "(no reason given)"
+    """``"sum_1 (sum): reduces over channels"`` -> ``"sum: reduces over channels"`` (for counting)."""
+    text = (reason or "").strip().splitlines()[0] if reason and reason.strip() else "(no reason given)"
+    m = re.match(r"^\S+ \(([^)]+)\):? ?(.*)$", text)
+    if m:
+        text = f"{m.group(1)}: {m.group(2)}" if m.group(2) else m.group(1)
+    return text[:90]
 
 
 def check_net(seed: int, *, plans: int = 3, rel_tol: float = REL_TOL, check_original: bool = True) -> NetResult:
@@ -615,12 +629,16 @@ def check_net(seed: int, *, plans: int = 3, rel_tol: float = REL_TOL, check_orig
             slim.eval()
             with torch.no_grad():
                 out = slim(inputs)
-            if tuple(out.shape) != tuple(ref.shape):
-                res.failures.append(
-                    Failure(seed, "shape", f"slimmed output {tuple(out.shape)} != original {tuple(ref.shape)}", kept)
-                )
-                continue
-            diff = float(graph.verify(slim, plan, inputs=inputs))
+        except Exception as e:  # noqa: BLE001
+            res.failures.append(Failure(seed, "slim_crash", _short(e) + "\n" + _slim_shapes(slim), kept))
+            continue
+        if tuple(out.shape) != tuple(ref.shape):
+            res.failures.append(
+                Failure(seed, "shape", f"slimmed output {tuple(out.shape)} != original {tuple(ref.shape)}", kept)
+            )
+            continue
+        try:
+            diff = float(graph.verify(slim, plan, inputs=[inputs]))
         except Exception as e:  # noqa: BLE001
             res.failures.append(Failure(seed, "verify", _short(e) + "\n" + traceback.format_exc(limit=-3), kept))
             continue

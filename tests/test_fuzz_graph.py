@@ -114,11 +114,11 @@ def test_verify_is_not_vacuous() -> None:
         plan = Plan(method="fuzz", groups={g.name: kept}, group_sizes={g.name: g.size}, input_shape=list(INPUT_SHAPE))
         small = slim(net, plan, graph=graph)
         x = torch.randn(2, *INPUT_SHAPE[1:])
-        assert graph.verify(small, plan, inputs=x) < 1e-4 * (float(net(x).abs().max()) + 1e-6)
+        assert graph.verify(small, plan, inputs=[x]) < 1e-4 * (float(net(x).abs().max()) + 1e-6)
         convs = [m for m in small.modules() if isinstance(m, torch.nn.Conv2d)]
         with torch.no_grad():
             convs[0].weight.add_(0.5)
-        assert graph.verify(small, plan, inputs=x) > 1e-3, seed
+        assert graph.verify(small, plan, inputs=[x]) > 1e-3, seed
         checked += 1
         if checked == 3:
             break
