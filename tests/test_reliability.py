@@ -1,0 +1,270 @@
+"""Reliability: unsupported operations, untraceable models, bad arguments, error rendering, interruptions.
+
+Hostile and broken checkpoint files are in test_checkpoint.py (library) and here (CLI exit codes).
+Every CLI test runs the real Typer app (``cli.main.app``) or a real ``python -m cli.main`` process.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from compressor.errors import TraceError, UsageError
+from compressor.plan import Plan
+
+SHAPE = (1, 3, 16, 16)
+
+
+# =============================================================================================
+# Unsupported operations: the channels they touch are frozen and named; the rest still prunes.
+# =============================================================================================
+@torch.fx.wrap
+def mystery_op(x: torch.Tensor) -> torch.Tensor:
+    """A custom function torch.fx does not trace into (the engine sees an opaque call)."""
+    return x * torch.tanh(x.mean(1, keepdim=True))
+
+
+class _Base(nn.Module):
+    """stem -> body (the unusual op, on 'mid' channels) -> head; 'stem' and 'tail' stay prunable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn0 = nn.BatchNorm2d(8)
+        self.mid = nn.Conv2d(8, 8, 3, padding=1)
+        self.tail = nn.Conv2d(8, 10, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(10)
+        self.fc = nn.Linear(10, 4)
+
+    def body(self, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn0(self.stem(x)))
+        y = self.body(self.mid(y))
+        y = F.relu(self.bn1(self.tail(y)))
+        return self.fc(y.mean((2, 3)))
+
+
+class CumsumNet(_Base):
+    def body(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.cumsum(y, dim=1)
+
+
+class FlipNet(_Base):
+    def body(self, y: torch.Tensor) -> torch.Tensor:
+        return y.flip(1)
+
+
+class WrappedNet(_Base):
+    def body(self, y: torch.Tensor) -> torch.Tensor:
+        return mystery_op(y)
+
+
+class _LeafNet(_Base):
+    """The body is a torch.nn module the engine has no handler for (torch.fx keeps it as a leaf)."""
+
+    def __init__(self, leaf: nn.Module) -> None:
+        super().__init__()
+        self.leaf = leaf
+
+    def body(self, y: torch.Tensor) -> torch.Tensor:
+        return self.leaf(y)
+
+
+class LRNNet(_Base):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lrn = nn.LocalResponseNorm(3)  # mixes neighbouring channels
+
+    def body(self, y: torch.Tensor) -> torch.Tensor:
+        return self.lrn(y)
+
+
+class Opaque(nn.Module):
+    """A user module passed to the engine as a leaf: it cannot see inside."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.rand(c) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.w.view(1, -1, 1, 1)
+
+
+class OpaqueLeafNet(_Base):
+    def __init__(self) -> None:
+        super().__init__()
+        self.opaque = Opaque(8)
+
+    def body(self, y: torch.Tensor) -> torch.Tensor:
+        return self.opaque(y)
+
+
+UNSUPPORTED = {
+    "cumsum": (CumsumNet, "cumsum", {}),
+    "flip": (FlipNet, "flip", {}),
+    "fx_wrapped_function": (WrappedNet, "mystery_op", {}),
+    "nn.LocalResponseNorm": (LRNNet, "lrn", {}),
+    "opaque_leaf_module": (OpaqueLeafNet, "opaque", {"leaf_modules": (Opaque,)}),
+}
+
+
+def _build(name: str) -> tuple[nn.Module, str, dict[str, object]]:
+    cls, op_name, kw = UNSUPPORTED[name]
+    torch.manual_seed(0)
+    return _randomise_bn(cls()), op_name, kw
+
+
+def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.weight.data = torch.rand(n, generator=g) + 0.5
+            m.bias.data = torch.randn(n, generator=g) * 0.3
+            m.running_mean = torch.randn(n, generator=g) * 0.3
+            m.running_var = torch.rand(n, generator=g) + 0.5
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", sorted(UNSUPPORTED))
+def test_unsupported_op_freezes_and_names_its_channels(name: str) -> None:
+    from compressor.graph import build_graph, slim
+
+    model, op_name, kw = _build(name)
+    graph = build_graph(model, input_shape=SHAPE, **kw)
+    # The 'mid' channels (the op's input) are frozen, with a reason naming the operation.
+    mid = [g for g in graph.groups if any(tuple(m[:2]) == ("mid", "out") for m in g.members)]
+    assert len(mid) == 1, [(g.name, g.members) for g in graph.groups]
+    assert mid[0].frozen and mid[0].reason and op_name in mid[0].reason, (mid[0].name, mid[0].reason)
+    # The rest of the network still compresses, and the slimmed model is exact.
+    names = {g.name for g in graph.prunable}
+    stem = [g.name for g in graph.prunable if any(tuple(m[:2]) == ("stem", "out") for m in g.members)]
+    assert stem, names
+    keep = {g.name: list(range(0, g.size, 2)) for g in graph.prunable}
+    plan = Plan(method="test", groups=keep, group_sizes={g.name: g.size for g in graph.prunable})
+    small = slim(model, plan, graph=graph)
+    x = torch.randn(2, *SHAPE[1:])
+    assert small.stem.out_channels == 4 and small.mid.out_channels == 8
+    assert graph.verify(small, plan, inputs=[x]) < 1e-4 * float(model(x).abs().max())
+    if hasattr(graph, "cost"):
+        assert graph.cost(plan).macs < graph.full.macs
+
+
+LEAVES = {
+    "ChannelShuffle": lambda: nn.ChannelShuffle(2),
+    "PixelShuffle+Unshuffle": lambda: nn.Sequential(nn.PixelShuffle(2), nn.PixelUnshuffle(2)),
+    "Softmax2d": lambda: nn.Softmax2d(),
+    "LocalResponseNorm": lambda: nn.LocalResponseNorm(3),
+    "GroupNorm": lambda: nn.GroupNorm(4, 8),
+    "InstanceNorm2d": lambda: nn.InstanceNorm2d(8, affine=True),
+    "PReLU": lambda: nn.PReLU(8),
+    "ChannelDropout": lambda: nn.Dropout2d(0.5),
+}
+
+
+@pytest.mark.parametrize("leaf", sorted(LEAVES))
+def test_channel_touching_modules_are_exact_or_frozen(leaf: str) -> None:
+    """Whatever the engine decides for a module, every plan it allows slims exactly."""
+    import random
+
+    from compressor.graph import build_graph, slim
+
+    torch.manual_seed(0)
+    model = _randomise_bn(_LeafNet(LEAVES[leaf]()))
+    graph = build_graph(model, input_shape=SHAPE)
+    mid = [g for g in graph.groups if any(tuple(m[:2]) == ("mid", "out") for m in g.members)]
+    assert len(mid) == 1
+    if mid[0].frozen:
+        assert mid[0].reason
+    x = torch.randn(2, *SHAPE[1:])
+    scale = float(model(x).abs().max())
+    rng = random.Random(0)
+    for _ in range(4):
+        keep = {g.name: sorted(rng.sample(range(g.size), rng.randint(1, g.size))) for g in graph.prunable}
+        plan = Plan(method="test", groups=keep, group_sizes={g.name: g.size for g in graph.prunable})
+        small = slim(model, plan, graph=graph)
+        assert graph.verify(small, plan, inputs=[x]) < 1e-4 * scale, (leaf, keep)
+
+
+class DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if y.sum() > 0:  # Python control flow on a tensor value
+            y = y * 2
+        return y.mean((2, 3))
+
+
+class DataDependentLoop(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        for _ in range(int(y.abs().max().item() > 0)):  # .item() on a traced value
+            y = F.relu(y)
+        return y.mean((2, 3))
+
+
+@pytest.mark.parametrize(
+    "cls,where", [(DataDependent, "if y.sum() > 0"), (DataDependentLoop, "y.abs().max().item()")]
+)
+def test_untraceable_model_gets_a_trace_error_naming_the_operation(cls: type[nn.Module], where: str) -> None:
+    from compressor.graph import build_graph
+
+    with pytest.raises(TraceError) as e:
+        build_graph(cls().eval(), input_shape=SHAPE)
+    msg = str(e.value)
+    assert cls.__name__ in msg and where in msg, msg
+    assert e.value.exit_code == 2
+
+
+def test_input_shape_the_model_rejects_is_a_usage_error() -> None:
+    from compressor.graph import build_graph
+
+    model = _randomise_bn(CumsumNet())
+    with pytest.raises(UsageError, match="input shape"):
+        build_graph(model, input_shape=(1, 1, 16, 16))  # 1 channel into a 3-channel stem
+
+
+def test_fx_wrapped_function_is_opaque_to_fx() -> None:
+    """Guards the premise of the test above: torch.fx leaves mystery_op as one call node."""
+    gm = fx.symbolic_trace(WrappedNet())
+    assert any(n.op == "call_function" and n.target is mystery_op for n in gm.graph.nodes)
+
+
+# =============================================================================================
+# Error rendering
+# =============================================================================================
+def test_cli_errors_print_messages_verbatim() -> None:
+    """Brackets in messages (paths, torch's '[enforce fail ...]', key lists) are not rich markup."""
+    import typer
+    from typer.testing import CliRunner
+
+    from cli._common import cli_errors
+
+    app = typer.Typer()
+
+    @app.command()
+    def fail(msg: str) -> None:
+        with cli_errors():
+            raise UsageError(msg)
+
+    @app.command()
+    def other() -> None:  # a second command so Typer keeps the 'fail' name
+        pass
+
+    runner = CliRunner()
+    for msg in ["out[/]x is bad", "[bold]kept[/bold]", "torch said: [enforce fail at inline_container.cc:179]"]:
+        res = runner.invoke(app, ["fail", msg])
+        assert res.exit_code == 2, (msg, res.exception)
+        assert msg in res.output.replace("\n", ""), res.output
