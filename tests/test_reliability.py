@@ -268,3 +268,36 @@ def test_cli_errors_print_messages_verbatim() -> None:
         res = runner.invoke(app, ["fail", msg])
         assert res.exit_code == 2, (msg, res.exception)
         assert msg in res.output.replace("\n", ""), res.output
+
+
+# =============================================================================================
+# Artifacts under interruption (unit level; the subprocess tests are further down)
+# =============================================================================================
+def test_torn_jsonl_line_does_not_swallow_the_next_record(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A process killed mid-append leaves a torn last line; the next append must still be readable."""
+    from compressor.io import append_jsonl, read_jsonl
+
+    p = tmp_path / "candidates.jsonl"
+    append_jsonl(p, {"i": 0})
+    with open(p, "a", encoding="utf-8") as f:
+        f.write('{"i": 1, "score": 0.')  # killed here
+    append_jsonl(p, {"i": 2})
+    assert read_jsonl(p) == [{"i": 0}, {"i": 2}]
+
+
+def test_atomic_write_leaves_nothing_when_interrupted(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from compressor.io import atomic_write, atomic_write_json
+
+    atomic_write_json(tmp_path / "plan.json", {"ok": 1})
+
+    def interrupted(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write('{"half": ')
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "plan.json", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "new.json", interrupted)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
+    assert (tmp_path / "plan.json").read_text() == '{\n  "ok": 1\n}\n'
