@@ -6,6 +6,9 @@ Every CLI test runs the real Typer app (``cli.main.app``) or a real ``python -m 
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 import torch
 import torch.fx as fx
@@ -273,7 +276,7 @@ def test_cli_errors_print_messages_verbatim() -> None:
 # =============================================================================================
 # Artifacts under interruption (unit level; the subprocess tests are further down)
 # =============================================================================================
-def test_torn_jsonl_line_does_not_swallow_the_next_record(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_torn_jsonl_line_does_not_swallow_the_next_record(tmp_path: Path) -> None:
     """A process killed mid-append leaves a torn last line; the next append must still be readable."""
     from compressor.io import append_jsonl, read_jsonl
 
@@ -285,7 +288,7 @@ def test_torn_jsonl_line_does_not_swallow_the_next_record(tmp_path) -> None:  # 
     assert read_jsonl(p) == [{"i": 0}, {"i": 2}]
 
 
-def test_atomic_write_leaves_nothing_when_interrupted(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_atomic_write_leaves_nothing_when_interrupted(tmp_path: Path) -> None:
     from compressor.io import atomic_write, atomic_write_json
 
     atomic_write_json(tmp_path / "plan.json", {"ok": 1})
@@ -301,3 +304,233 @@ def test_atomic_write_leaves_nothing_when_interrupted(tmp_path) -> None:  # type
         atomic_write(tmp_path / "new.json", interrupted)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
     assert (tmp_path / "plan.json").read_text() == '{\n  "ok": 1\n}\n'
+
+
+# =============================================================================================
+# The CLI: bad checkpoints and bad arguments give exit 2 and a message, before any long work.
+# =============================================================================================
+TINY_KW = {"num_classes": 10, "in_channels": 1, "depth": 8, "width": 8}
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained 1x28x28 ResNet-8 for mnist5k (the commands only need something loadable)."""
+    from compressor.checkpoint import save_checkpoint
+    from compressor.models import build_model, canonical_arch
+
+    torch.manual_seed(0)
+    model = build_model("resnet_cifar", **TINY_KW)
+    meta = {
+        "arch": canonical_arch("resnet_cifar"),
+        "arch_kwargs": dict(TINY_KW),
+        "dataset": "mnist5k",
+        "input_shape": [1, 28, 28],
+        "num_classes": 10,
+        "mean": [0.1307],
+        "std": [0.3081],
+    }
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.pt", meta=meta)
+
+
+def _commands() -> set[str]:
+    import typer
+
+    from cli.main import app
+
+    return set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+
+
+def _invoke(args: list[str]) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    res = CliRunner().invoke(app, args)
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return res.exit_code, " ".join(res.output.split())  # rich wraps long lines
+
+
+#: How each command that loads a checkpoint is called: {ck} is the checkpoint, {out} a fresh folder.
+LOADERS: dict[str, list[str]] = {
+    "profile": ["profile", "{ck}"],
+    "prune": ["prune", "{ck}", "--flops", "0.5", "-o", "{out}/slim.pt"],
+    "search": ["search", "{ck}", "--flops", "0.5", "--candidates", "2", "--calib-batches", "1", "-o", "{out}/plan.json"],
+    "finetune": ["finetune", "{ck}", "--epochs", "1", "-o", "{out}/ft.pt"],
+    "export": ["export", "{ck}", "-o", "{out}/model.onnx"],
+    "run": ["run", "{ck}", "--target", "mobile", "--out", "{out}/run"],
+}
+
+
+def _artifacts(out: Path) -> list[str]:
+    """Files under ``out``, not counting hidden bookkeeping (``.state/``)."""
+    if not out.exists():
+        return []
+    return sorted(
+        str(p.relative_to(out)) for p in out.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)
+    )
+
+
+def _hostile(d: Path) -> tuple[Path, Path]:
+    target = d / "pwned"
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, ...]:
+            return (open, (str(target), "w"))
+
+    torch.save({"state_dict": {}, "meta": Evil()}, d / "evil.pt")
+    return d / "evil.pt", target
+
+
+def _untrusted_arch(d: Path) -> tuple[Path, Path]:
+    from compressor.checkpoint import FORMAT
+
+    target = d / "pwned"
+    obj = {"format": FORMAT, "arch": "os:system", "arch_kwargs": {"command": f"touch {target}"}, "widths": None,
+           "state_dict": {"w": torch.zeros(1)}, "meta": {}}  # fmt: skip
+    torch.save(obj, d / "arch.pt")
+    return d / "arch.pt", target
+
+
+def _plain(name: str, data: bytes | None) -> object:
+    def make(d: Path) -> tuple[Path, Path]:
+        p = d / name
+        if data is None:
+            p.mkdir()
+        else:
+            p.write_bytes(data)
+        return p, d / "never"
+
+    return make
+
+
+def _truncated(d: Path) -> tuple[Path, Path]:
+    torch.save({"w": torch.randn(256, 256)}, d / "full.pt")
+    data = (d / "full.pt").read_bytes()
+    (d / "full.pt").unlink()
+    (d / "trunc.pt").write_bytes(data[: len(data) // 3])
+    return d / "trunc.pt", d / "never"
+
+
+def _wrong_arch(d: Path) -> tuple[Path, Path]:
+    torch.save(nn.Conv2d(1, 4, 3).state_dict(), d / "sd.pt")
+    return d / "sd.pt", d / "never"
+
+
+BAD_CHECKPOINTS = {
+    "hostile_pickle": (_hostile, "arbitrary code"),
+    "untrusted_arch": (_untrusted_arch, "'os:system'"),
+    "truncated": (_truncated, "truncated"),
+    "empty": (_plain("empty.pt", b""), "empty"),
+    "text": (_plain("notes.pt", b"not a checkpoint\n"), "text file"),
+    "random_bytes": (_plain("rand.pt", bytes(range(256)) * 8), "not a readable PyTorch checkpoint"),
+    "directory": (_plain("dir.pt", None), "directory"),
+    "bare_state_dict": (_wrong_arch, "--arch"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_CHECKPOINTS))
+@pytest.mark.parametrize("command", sorted(LOADERS))
+def test_cli_bad_checkpoint_exits_2(tmp_path: Path, command: str, bad: str) -> None:
+    if command not in _commands():
+        pytest.skip(f"'compress {command}' is not on this branch yet")
+    make, phrase = BAD_CHECKPOINTS[bad]
+    ck, target = make(tmp_path)
+    out = tmp_path / "out"
+    args = [a.format(ck=ck, out=out) for a in LOADERS[command]]
+    code, text = _invoke(args)
+    assert code == 2, (args, code, text)
+    assert "error:" in text and phrase in text, text
+    assert not target.exists()
+    assert not _artifacts(out), _artifacts(out)
+
+
+@pytest.mark.parametrize("command", ["finetune", "run"])
+def test_cli_wrong_architecture_exits_2(tmp_path: Path, tiny_ckpt: Path, command: str) -> None:
+    """A checkpoint loaded with --arch naming another architecture: the key mismatch is named."""
+    if command not in _commands():
+        pytest.skip(f"'compress {command}' is not on this branch yet")
+    args = [a.format(ck=tiny_ckpt, out=tmp_path / "out") for a in LOADERS[command]] + ["--arch", "mobilenet_v1"]
+    code, text = _invoke(args)
+    assert code == 2 and "do not fit architecture" in text, text
+
+
+def test_cli_trust_pickle_is_the_only_way_in(tmp_path: Path) -> None:
+    """A whole pickled model is refused by default and loads with --trust-pickle."""
+    cmds = _commands()
+    command = next((c for c in ("profile", "export", "search") if c in cmds), None)
+    if command is None:
+        pytest.skip("no command that loads a checkpoint is on this branch yet")
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    torch.save(net, tmp_path / "whole.pt")
+    base = {
+        "profile": ["profile", str(tmp_path / "whole.pt"), "--input-shape", "1,1,16,16"],
+        "export": ["export", str(tmp_path / "whole.pt"), "-o", str(tmp_path / "m.onnx"), "--input-shape", "1,16,16"],
+        "search": ["search", str(tmp_path / "whole.pt"), "--method", "l1-uniform", "--flops", "0.5",
+                   "--input-shape", "1,1,16,16", "-o", str(tmp_path / "plan.json")],
+    }[command]  # fmt: skip
+    code, text = _invoke(base)
+    assert code == 2 and "--trust-pickle" in text, text
+    code, text = _invoke([*base, "--trust-pickle"])
+    assert code == 0, text
+
+
+def _file_as_dir(d: Path) -> Path:
+    (d / "afile").write_text("x")
+    return d / "afile"
+
+
+#: (command args, phrase the message must contain). {ck} = tiny checkpoint; {out} = fresh folder;
+#: {file} = an existing regular file.
+BAD_ARGS: dict[str, tuple[list[str], str]] = {
+    "search-flops-0": (["search", "{ck}", "--flops", "0", "-o", "{out}/p.json"], "--flops 0"),
+    "search-flops-1.5": (["search", "{ck}", "--flops", "1.5", "-o", "{out}/p.json"], "(0, 1]"),
+    "search-flops-negative": (["search", "{ck}", "--flops", "-0.2", "-o", "{out}/p.json"], "(0, 1]"),
+    "search-unknown-method": (["search", "{ck}", "--method", "nope", "--flops", "0.5", "-o", "{out}/p.json"], "eagleeye"),
+    "search-unknown-dataset": (["search", "{ck}", "--flops", "0.5", "--data", "nope", "-o", "{out}/p.json"], "mnist5k"),
+    "search-output-under-a-file": (["search", "{ck}", "--flops", "0.5", "-o", "{file}/p.json"], "afile"),
+    "search-input-shape-rejected": (
+        ["search", "{ck}", "--flops", "0.5", "--input-shape", "1,3,28,28", "-o", "{out}/p.json"], "input shape"),
+    "search-candidates-0": (["search", "{ck}", "--flops", "0.5", "--candidates", "0", "-o", "{out}/p.json"], "--candidates"),
+    "prune-flops-0": (["prune", "{ck}", "--flops", "0", "-o", "{out}/s.pt"], "--flops 0"),
+    "prune-flops-2": (["prune", "{ck}", "--flops", "2", "-o", "{out}/s.pt"], "(0, 1]"),
+    "prune-unknown-method": (["prune", "{ck}", "--method", "nope", "--flops", "0.5", "-o", "{out}/s.pt"], "nope"),
+    "prune-output-under-a-file": (["prune", "{ck}", "--flops", "0.5", "-o", "{file}/s.pt"], "afile"),
+    "profile-input-shape-rejected": (["profile", "{ck}", "--input-shape", "1,3,28,28"], "input shape"),
+    "finetune-unknown-dataset": (["finetune", "{ck}", "--epochs", "1", "--data", "nope", "-o", "{out}/f.pt"], "mnist5k"),
+    "finetune-epochs-0": (["finetune", "{ck}", "--epochs", "0", "-o", "{out}/f.pt"], "epochs"),
+    "finetune-output-under-a-file": (["finetune", "{ck}", "--epochs", "1", "-o", "{file}/f.pt"], "afile"),
+    "export-unknown-target": (["export", "{ck}", "--target", "nope", "-o", "{out}/m.onnx"], "mobile"),
+    "export-output-under-a-file": (["export", "{ck}", "-o", "{file}/m.onnx"], "afile"),
+    "export-input-shape-rejected": (["export", "{ck}", "--input-shape", "3,28,28", "-o", "{out}/m.onnx"], "input shape"),
+    "validate-not-onnx": (["validate", "{file}", "-r", "{ck}", "--no-latency"], "afile"),
+    "validate-negative-latency": (["validate", "{file}", "-r", "{ck}", "--latency-ms", "-1"], "-1"),
+    "run-flops-0": (["run", "{ck}", "--target", "mobile", "--flops", "0", "--out", "{out}/r"], "--flops 0"),
+    "run-flops-1.5": (["run", "{ck}", "--target", "mobile", "--flops", "1.5", "--out", "{out}/r"], "(0, 1]"),
+    "run-latency-0": (["run", "{ck}", "--target", "mobile", "--latency-ms", "0", "--out", "{out}/r"], "--latency-ms 0"),
+    "run-latency-negative": (["run", "{ck}", "--target", "mobile", "--latency-ms", "-5", "--out", "{out}/r"], "-5"),
+    "run-unknown-method": (["run", "{ck}", "--target", "mobile", "--method", "nope", "--out", "{out}/r"], "eagleeye"),
+    "run-unknown-target": (["run", "{ck}", "--target", "nope", "--out", "{out}/r"], "mobile"),
+    "run-unknown-dataset": (["run", "{ck}", "--target", "mobile", "--data", "nope", "--out", "{out}/r"], "mnist5k"),
+    "run-out-is-a-file": (["run", "{ck}", "--target", "mobile", "--out", "{file}"], "is a file"),
+    "run-out-not-writable": (["run", "{ck}", "--target", "mobile", "--out", "/sys/compressor-out"], "/sys/compressor-out"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ARGS))
+def test_cli_bad_argument_exits_2(tmp_path: Path, tiny_ckpt: Path, case: str) -> None:
+    args, phrase = BAD_ARGS[case]
+    if args[0] not in _commands():
+        pytest.skip(f"'compress {args[0]}' is not on this branch yet")
+    afile = _file_as_dir(tmp_path)
+    out = tmp_path / "out"
+    argv = [a.format(ck=tiny_ckpt, out=out, file=afile) for a in args]
+    t0 = time.perf_counter()
+    code, text = _invoke(argv)
+    took = time.perf_counter() - t0
+    assert code == 2, (argv, code, text)
+    assert "error:" in text and phrase in text, text
+    assert not _artifacts(out), _artifacts(out)
+    assert afile.read_text() == "x"
+    assert took < 60, f"{case} took {took:.0f} s before failing"
