@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     examples: dict[str, str] = {}
     ops: Counter[str] = Counter()
     max_rel = 0.0
+    cost_seeds: list[int] = []
     t0 = time.perf_counter()
     stopped_early = False
     for seed in range(args.start, args.start + args.n):
@@ -66,6 +67,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         counts["nets_ok"] += int(r.ok)
         counts["nets_slimmed"] += int(r.plans_slimmed > 0)
         counts["nets_verified"] += int(r.plans_verified > 0 and r.ok)
+        counts["plans_costed"] += r.plans_costed
+        counts["cost_mismatches"] += len(r.cost_mismatches)
+        if r.cost_mismatches and len(cost_seeds) < 50:
+            cost_seeds.append(seed)
         frozen_reasons.update(r.frozen_reasons)
         ops.update(r.ops)
         max_rel = max(max_rel, r.max_rel_err)
@@ -101,6 +106,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "frozen_groups": counts["frozen_groups"],
         "frozen_reasons": dict(frozen_reasons.most_common()),
         "max_rel_err_verified": max_rel,
+        "cost_model": {
+            "plans_checked": counts["plans_costed"],
+            "mismatches": counts["cost_mismatches"],
+            "seeds": cost_seeds,
+            "what": "graph.cost(plan) (analytic MACs, params) == compressor.graph.count(slimmed model)",
+        },
         "tolerance_rel": 1e-4,
         "failures": {k: {"count": len(v), "seeds": v, "example": examples[k]} for k, v in sorted(failures.items())},
         "failing_seeds": failing,

@@ -503,6 +503,10 @@ class NetResult:
     max_rel_err: float = 0.0
     traced: bool = False
     failures: list[Failure] = field(default_factory=list)
+    #: plans where the analytic cost model (graph.cost) disagrees with compressor.graph.count on
+    #: the slimmed model: {"plan", "macs": [analytic, counted], "params": [analytic, counted]}
+    cost_mismatches: list[dict[str, Any]] = field(default_factory=list)
+    plans_costed: int = 0
 
     @property
     def ok(self) -> bool:
@@ -552,10 +556,14 @@ def _reason_key(reason: str | None) -> str:
     return text[:90]
 
 
-def check_net(seed: int, *, plans: int = 3, rel_tol: float = REL_TOL, check_original: bool = True) -> NetResult:
+def check_net(
+    seed: int, *, plans: int = 3, rel_tol: float = REL_TOL, check_original: bool = True, check_cost: bool = True
+) -> NetResult:
     """Trace the net of ``seed``, slim it at ``plans`` random plans, verify each against the masked original.
 
-    Never raises for a problem of the engine: every problem becomes a :class:`Failure`.
+    Never raises for a problem of the engine: every problem becomes a :class:`Failure`. With
+    ``check_cost`` the analytic cost of each verified plan is compared with the ground-truth count
+    of the slimmed model (disagreements go to ``cost_mismatches``, not to failures).
     """
     import torch
 
@@ -650,12 +658,32 @@ def check_net(seed: int, *, plans: int = 3, rel_tol: float = REL_TOL, check_orig
             )
             continue
         res.plans_verified += 1
+        if check_cost:
+            _check_cost(res, graph, plan, slim, cgraph)
     if check_original:
         with torch.no_grad():
             again = model(inputs)
         if not torch.equal(again, ref):
             res.failures.append(Failure(seed, "original_modified", "slimming changed the original model's outputs"))
     return res
+
+
+def _check_cost(res: NetResult, graph: Any, plan: Any, slim: Any, cgraph: Any) -> None:
+    try:
+        analytic = graph.cost(plan)
+        counted = cgraph.count(slim, INPUT_SHAPE)
+    except Exception as e:  # noqa: BLE001
+        res.cost_mismatches.append({"plan": plan.groups, "error": _short(e)})
+        return
+    res.plans_costed += 1
+    if int(analytic.macs) != int(counted.macs) or int(analytic.params) != int(counted.params):
+        res.cost_mismatches.append(
+            {
+                "plan": plan.groups,
+                "macs": [int(analytic.macs), int(counted.macs)],
+                "params": [int(analytic.params), int(counted.params)],
+            }
+        )
 
 
 def reproduce(seed: int) -> str:
