@@ -737,3 +737,25 @@ def test_interrupted_export_leaves_no_half_written_onnx(tmp_path: Path, tiny_ckp
     proc = _spawn(args, log2)
     assert proc.wait(300) == 0, log2.read_text()[-3000:]
     assert check_artifacts(tmp_path)["model.onnx"] == "onnx"
+
+
+@pytest.mark.parametrize(
+    "text,phrase",
+    [
+        ("", "not valid JSON"),
+        ('{"format": "compressor.plan/1", "groups": ', "not valid JSON"),
+        ("[1, 2]", "not a compressor plan"),
+        ('"plan"', "not a compressor plan"),
+        ('{"format": "other/1"}', "not a compressor plan"),
+        ('{"format": "compressor.plan/1", "method": "x", "groups": [1], "group_sizes": {}}', "malformed plan"),
+        ('{"format": "compressor.plan/1", "method": "x", "groups": {"a": ["z"]}, "group_sizes": {"a": 3}}', "malformed"),
+        ('{"format": "compressor.plan/1", "groups": {}, "group_sizes": {}}', "malformed plan"),
+    ],
+)
+def test_malformed_plan_file_is_a_usage_error(tmp_path: Path, text: str, phrase: str) -> None:
+    p = tmp_path / "plan.json"
+    p.write_text(text)
+    with pytest.raises(UsageError, match=phrase):
+        Plan.load(p)
+    with pytest.raises(UsageError, match="does not exist"):
+        Plan.load(tmp_path / "missing.json")
