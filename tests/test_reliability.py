@@ -759,3 +759,53 @@ def test_malformed_plan_file_is_a_usage_error(tmp_path: Path, text: str, phrase:
         Plan.load(p)
     with pytest.raises(UsageError, match="does not exist"):
         Plan.load(tmp_path / "missing.json")
+
+
+class CumsumMnist(nn.Module):
+    """A 1x28x28 classifier with a cumulative sum over channels in the middle."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1, stride=2)
+        self.bn0 = nn.BatchNorm2d(16)
+        self.mid = nn.Conv2d(16, 8, 3, padding=1, stride=2)
+        self.tail = nn.Conv2d(8, 32, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn0(self.stem(x)))
+        y = torch.cumsum(self.mid(y), dim=1)
+        y = F.relu(self.bn1(self.tail(y)))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_run_with_an_unsupported_op_compresses_and_names_it_in_the_report(tmp_path: Path) -> None:
+    """`compress run` on a model with torch.cumsum over channels: the rest is pruned, the report says why not that."""
+    if "run" not in _commands():
+        pytest.skip("'compress run' is not on this branch yet")
+    import json
+
+    from compressor.checkpoint import save_checkpoint
+
+    arch = f"{__name__}:CumsumMnist"
+    meta = {"arch": arch, "arch_kwargs": {}, "dataset": "mnist5k", "input_shape": [1, 28, 28], "num_classes": 10,
+            "mean": [0.1307], "std": [0.3081]}  # fmt: skip
+    torch.manual_seed(0)
+    ck = save_checkpoint(CumsumMnist(), tmp_path / "cumsum.pt", meta=meta)
+    code, text = _invoke(["run", str(ck), "--target", "mobile", "--out", str(tmp_path / "out")])
+    assert code == 2 and f"--arch {arch}" in text, text  # a user module needs the user's say-so
+    from compressor.methods import list_methods
+
+    method = "l1-uniform" if "l1-uniform" in list_methods() else "eagleeye"
+    out = tmp_path / "out2"
+    args = ["run", str(ck), "--arch", arch, "--target", "mobile", "--flops", "0.6", "--epochs", "0",
+            "--method", method, "--max-acc-drop", "100", "--out", str(out), "--json"]  # fmt: skip
+    code, text = _invoke(args)
+    assert code in (0, 3), text[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    layers = {row["name"]: row for row in report["layers"]}
+    frozen = [row for row in report["layers"] if row["frozen"]]
+    assert any("cumsum" in (row.get("reason") or "") for row in frozen), report["layers"]
+    assert any(not row["frozen"] and row["after"] < row["before"] for row in layers.values()), report["layers"]
+    assert "cumsum" in report["message"] or any("cumsum" in n for n in report.get("notes", [])), report["message"]
