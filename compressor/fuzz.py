@@ -90,6 +90,10 @@ class _Builder:
             return f"{self.mod('act', 'nn.LeakyReLU(0.1)')}({expr})"
         if r < 0.87:
             return f"torch.tanh({expr})"
+        if r < 0.91:  # in place, as torchvision writes it
+            return f"F.relu({expr}, inplace=True)"
+        if r < 0.94:
+            return f"{self.mod('act', 'nn.ReLU(inplace=True)')}({expr})"
         return expr
 
     def width(self, like: int | None = None) -> int:
@@ -116,7 +120,10 @@ class _Builder:
         bn = rng.random() < 0.7 if bn is None else bn
         act = rng.random() < 0.8 if act is None else act
         bias = "True" if (not bn or rng.random() < 0.2) else "False"
-        conv = f"nn.Conv2d({t.c}, {c_out}, {k}, stride={stride}, padding={k // 2}, groups={groups}, bias={bias})"
+        if k == 3 and t.h >= 8 and rng.random() < 0.08:  # dilated, same size
+            conv = f"nn.Conv2d({t.c}, {c_out}, 3, stride={stride}, padding=2, dilation=2, groups={groups}, bias={bias})"
+        else:
+            conv = f"nn.Conv2d({t.c}, {c_out}, {k}, stride={stride}, padding={k // 2}, groups={groups}, bias={bias})"
         h = (t.h + 2 * (k // 2) - k) // stride + 1
         if rng.random() < 0.15:  # a Sequential block, as torchvision writes them
             parts = [conv] + ([f"nn.BatchNorm2d({c_out})"] if bn else []) + (["nn.ReLU()"] if act else [])
@@ -157,6 +164,9 @@ class _Builder:
             return self.assign(self.act(f"{sc.var} + {y.var}"), c2, y.h)
         y = self.conv(t, self.width(t.c), k=3, stride=1, bn=True, act=True)
         y = self.conv(y, t.c, k=3, stride=1, bn=True, act=False)
+        if rng.random() < 0.3:  # torchvision's BasicBlock: out += identity
+            self.fwd.append(f"{y.var} += {t.var}")
+            return self.assign(self.act(y.var), t.c, t.h)
         return self.assign(self.act(f"{t.var} + {y.var}"), t.c, t.h)
 
     def op_add_earlier(self, t: _T) -> _T:
@@ -182,7 +192,8 @@ class _Builder:
             a = self.conv(t, stride=1)
             parts = [t, a]
         c = sum(p.c for p in parts)
-        return self.assign(f"torch.cat([{', '.join(p.var for p in parts)}], {rng.choice(('1', 'dim=1'))})", c, t.h)
+        dim = rng.choice(("1", "dim=1", "dim=-3"))
+        return self.assign(f"torch.cat([{', '.join(p.var for p in parts)}], {dim})", c, t.h)
 
     def op_split(self, t: _T) -> _T:
         rng = self.rng
@@ -196,7 +207,8 @@ class _Builder:
         elif r < 0.75:
             a_c = rng.randint(1, t.c - 1)
             b_c = t.c - a_c
-            src = rng.choice(("torch.split({}, [{}, {}], dim=1)", "{}.split([{}, {}], 1)")).format(t.var, a_c, b_c)
+            forms = ("torch.split({}, [{}, {}], dim=1)", "{}.split([{}, {}], 1)", "torch.split({}, [{}, {}], dim=-3)")
+            src = rng.choice(forms).format(t.var, a_c, b_c)
         else:  # slicing
             a_c = rng.randint(1, t.c - 1)
             b_c = t.c - a_c
@@ -238,7 +250,25 @@ class _Builder:
                 s = self.assign(f"{s.var}[:, :, None, None]", t.c, 1)
             else:
                 s = self.assign(f"{s.var}.view({s.var}.size(0), -1, 1, 1)", t.c, 1)
+        if rng.random() < 0.2:
+            return self.assign(f"{t.var} * {s.var}.expand_as({t.var})", t.c, t.h)
         return self.assign(f"{t.var} * {s.var}", t.c, t.h)
+
+    def op_shared(self, t: _T) -> _T:
+        """One conv module called twice (weights shared): its input and output channels are one."""
+        rng = self.rng
+        conv = self.mod("shared", f"nn.Conv2d({t.c}, {t.c}, 3, padding=1, bias={rng.choice(('True', 'False'))})")
+        a = self.assign(f"F.relu({conv}({t.var}))", t.c, t.h)
+        return self.assign(self.act(f"{conv}({a.var})"), t.c, t.h)
+
+    def op_upconv(self, t: _T) -> _T:
+        """A transposed convolution up, then a pooling back down (a decoder step)."""
+        if t.h > 8:
+            return self.op_pool(t)
+        c2 = self.width()
+        up = self.mod("up", f"nn.ConvTranspose2d({t.c}, {c2}, 2, stride=2)")
+        y = self.assign(self.act(f"{self.mod('bn', f'nn.BatchNorm2d({c2})')}({up}({t.var}))"), c2, t.h * 2)
+        return self.conv(y, stride=2, k=3)
 
     def op_pool(self, t: _T) -> _T:
         if t.h < 4:
@@ -290,6 +320,8 @@ class _Builder:
                 h,
             ),
             ("instancenorm", lambda: f"{M('inorm', f'nn.InstanceNorm2d({c}, affine=True)')}({x})", c, h),
+            ("functional_conv", lambda: f"F.conv2d({x}, {self._weight(c, c)}, padding=1)", c, h),
+            ("add_alpha", lambda: f"torch.add({x}, {x}.abs(), alpha=0.5)", c, h),
         ]
         if c % 2 == 0:
             choices.append(("channel_shuffle", lambda: f"channel_shuffle({x}, 2)", c, h))
@@ -306,6 +338,11 @@ class _Builder:
             self.helpers["channel_shuffle"] = _CHANNEL_SHUFFLE
         self.ops.append(f"unusual:{name}")
         return self.assign(expr, c2, h2)
+
+    def _weight(self, c_out: int, c_in: int) -> str:
+        name = self._name("weight")
+        self.init.append(f"self.{name} = nn.Parameter(torch.randn({c_out}, {c_in}, 3, 3) * 0.2)")
+        return f"self.{name}"
 
     def _param(self, c: int) -> str:
         name = self._name("scale")
@@ -325,6 +362,8 @@ class _Builder:
                 )
             )
             self.ops.append("head:gap")
+            if rng.random() < 0.25:
+                pool = f"{self.mod('flat', 'nn.Flatten()')}({self.mod('gap', 'nn.AdaptiveAvgPool2d(1)')}({{}}))"
             f = self.assign(pool.format(t.var), t.c, 1)
         elif r < 0.55:  # flatten into Linear: each channel spans h*h features
             self.ops.append("head:flatten")
@@ -334,6 +373,9 @@ class _Builder:
             self.ops.append("head:mlp")
             f = self.assign(f"{t.var}.mean((2, 3))", t.c, 1)
             hid = rng.choice((8, 12, 16))
+            if rng.random() < 0.3:  # torchvision's classifier: nn.Sequential(Linear, ReLU, Dropout, Linear)
+                seq = f"nn.Sequential(nn.Linear({f.c}, {hid}), nn.ReLU(inplace=True), nn.Dropout(0.2), nn.Linear({hid}, {num_classes}))"
+                return f"{self.mod('classifier', seq)}({f.var})"
             mid = f"{self.mod('fc', f'nn.Linear({f.c}, {hid})')}({f.var})"
             if rng.random() < 0.4:
                 mid = f"{self.mod('bn', f'nn.BatchNorm1d({hid})')}({mid})"
@@ -381,6 +423,8 @@ _OPS = (
     ("se", 1.0),
     ("pool", 0.8),
     ("bn", 0.4),
+    ("shared", 0.4),
+    ("upconv", 0.4),
 )
 
 
