@@ -229,6 +229,8 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
     if p.is_dir():
         raise CheckpointError(f"checkpoint {str(p)!r} is a directory, not a file")
+    if not p.is_file():  # a named pipe or a device would block or stream forever
+        raise CheckpointError(f"checkpoint {str(p)!r} is not a regular file (a pipe, socket or device)")
     if p.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {str(p)!r} is empty (0 bytes); was it written completely?")
     obj = _torch_load(p, trust_pickle)

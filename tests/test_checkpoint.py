@@ -296,3 +296,15 @@ def test_save_is_atomic_and_never_a_pickle(tmp_path: Path) -> None:
     with pytest.raises(Boom):
         atomic_write(tmp_path / "sub" / "x.pt", fail)
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.pt"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX named pipes")
+def test_special_files_are_refused_without_hanging(tmp_path: Path) -> None:
+    """A named pipe or a device would block or stream forever; they are refused at once."""
+    fifo = tmp_path / "ck.pt"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        if not path.exists():
+            continue
+        with pytest.raises(CheckpointError, match="not a regular file|empty"):
+            load_checkpoint(path)
