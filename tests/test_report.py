@@ -137,5 +137,5 @@ def test_nice_ticks_cover_range(lo: float, hi: float) -> None:
     t = rep.nice_ticks(lo, hi)
     assert t[0] <= lo + 1e-12 and t[-1] >= hi - 1e-12
     assert 2 <= len(t) <= 12
-    assert all(b > a for a, b in zip(t, t[1:]))
+    assert all(b > a for a, b in zip(t, t[1:], strict=False))
     assert all(math.isfinite(v) for v in t)
