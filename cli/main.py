@@ -31,7 +31,21 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _sigterm_to_interrupt() -> None:
+    """SIGTERM (CI cancelling a job) unwinds like Ctrl-C: temp files are removed, finished artifacts stay."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread
+        pass
+
+
 def main() -> None:
+    _sigterm_to_interrupt()
     app()
 
 
