@@ -14,6 +14,7 @@ from cli._common import cli_errors, console, err_console, print_json
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
+        ctx: typer.Context,
         checkpoint: Path = typer.Argument(
             ..., help="Trained checkpoint (.pt), e.g. examples/resnet_mnist.pt."
         ),
@@ -72,7 +73,7 @@ def register(app: typer.Typer) -> None:
             from compressor.errors import CompressorError
             from compressor.pipeline import run
 
-            command = "compress " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+            command = _command_line(ctx)
             progress_console = err_console if as_json else console
             try:
                 report = run(
@@ -103,6 +104,20 @@ def register(app: typer.Typer) -> None:
                     _show(report, as_json=as_json, dry_run=False)
                 raise
             _show(report, as_json=as_json, dry_run=dry_run)
+
+
+def _command_line(ctx: typer.Context) -> str:
+    """The exact command as typed; rebuilt from the parsed options when called in-process (tests)."""
+    if "run" in sys.argv[1:3]:
+        return "compress " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    parts = ["compress", "run", shlex.quote(str(ctx.params["checkpoint"]))]
+    for p in ctx.command.params:
+        v = ctx.params.get(p.name)
+        if p.name == "checkpoint" or v is None or v is False:
+            continue
+        flag = max(p.opts, key=len)
+        parts.append(flag if v is True else f"{flag} {shlex.quote(str(v))}")
+    return " ".join(parts)
 
 
 def _show(report: dict, *, as_json: bool, dry_run: bool) -> None:

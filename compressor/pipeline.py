@@ -830,8 +830,9 @@ def _export_and_validate(ctx: _Context, model: Any) -> None:
         lats = _latency([ctx.state / "original.onnx", onnx_path], ctx.target, ctx.shape)
         ctx.original["latency"], ctx.compressed["latency"] = lats
         ctx.validation["latency_measured_on"] = lats[1].get("measured_on")
-        st["note"] = f"max abs diff {ctx.checks[-2]['value'] if len(ctx.checks) > 1 else '?'}, " \
-                     f"latency p50 {lats[0]['p50']:.3f} -> {lats[1]['p50']:.3f} ms"
+        mad = (d.get("numerics") or {}).get("random", {}).get("max_abs_diff")
+        st["note"] = (f"ONNX vs PyTorch max abs diff {mad:.2g}, " if mad is not None else "") + \
+            f"top-1 {ctx.compressed['top1_ort']:.2f}% on ONNX Runtime, latency p50 {lats[0]['p50']:.3f} -> {lats[1]['p50']:.3f} ms"
 
 
 # --------------------------------------------------------------------------------- the report

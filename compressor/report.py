@@ -217,14 +217,23 @@ def render_table(report: dict[str, Any]) -> Any:
         ok = item.get("passed")
         res = "[green]pass[/]" if ok else ("[red]FAIL[/]" if ok is False else "[dim]not checked[/]")
         unit = item.get("unit") or ""
-        b.add_row(str(item.get("name")), _limit_txt(item) + unit, fmt_num(item.get("value"), 4) + unit, res)
+        b.add_row(str(item.get("name")), _limit_txt(item) + unit, fmt_value(item.get("value")) + unit, res)
     return Group(t, b)
+
+
+def fmt_value(v: Any) -> str:
+    """Up to 4 significant digits: 0.5, 0.5024, 30, 4.66e-09, -13."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return fmt_num(v)
+    if not math.isfinite(v):
+        return "–"
+    return f"{v:.4g}"
 
 
 def _limit_txt(item: dict[str, Any]) -> str:
     lim = item.get("limit")
     op = item.get("op", "<=")
-    return "–" if lim is None else f"{op} {fmt_num(lim, 4)}"
+    return "–" if lim is None else f"{op} {fmt_value(lim)}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -434,10 +443,21 @@ def svg_latency(dists: Sequence[tuple[str, Sequence[float], str]], *, budget: fl
     dists = [d for d in dists if d[1]]
     if not dists:
         return ""
-    allv = [v for _, s, _ in dists for v in s]
-    lo, hi = min(allv), max(allv)
+    allv = sorted(v for _, s, _ in dists for v in s)
+    # the range covers the bulk of the runs (a few stalls on a shared machine would squash the
+    # histogram); runs beyond it are counted in the caption, and a budget far off scale is an arrow
+    def q(f: float) -> float:
+        return allv[min(len(allv) - 1, int(f * len(allv)))]
+
+    lo, hi = allv[0], min(q(0.99), q(0.75) + 6 * (q(0.75) - q(0.25)) + 1e-9)
+    hidden = sum(1 for v in allv if v > hi)
+    budget_off = None
     if budget is not None and _finite(budget):
-        lo, hi = min(lo, budget), max(hi, budget)
+        if budget <= hi + 2 * (hi - lo) + 1e-12:
+            lo, hi = min(lo, budget), max(hi, budget)
+        else:
+            budget_off = budget
+            budget = None
     pad = (hi - lo) * 0.05 or max(hi * 0.05, 1e-3)
     lo, hi = max(0.0, lo - pad), hi + pad
     nbins = 40
@@ -446,7 +466,8 @@ def svg_latency(dists: Sequence[tuple[str, Sequence[float], str]], *, budget: fl
     for name, s, c in dists:
         counts = [0] * nbins
         for v in s:
-            counts[min(nbins - 1, max(0, int((v - lo) / bw)))] += 1
+            if v <= hi:
+                counts[min(nbins - 1, max(0, int((v - lo) / bw)))] += 1
         hists.append((name, [k / len(s) for k in counts], c, s))
     ymax = max(max(hh) for _, hh, _, _ in hists)
     ax = _Axes(width, height, (lo, hi), (0.0, ymax * 1.1), margin=(34, 20, 48, 64))
@@ -471,6 +492,14 @@ def svg_latency(dists: Sequence[tuple[str, Sequence[float], str]], *, budget: fl
             f'<line x1="{xb:.1f}" x2="{xb:.1f}" y1="{ax.top}" y2="{ax.py(0):.1f}" stroke="{C_CHOSEN}" stroke-width="2" stroke-dasharray="6 3"/>'
         )
         leg.append((budget_label, C_CHOSEN, "line"))
+    if budget_off is not None:
+        y = ax.top + 14
+        xr = width - ax.right - 6
+        p.append(f'<text x="{xr}" y="{y}" text-anchor="end" font-size="12" fill="{C_CHOSEN}">'
+                 f'{_e(budget_label)} → ({_e(_tick_label(budget_off))} ms, off scale)</text>')
+    if hidden:
+        p.append(f'<text x="{width - ax.right - 6}" y="{ax.top + 30}" text-anchor="end" font-size="11" fill="#555">'
+                 f'{hidden} slowest runs (above {_e(_tick_label(hi))} ms) not shown</text>')
     p += _legend(ax.left, 20, leg)
     return _svg(width, height, p, "latency distributions")
 
@@ -492,7 +521,7 @@ code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-s
 pre{background:#f3f4f6;padding:8px 10px;border-radius:4px;white-space:pre-wrap;word-break:break-all;margin:6px 0}
 table{border-collapse:collapse;margin:6px 0 4px;font-size:13.5px}
 th,td{padding:4px 12px 4px 0;text-align:left;border-bottom:1px solid #eef0f3;vertical-align:top}
-th{font-weight:600;color:#444}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+th{font-weight:600;color:#444}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .badge{display:inline-block;padding:3px 10px;border-radius:12px;font-weight:600;font-size:13px;color:#fff}
 .ok{background:#2e7d32}.bad{background:#c62828}.warn{background:#a15c00}.dim{background:#8a94a6}
 .pass{color:#2e7d32;font-weight:600}.fail{color:#c62828;font-weight:600}.na{color:#8a94a6}
@@ -619,7 +648,7 @@ def render_html(report: dict[str, Any]) -> str:
         rows.append([
             _e(item.get("name")),
             _e(_limit_txt(item) + unit),
-            _e(fmt_num(item.get("value"), 4) + unit),
+            _e(fmt_value(item.get("value")) + unit),
             _pf(item.get("passed")),
             _e(item.get("detail") or ""),
         ])
@@ -651,7 +680,7 @@ def render_html(report: dict[str, Any]) -> str:
         svg = svg_latency(
             [("original", ol or [], C_ORIG), ("compressed", cl or [], C_COMP)],
             budget=budget if _finite(budget) else None,
-            budget_label=f"budget p{pct} ≤ {budget} ms" if pct is not None else "latency budget",
+            budget_label=f"budget p{pct:g} ≤ {budget:g} ms" if _finite(pct) and _finite(budget) else "latency budget",
         )
         out.append("<h2>Latency</h2>")
         out.append(f'<div class="fig">{svg}</div>')
@@ -672,8 +701,8 @@ def render_html(report: dict[str, Any]) -> str:
         out.append("<h2>Stages</h2>")
         out.append(_table(
             ["stage", "seconds", "status", "note"],
-            [[_e(st.get("name")), _e(fmt_num(st.get("seconds"), 1)), _e(st.get("status", "")), _e(st.get("note") or "")]
-             for st in stages] + [["<b>total</b>", f"<b>{total:.1f}</b>", "", ""]],
+            [[_e(st.get("name")), _e(f"{float(st.get('seconds') or 0):.2f}"), _e(st.get("status", "")), _e(st.get("note") or "")]
+             for st in stages] + [["<b>total</b>", f"<b>{total:.2f}</b>", "", ""]],
             num_cols=(1,),
         ))
     notes = report.get("notes") or []
