@@ -124,6 +124,8 @@ def _show(report: dict, *, as_json: bool, dry_run: bool) -> None:
     from compressor.pipeline import estimate_table
     from compressor.report import render_table
 
+    if report.get("status") == "worker":  # a non-zero torchrun rank: rank 0 prints
+        return
     if as_json:
         print_json(report)
     elif dry_run:

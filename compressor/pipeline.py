@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from compressor.errors import BudgetError, CompressorError, UsageError, ValidationError
-from compressor.io import append_jsonl, atomic_write_json, read_jsonl
+from compressor.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 
 STAGES = ("load", "profile", "search", "slim", "finetune", "export", "validate", "report")
 ARTIFACTS = ("model.onnx", "model.pt", "plan.json", "candidates.jsonl", "report.json", "report.html", "test_data_set_0")
@@ -473,7 +473,23 @@ def run(
     ctx.ck_sha = sha256_file(ck)
     if dry_run:
         return _dry_run(ctx, trust_pickle=trust_pickle)
-    _prepare_out(ctx.out, {"checkpoint_sha256": ctx.ck_sha, **s.fingerprint()}, force=force, run=r)
+    ctx.world = int(os.environ.get("WORLD_SIZE", "1"))
+    if ctx.world > 1:  # under torchrun: one process group for the search and DDP fine-tuning
+        from compressor.search import init_distributed
+
+        ctx.rank, ctx.world = init_distributed(_resolve_device(s.device))
+        r.progress = progress and ctx.rank == 0
+    err = None
+    if ctx.rank == 0:
+        try:
+            _prepare_out(ctx.out, {"checkpoint_sha256": ctx.ck_sha, **s.fingerprint()}, force=force, run=r)
+        except UsageError as e:
+            err = str(e)
+            if ctx.world <= 1:
+                raise
+    err = _shared(ctx, err)
+    if err:
+        raise UsageError(err)
     return _full_run(ctx, trust_pickle=trust_pickle)
 
 
@@ -499,6 +515,8 @@ class _Context:
     validation: dict[str, Any] = field(default_factory=dict)
     export_info: dict[str, Any] = field(default_factory=dict)
     multiple_noted: bool = False
+    rank: int = 0
+    world: int = 1
 
     @property
     def state(self) -> Path:
@@ -541,6 +559,9 @@ def _profile(ctx: _Context) -> None:
     cache = ctx.state / "original.json"
     onnx_path = ctx.state / "original.onnx"
     with ctx.run.stage("profile") as st:
+        if ctx.rank != 0:
+            st["status"] = "skipped"
+            return
         if cache.is_file() and onnx_path.is_file():
             ctx.original = json.loads(cache.read_text(encoding="utf-8"))
             st["status"] = "resumed"
@@ -672,7 +693,7 @@ def _search(ctx: _Context) -> None:
     plan_path = ctx.out / "plan.json"
     cand_path = ctx.out / "candidates.jsonl"
     with ctx.run.stage("search") as st:
-        if plan_path.is_file():
+        if _shared(ctx, plan_path.is_file()):
             ctx.plan = Plan.load(plan_path)
             ctx.search = dict(ctx.plan.info.get("pipeline") or {})
             st["status"] = "resumed"
@@ -683,19 +704,30 @@ def _search(ctx: _Context) -> None:
             n = len(read_jsonl(cand_path))
             ctx.run.note(f"resuming the search: {n} candidates already scored in candidates.jsonl")
             st["status"] = "resumed"
-        elif cand_path.is_file():  # deterministic methods recompute their few plans in seconds
+        elif cand_path.is_file() and ctx.rank == 0:  # deterministic methods recompute their few plans in seconds
             cand_path.unlink()
-        plan = _method_plan(ctx, s.flops)
-        if s.method != "eagleeye":
-            plan.info = {**(plan.info or {}), "candidate": 0}
-            _record_candidate(ctx, plan, 0, s.flops)
-        checked: list[dict[str, Any]] = []
-        if s.latency_ms is not None:
-            plan, checked = _latency_select(ctx, plan)
+        plan = _method_plan(ctx, s.flops)  # every rank: a search shards its candidates under torchrun
+        if ctx.rank != 0:  # rank 0 times candidates on ONNX Runtime and writes the plan
+            got = _shared(ctx, None)
+            if isinstance(got, str):
+                raise BudgetError(got)
+            ctx.plan = Plan.from_dict(got)
+            return
+        try:
+            if s.method != "eagleeye":
+                plan.info = {**(plan.info or {}), "candidate": 0}
+                _record_candidate(ctx, plan, 0, s.flops)
+            checked: list[dict[str, Any]] = []
+            if s.latency_ms is not None:
+                plan, checked = _latency_select(ctx, plan)
+        except _BudgetStop as e:
+            _shared(ctx, e.message)
+            raise
         ctx.search = {"latency_checked": checked}
         plan.info = {**(plan.info or {}), "pipeline": {"latency_checked": checked}}
         plan.save(plan_path)
         ctx.plan = plan
+        _shared(ctx, plan.to_dict())
         n = len(read_jsonl(cand_path))
         st["note"] = f"{s.method}: {n} candidate{'s' if n != 1 else ''} in candidates.jsonl, chosen #{plan.info.get('candidate')}"
 
@@ -774,24 +806,28 @@ def _slim_and_finetune(ctx: _Context) -> Any:
             "method": s.method, "flops_target": s.flops}
     with ctx.run.stage("finetune") as st:
         if s.epochs == 0:
-            save_checkpoint(small, model_path, meta=meta)
+            if ctx.rank == 0:
+                save_checkpoint(small, model_path, meta=meta)
             st["status"] = "skipped"
             st["note"] = "epochs = 0"
             return small
-        if done_flag.is_file() and model_path.is_file():
+        if _shared(ctx, done_flag.is_file() and model_path.is_file()):
             model, _ = load_checkpoint(model_path)
             st["status"] = "resumed"
             st["note"] = "fine-tuned model.pt from the earlier run"
             ctx.run.note("resumed: fine-tuning had finished; model.pt reused")
             return model
-        if model_path.is_file():
-            ctx.run.note("resuming the fine-tune from the last completed epoch in model.pt")
+        from compressor.train import finetune, state_path
+
+        if state_path(model_path).is_file():
+            ctx.run.note(f"resuming the fine-tune from the last completed epoch in {state_path(model_path).name}")
             st["status"] = "resumed"
-        from compressor.train import finetune
 
         res = finetune(small, ctx.bundle, epochs=s.epochs, out=model_path, meta=meta, lr=s.lr, batch_size=s.batch_size,
-                       device=ctx.device, seed=s.seed, teacher=ctx.model if s.distill else None, progress=ctx.run.progress)
-        (done_flag).write_text("done\n", encoding="utf-8")
+                       device=ctx.device, seed=s.seed, teacher=ctx.model if s.distill else None, progress=ctx.run.progress,
+                       keep_state=False)
+        if ctx.rank == 0:
+            atomic_write_text(done_flag, "done\n")
         model = res.model.cpu().eval()
         ctx.compressed["finetune_best_acc"] = _val(res, "best_acc")
         return model
@@ -951,6 +987,15 @@ def _finish(ctx: _Context, status: str, exit_code: int, message: str) -> dict[st
     return report
 
 
+def _shared(ctx: _Context, value: Any) -> Any:
+    """Rank 0's value on every rank under torchrun (identity in one process)."""
+    if ctx.world <= 1:
+        return value
+    from compressor.search import broadcast_object
+
+    return broadcast_object(value)
+
+
 def _with_report(err: CompressorError, report: dict[str, Any]) -> CompressorError:
     """Attach the written report to the error so the CLI can still print the summary (and --json)."""
     err.report = report  # type: ignore[attr-defined]
@@ -966,6 +1011,8 @@ def _full_run(ctx: _Context, *, trust_pickle: bool) -> dict[str, Any]:
         report = _finish(ctx, "budget_not_met", 3, e.message)
         raise _with_report(BudgetError(e.message + f"; report: {ctx.out / 'report.html'}"), report) from None
     model = _slim_and_finetune(ctx)
+    if ctx.rank != 0:  # export, validation and the report are rank 0's
+        return {"status": "worker", "rank": ctx.rank, "exit_code": 0}
     try:
         _export_and_validate(ctx, model)
     except ValidationError as e:

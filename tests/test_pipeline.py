@@ -230,3 +230,25 @@ def test_config_unknown_key_is_an_error(tmp_path: Path) -> None:
     cfg.write_text('epochs = "three"\n', encoding="utf-8")
     with pytest.raises(UsageError, match="epochs"):
         load_config(cfg)
+
+
+@pytest.mark.distributed
+def test_torchrun_two_processes(assets: dict[str, Path]) -> None:
+    """Under torchrun (gloo on CPU) the search is sharded, fine-tuning is DDP, rank 0 writes everything."""
+    import os
+    import subprocess
+    import sys
+
+    out = assets["root"] / "out_ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "cli.main", "run", str(assets["ckpt"]), "--target", str(assets["target"]), "--candidates", "4",
+           "--epochs", "1", "--out", str(out), "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["status"] == "passed"
+    idx = [json.loads(line)["index"] for line in (out / "candidates.jsonl").read_text().splitlines() if line.strip()]
+    assert sorted(idx) == [0, 1, 2, 3]  # every candidate scored once, by one of the two ranks
+    assert (out / "model.onnx").is_file() and (out / "model.pt").is_file()
