@@ -252,3 +252,25 @@ def test_torchrun_two_processes(assets: dict[str, Path]) -> None:
     idx = [json.loads(line)["index"] for line in (out / "candidates.jsonl").read_text().splitlines() if line.strip()]
     assert sorted(idx) == [0, 1, 2, 3]  # every candidate scored once, by one of the two ranks
     assert (out / "model.onnx").is_file() and (out / "model.pt").is_file()
+
+
+def test_validation_failure_exits_4_after_writing_the_report(assets: dict[str, Path],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ONNX model that disagrees with PyTorch (simulated: a zero tolerance) is exit 4, report first."""
+    import compressor.export as export
+
+    real = export.validate
+
+    def strict(*args: Any, **kwargs: Any) -> Any:
+        return real(*args, **{**kwargs, "atol": -1.0, "rtol": 0.0})
+
+    monkeypatch.setattr(export, "validate", strict)
+    out = assets["root"] / "out_val"
+    res = _invoke(str(assets["ckpt"]), "--target", str(assets["target"]), "--candidates", "2", "--epochs", "0",
+                  "--out", str(out))
+    assert res.exit_code == 4, res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["status"] == "validation_failed" and rep["exit_code"] == 4
+    failed = [c["name"] for c in rep["checks"] if c["passed"] is False]
+    assert any("ONNX Runtime vs PyTorch" in n for n in failed)
+    assert "FAIL" in (out / "report.html").read_text()
