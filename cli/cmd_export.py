@@ -69,6 +69,9 @@ def validate_cmd(
     percentile: float | None = typer.Option(None, help="Latency percentile compared with the budget (overrides the target)."),
     max_acc_drop: float | None = typer.Option(None, help="Allowed top-1 drop in points (overrides the target)."),
     threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads (overrides the target)."),
+    opt_level: str | None = typer.Option(
+        None, help="ONNX Runtime graph optimisation level: disable, basic, extended, all (overrides the target)."),
+    provider: str | None = typer.Option(None, help="ONNX Runtime execution provider (overrides the target)."),
     atol: float = typer.Option(1e-4, help="Absolute tolerance of ONNX vs PyTorch outputs."),
     rtol: float = typer.Option(1e-3, help="Tolerance relative to the largest PyTorch output magnitude."),
     max_batches: int | None = typer.Option(None, help="Use at most this many test batches (default: all)."),
@@ -93,7 +96,8 @@ def validate_cmd(
             model, reference=reference, target=target, data=data, original=original, arch=arch,
             trust_pickle=trust_pickle, atol=atol, rtol=rtol, max_batches=max_batches, latency=latency,
             latency_budget_s=latency_seconds, latency_ms=latency_ms, percentile=percentile,
-            max_acc_drop=max_acc_drop, intra_op_threads=threads,
+            max_acc_drop=max_acc_drop, intra_op_threads=threads, graph_optimization_level=opt_level,
+            provider=provider,
         )
         out = output if output is not None else Path(model).parent / "validation.json"
         d = report.to_dict()

@@ -23,7 +23,9 @@ import hashlib
 import itertools
 import json
 import os
+import sys
 import time
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +123,9 @@ class SearchResult:
 class _Progress:
     """A rich progress bar (rank 0 only): candidates done, best score so far, candidates/min."""
 
-    def __init__(self, enabled: bool, total: int | None, done: int, description: str) -> None:
+    def __init__(
+        self, enabled: bool, total: int | None, done: int, description: str, best: float | None = None
+    ) -> None:
         self.enabled = enabled
         self.start = time.perf_counter()
         self.new = 0
@@ -139,7 +143,9 @@ class _Progress:
             TimeElapsedColumn(),
             transient=False,
         )
-        self.task = self.bar.add_task(description, total=total, completed=done, best="-", rate="-")
+        self.task = self.bar.add_task(
+            description, total=total, completed=done, best="-" if best is None else f"{best:.2f}", rate="-"
+        )
         self.bar.start()
 
     def update(self, n_new: int, best: float | None) -> None:
@@ -227,7 +233,7 @@ def run_search(
         scores = [float(r[score_key]) for r in records.values() if r.get(score_key) is not None]
         return max(scores) if scores else None
 
-    bar = _Progress(progress and rank == 0, candidates, len(records), description)
+    bar = _Progress(progress and rank == 0, candidates, len(records), description, best_score())
     start = time.perf_counter()
     stopped_by = "candidates"
     evaluated = 0
@@ -289,3 +295,141 @@ def run_search(
         stopped_by=stopped_by,
         world_size=world,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint -> plan (what `compress search` runs; any registered method)
+# ---------------------------------------------------------------------------------------------
+def method_options(method: str, explicit: dict[str, Any], implicit: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The options to pass to ``method``: every ``explicit`` one that is set (not None), which the
+    method must accept (else :class:`UsageError` naming the flag and the method's options), plus
+    each ``implicit`` one that the method's signature names (progress, meta, device...)."""
+    import inspect
+
+    from compressor.methods import get_method
+
+    fn = get_method(method)
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    own = sorted(
+        k for k, p in params.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("flops", "data", "seed", "meta", "progress")
+    )
+    out: dict[str, Any] = {}
+    for k, v in explicit.items():
+        if v is None:
+            continue
+        if not (takes_any or k in params):
+            flags = ", ".join("--" + o.replace("_", "-") for o in own) or "(none)"
+            raise UsageError(f"--{k.replace('_', '-')} is not an option of method {method!r}; its options: {flags}")
+        out[k] = v
+    for k, v in (implicit or {}).items():
+        if v is not None and k in params and k not in out:
+            out[k] = v
+    return out
+
+
+def search_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    *,
+    method: str = "eagleeye",
+    flops: float | None = None,
+    data: str | None = None,
+    out: str | os.PathLike[str] | None = "plan.json",
+    seed: int = 0,
+    arch: str | None = None,
+    trust_pickle: bool = False,
+    input_shape: tuple[int, ...] | None = None,
+    device: str = "auto",
+    candidates_file: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """Load ``checkpoint`` (and its data, for methods that score on data), run ``method`` and save
+    the plan to ``out`` (rank 0 only under torchrun). Returns ``(plan, summary)``.
+
+    ``options`` go to the method; one it does not accept is a :class:`UsageError`. The data spec
+    defaults to the checkpoint's ``meta["dataset"]`` for methods that need data (``needs_data``).
+    ``candidates_file`` defaults to ``<out stem>.candidates.jsonl`` beside ``out``.
+    """
+    from compressor.checkpoint import load_checkpoint
+    from compressor.graph import build_graph
+    from compressor.methods import check_flops, get_method
+
+    fn = get_method(method)
+    check_flops(flops)
+    t0 = time.perf_counter()
+    model, meta = load_checkpoint(checkpoint, arch=arch, trust_pickle=trust_pickle)
+    meta = dict(meta or {})
+    if input_shape is None:
+        if not meta.get("input_shape"):
+            raise UsageError(
+                f"checkpoint {str(checkpoint)!r} does not record its input shape; pass --input-shape, e.g. 1,3,224,224"
+            )
+        input_shape = (1, *[int(s) for s in meta["input_shape"]])
+    spec = data or (meta.get("dataset") if getattr(fn, "needs_data", False) else None)
+    if getattr(fn, "needs_data", False) and not spec:
+        raise UsageError(
+            f"method {method!r} scores candidates on data and the checkpoint names no dataset: pass --data "
+            "(mnist5k, cifar10:DIR or imagefolder:DIR)"
+        )
+    bundle = None
+    if spec:
+        from compressor.data import load_data
+
+        bundle = load_data(spec, meta=meta)
+    if candidates_file is None and out is not None:
+        candidates_file = Path(out).with_name(Path(out).stem + ".candidates.jsonl")
+    opts = method_options(
+        method,
+        options,
+        {"device": device, "candidates_file": candidates_file, "progress": progress, "meta": meta},
+    )
+    load_seconds = time.perf_counter() - t0
+    graph = build_graph(model, input_shape=tuple(input_shape))
+    plan = fn(model, graph, flops=flops, data=bundle, seed=seed, **opts)
+    if plan.input_shape is None:
+        plan.input_shape = [int(s) for s in input_shape]
+    if plan.seed is None:
+        plan.seed = seed
+    cost = graph.cost(plan)
+    full = graph.full
+    summary = {
+        "method": method,
+        "checkpoint": str(checkpoint),
+        "data": spec,
+        "flops_target": flops,
+        "macs_before": int(full.macs),
+        "macs_after": int(cost.macs),
+        "flops_ratio": cost.macs / full.macs if full.macs else 1.0,
+        "params_before": int(full.params),
+        "params_after": int(cost.params),
+        "groups_pruned": sum(1 for g, k in plan.groups.items() if len(k) < plan.group_sizes[g]),
+        "groups": len(plan.groups),
+        "score": plan.info.get("score"),
+        "candidate": plan.info.get("candidate"),
+        "candidates_file": str(candidates_file) if "candidates_file" in opts else None,
+        "load_seconds": load_seconds,
+        "seconds": time.perf_counter() - t0,
+        "plan": str(out) if out is not None else None,
+    }
+    rank, _ = dist_env()
+    if out is not None and rank == 0:
+        plan.save(out)
+    return plan, summary
+
+
+# ---------------------------------------------------------------------------------------------
+# ``compressor.search(...)`` stays the public search function (DESIGN.md) even after this module
+# was imported: importing a submodule binds it as the package attribute of the same name, which
+# would shadow the lazily exported function. The module is therefore callable and forwards to
+# :func:`compressor.methods.search`.
+# ---------------------------------------------------------------------------------------------
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from compressor.methods import search
+
+        return search(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -156,77 +156,55 @@ def _read(spec: str) -> tuple[str, str, str]:
 # ---------------------------------------------------------------- validation
 
 
-def _type_name(tp: Any) -> str:
-    return {float: "a number", int: "an integer", bool: "true or false", str: "a string"}.get(tp, str(tp))
+#: What each key must be, as error messages say it.
+_EXPECTED = {
+    "flops": "a fraction of FLOPs kept in (0, 1], e.g. 0.5",
+    "latency_ms": "a positive number of milliseconds (leave the key out for no latency budget)",
+    "percentile": "a percentile in (0, 100], e.g. 50 or 90",
+    "max_acc_drop": "a non-negative number of accuracy points, e.g. 1.0",
+    "provider": "an ONNX Runtime execution provider name, e.g. 'CPUExecutionProvider'",
+    "intra_op_threads": "an integer thread count >= 0 (0 = ONNX Runtime's default)",
+    "graph_optimization_level": f"one of {', '.join(OPT_LEVELS)}",
+    "batch": "an integer batch size >= 1",
+    "shape": "a list of three positive integers [C, H, W], e.g. [3, 224, 224]",
+    "opset": f"an integer ONNX opset from {MIN_OPSET} to {MAX_OPSET}",
+    "channel_multiple": "an integer >= 1 (1 = no rounding)",
+    "dynamic_batch": "true or false",
+}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _coerce(where: str, key: str, value: Any) -> Any:
     """Check one value's type and range; return it normalised (ints -> floats where floats are asked)."""
-
-    def need(ok: bool, what: str) -> None:
-        if not ok:
-            raise UsageError(f"{where}: {key} = {value!r} is invalid: expected {what}")
-
-    def number(allow_none: bool = False) -> float | None:
-        if value is None and allow_none:
-            return None
-        need(isinstance(value, (int, float)) and not isinstance(value, bool), "a number")
+    ok = {
+        "flops": lambda v: _is_num(v) and 0.0 < v <= 1.0,
+        "latency_ms": lambda v: v is None or (_is_num(v) and v > 0),
+        "percentile": lambda v: _is_num(v) and 0.0 < v <= 100.0,
+        "max_acc_drop": lambda v: _is_num(v) and v >= 0.0,
+        "provider": lambda v: isinstance(v, str) and v.endswith("ExecutionProvider"),
+        "intra_op_threads": lambda v: _is_int(v) and v >= 0,
+        "graph_optimization_level": lambda v: isinstance(v, str) and v in OPT_LEVELS,
+        "batch": lambda v: _is_int(v) and v >= 1,
+        "shape": lambda v: v is None or (isinstance(v, (list, tuple)) and len(v) == 3
+                                         and all(_is_int(s) and s > 0 for s in v)),
+        "opset": lambda v: _is_int(v) and MIN_OPSET <= v <= MAX_OPSET,
+        "channel_multiple": lambda v: _is_int(v) and v >= 1,
+        "dynamic_batch": lambda v: isinstance(v, bool),
+    }[key]
+    if not ok(value):
+        raise UsageError(f"{where}: {key} = {value!r} is invalid: expected {_EXPECTED[key]}")
+    if key in ("flops", "latency_ms", "percentile", "max_acc_drop") and value is not None:
         return float(value)
-
-    def integer() -> int:
-        need(isinstance(value, int) and not isinstance(value, bool), "an integer")
-        return int(value)
-
-    if key == "flops":
-        v = number()
-        need(v is not None and 0.0 < v <= 1.0, "a fraction of FLOPs kept in (0, 1], e.g. 0.5")
-        return v
-    if key == "latency_ms":
-        v = number(allow_none=True)
-        need(v is None or v > 0, "a positive number of milliseconds (leave the key out for no latency budget)")
-        return v
-    if key == "percentile":
-        v = number()
-        need(v is not None and 0.0 < v <= 100.0, "a percentile in (0, 100], e.g. 50 or 90")
-        return v
-    if key == "max_acc_drop":
-        v = number()
-        need(v is not None and v >= 0.0, "a non-negative number of accuracy points, e.g. 1.0")
-        return v
-    if key == "provider":
-        need(isinstance(value, str) and value.endswith("ExecutionProvider"),
-             "an ONNX Runtime execution provider name, e.g. 'CPUExecutionProvider'")
-        return value
-    if key == "intra_op_threads":
-        v = integer()
-        need(v >= 0, "a thread count >= 0 (0 = ONNX Runtime's default)")
-        return v
-    if key == "graph_optimization_level":
-        need(isinstance(value, str) and value in OPT_LEVELS, f"one of {', '.join(OPT_LEVELS)}")
-        return value
-    if key == "batch":
-        v = integer()
-        need(v >= 1, "a batch size >= 1")
-        return v
-    if key == "shape":
-        if value is None:
-            return None
-        need(isinstance(value, (list, tuple)) and len(value) == 3
-             and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in value),
-             "a list of three positive integers [C, H, W], e.g. [3, 224, 224]")
+    if key == "shape" and value is not None:
         return tuple(int(s) for s in value)
-    if key == "opset":
-        v = integer()
-        need(MIN_OPSET <= v <= MAX_OPSET, f"an ONNX opset from {MIN_OPSET} to {MAX_OPSET}")
-        return v
-    if key == "channel_multiple":
-        v = integer()
-        need(v >= 1, "an integer >= 1 (1 = no rounding)")
-        return v
-    if key == "dynamic_batch":
-        need(isinstance(value, bool), "true or false")
-        return value
-    raise AssertionError(key)  # pragma: no cover - keys are checked before
+    return value
 
 
 def _build(name: str, source: str, raw: dict[str, Any], overrides: dict[str, Any], _depth: int = 0) -> Target:

@@ -2,8 +2,10 @@
 
 The exporter is torch's TorchScript-based one (``torch.onnx.export(..., dynamo=False)``): for the
 convolutional classifiers this tool compresses it is mature, fast (~1 s for ResNet-18) and writes
-one self-contained file, while the torch.export-based exporter (``dynamo=True``) takes about twice
-as long, needs onnxscript and rejects some models the tracer handles. ``exporter="auto"`` (the
+one self-contained file at exactly the opset asked for (11 to 20: a target may need an old opset
+for an old runtime), while the torch.export-based exporter (``dynamo=True``) takes two to three
+times as long, needs onnxscript, and with torch 2.15 writes opset 18 or newer only (asked for 17, its
+version conversion fails and it keeps 18). ``exporter="auto"`` (the
 default) tries TorchScript first and falls back to the torch.export-based exporter when the
 TorchScript exporter is missing or fails; the result records which one wrote the file.
 """
@@ -161,9 +163,11 @@ def export_onnx(
     try:
         for i, name in enumerate(order):
             try:
+                def write(tmp: str, name: str = name) -> None:
+                    _export_to(model, x, tmp, opset=opset, dynamic_batch=dynamic_batch, exporter=name)
+
                 with _quiet(), contextlib.redirect_stdout(io.StringIO()):
-                    atomic_write(path, lambda tmp, name=name: _export_to(
-                        model, x, tmp, opset=opset, dynamic_batch=dynamic_batch, exporter=name))
+                    atomic_write(path, write)
                 used = name
                 break
             except Exception as e:  # noqa: BLE001 - reported, then the next exporter is tried
@@ -188,12 +192,33 @@ def export_onnx(
         notes.append(f"asked for opset {opset}, the exporter wrote opset {real_opset}")
 
     sim = simplify_onnx(path) if simplify else None
+    _stamp(path, {"exporter": used, "opset": str(real_opset), "input_shape": "x".join(map(str, shape)),
+                  "dynamic_batch": str(dynamic_batch).lower(), "simplified": str(bool(sim and sim.simplified)).lower(),
+                  **{f"{k}_version": v for k, v in versions().items()}})
     return ExportResult(
         path=str(path), opset=int(real_opset), input_name=INPUT_NAME, output_name=OUTPUT_NAME,
         input_shape=list(shape), dynamic_batch=dynamic_batch, exporter=used,
         export_seconds=round(export_seconds, 3), simplify=sim, size_bytes=path.stat().st_size,
         versions=versions(), notes=notes,
     )
+
+
+def _stamp(path: Path, props: dict[str, str]) -> None:
+    """Record how the file was made in its own metadata (``metadata_props``, prefixed ``compressor.``)."""
+    import onnx
+
+    from compressor import __version__
+
+    model = onnx.load(str(path))
+    model.producer_name = "compressor"
+    model.producer_version = __version__
+    keep = [p for p in model.metadata_props if not p.key.startswith("compressor.")]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = f"compressor.{k}", v
+    atomic_write(path, lambda tmp: onnx.save(model, tmp))
 
 
 def simplify_onnx(

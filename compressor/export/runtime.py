@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +93,8 @@ def concrete_shape(sess: Any, batch: int, input_shape: tuple[int, ...] | None = 
         return tuple(int(s) for s in input_shape)
     if any(s is None for s in shape[1:]):
         raise UsageError(f"the ONNX model's input shape {shape} has symbolic dimensions besides the batch; pass input_shape")
-    return (shape[0] if shape[0] is not None else batch, *[int(s) for s in shape[1:]])  # type: ignore[misc]
+    rest = [int(s) for s in shape[1:] if s is not None]
+    return (shape[0] if shape[0] is not None else batch, *rest)
 
 
 def summarize(times_ms: list[float], percentile: float | None = None) -> dict[str, Any]:
@@ -141,7 +143,7 @@ def time_sessions(
 
 
 def measure_latency(
-    onnx_path: str | os.PathLike[str] | list[str | os.PathLike[str]],
+    onnx_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
     target: Any,
     input_shape: tuple[int, ...] | None = None,
@@ -161,7 +163,8 @@ def measure_latency(
     from compressor.targets import load_target
 
     target = load_target(target)
-    paths = onnx_path if isinstance(onnx_path, list) else [onnx_path]
+    single = isinstance(onnx_path, (str, os.PathLike))
+    paths: list[str | os.PathLike[str]] = [onnx_path] if single else list(onnx_path)  # type: ignore[list-item,arg-type]
     rng = np.random.default_rng(seed)
     sessions, infos, shapes = [], [], []
     for p in paths:
@@ -179,7 +182,7 @@ def measure_latency(
         r = summarize(t, target.budget.percentile)
         r.update(path=str(p), input_shape=list(shape), session=info.to_dict(), measured_on=machine_note(target))
         results.append(r)
-    return results[0] if not isinstance(onnx_path, list) else {"models": results}
+    return results[0] if single else {"models": results}
 
 
 def machine_note(target: Any) -> str:

@@ -230,7 +230,10 @@ def write_test_data_set(
     written = []
     for fname, arr, name in (("input_0.pb", inputs, input_name), ("output_0.pb", outputs, output_name)):
         blob = numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np.float32), name=name).SerializeToString()
-        written.append(str(atomic_write(folder / fname, lambda tmp, blob=blob: Path(tmp).write_bytes(blob))))
+        def write(tmp: str, blob: bytes = blob) -> None:
+            Path(tmp).write_bytes(blob)
+
+        written.append(str(atomic_write(folder / fname, write)))
     return {"folder": str(folder), "files": written, "input_shape": list(inputs.shape),
             "output_shape": list(outputs.shape)}
 

@@ -357,8 +357,12 @@ def eagleeye(
         }
     )
 
+    importance = graph.importance()  # L1 per channel, computed once for the whole search
+
     def plan_of(counts: dict[str, int]) -> Any:
-        return graph.plan_from_counts({k: int(v) for k, v in counts.items()}, method="eagleeye", seed=seed)
+        return graph.plan_from_counts(
+            {k: int(v) for k, v in counts.items()}, method="eagleeye", seed=seed, importance=importance
+        )
 
     def evaluate(i: int) -> dict[str, Any]:
         s = sample_strategy(graph, flops, seed=seed, index=i, ratio_max=R, tolerance=tolerance, multiple=multiple)
