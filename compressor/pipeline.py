@@ -667,13 +667,15 @@ def _method_options(ctx: _Context) -> dict[str, Any]:
                             "device": ctx.device, "progress": ctx.run.progress, "meta": ctx.meta}
     if s.channel_multiple > 1:
         opts["multiple"] = s.channel_multiple
-    params = inspect.signature(get_method(s.method)).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        if "multiple" in opts and "multiple" not in params and not ctx.multiple_noted:
-            ctx.multiple_noted = True
-            ctx.run.note(f"method {s.method!r} does not round kept widths to the target's channel multiple "
-                         f"({s.channel_multiple})")
-        opts = {k: v for k, v in opts.items() if k in params}
+    # only the options the method names (methods reject unknown ones); the config's
+    # [method_options] go through as given
+    params = {n for n, p in inspect.signature(get_method(s.method)).parameters.items()
+              if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    if "multiple" in opts and "multiple" not in params and not ctx.multiple_noted:
+        ctx.multiple_noted = True
+        ctx.run.note(f"method {s.method!r} does not round kept widths to the target's channel multiple "
+                     f"({s.channel_multiple})")
+    opts = {k: v for k, v in opts.items() if k in params}
     opts.update(s.method_options)
     return opts
 
