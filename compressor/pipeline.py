@@ -1072,15 +1072,28 @@ def _dry_run(ctx: _Context, *, trust_pickle: bool) -> dict[str, Any]:
     if s.latency_ms is not None:
         est["search"] += s.latency_candidates * 3.0
     est["slim"] = n_test * per_img * s.flops + 1.0
-    est["finetune"] = s.epochs * (n_train * per_img * 3 + n_val * per_img) * s.flops
+    # a training step costs ~3 forwards; per-image transforms and the optimizer about as much again
+    est["finetune"] = s.epochs * (n_train * per_img * 8 + n_val * per_img) * s.flops
     est["export"] = 3.0
     est["validate"] = n_test * per_img * s.flops * 2 + 8.0
     est["report"] = 0.5
-    plan = [{"name": k, "estimate_s": round(v, 1)} for k, v in est.items()]
+    what = {
+        "profile": f"FLOPs, params, top-1 on PyTorch and ONNX Runtime over {n_test} test images",
+        "search": (f"eagleeye: {s.candidates} candidates at {s.flops:g} FLOPs, adaptive BN on {s.calib_batches} "
+                   f"batches, scored on {n_val} images" if s.method == "eagleeye" else f"{s.method} at {s.flops:g} FLOPs")
+        + (f"; up to {s.latency_candidates} timed against p{s.percentile:g} <= {s.latency_ms:g} ms"
+           if s.latency_ms is not None else ""),
+        "slim": "physical slimming, equivalence check",
+        "finetune": f"{s.epochs} epochs on {n_train} images, batch {s.batch_size}, lr {s.lr:g}" if s.epochs else "skipped",
+        "export": f"ONNX opset {ctx.target.export.opset}, onnxsim",
+        "validate": "numerics, top-1 PyTorch vs ONNX Runtime, latency original vs compressed",
+        "report": "report.json, report.html",
+    }
+    plan = [{"name": k, "estimate_s": round(v, 1), "what": what.get(k, "")} for k, v in est.items()]
     total = sum(est.values())
     report = {
         "status": "dry_run", "exit_code": 0, "command": ctx.command,
-        "message": f"would run {', '.join(est)}: about {total / 60:.1f} min on this machine",
+        "message": f"would take about {total / 60:.1f} min on this machine (device {ctx.device}); writes nothing now",
         "checkpoint": {"path": s.checkpoint, "sha256": ctx.ck_sha, "arch": ctx.meta.get("arch")},
         "settings": {**s.to_dict(), "device_used": ctx.device},
         "target": ctx.target.to_dict() if hasattr(ctx.target, "to_dict") else {},
@@ -1095,15 +1108,22 @@ def _dry_run(ctx: _Context, *, trust_pickle: bool) -> dict[str, Any]:
 
 def estimate_table(report: dict[str, Any]) -> Any:
     """A rich table of a dry run's stages and time estimates."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
-    t = Table(title=f"compress run --dry-run: {report.get('message', '')}", title_justify="left")
+    t = Table(title="compress run --dry-run", title_justify="left")
     t.add_column("stage")
+    t.add_column("what")
     t.add_column("estimate", justify="right")
     for row in report.get("plan") or []:
-        t.add_row(row["name"], f"{row['estimate_s']:.0f} s")
-    t.add_row("[bold]total[/]", f"[bold]{report.get('estimate_s', 0):.0f} s[/]")
-    return t
+        t.add_row(row["name"], row.get("what", ""), f"{row['estimate_s']:.0f} s")
+    t.add_row("[bold]total[/]", "", f"[bold]{report.get('estimate_s', 0):.0f} s[/]")
+    o = report.get("original") or {}
+    g = report.get("groups") or {}
+    head = Text(f"{report.get('checkpoint', {}).get('path')}: {o.get('macs', 0) / 1e6:.2f} M MACs, "
+                f"{o.get('params', 0) / 1e3:.1f} k params, {g.get('total')} channel groups ({g.get('prunable')} prunable)")
+    return Group(head, t, Text(str(report.get("message", ""))))
 
 
 __all__ = ["run", "resolve_settings", "load_config", "Settings", "DEFAULTS", "ARTIFACTS", "estimate_table"]
