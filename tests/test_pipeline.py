@@ -159,6 +159,29 @@ def test_rerun_with_other_settings_is_refused(eagleeye_run: dict[str, Any]) -> N
     assert "--force" in res.output and "epochs" in res.output
 
 
+def test_interrupted_search_resumes_from_candidates_jsonl(assets: dict[str, Path]) -> None:
+    """A run stopped after the search scored its candidates (no plan.json yet) scores none again."""
+    out = assets["root"] / "out_resume"
+    args = [str(assets["ckpt"]), "--target", str(assets["target"]), "--candidates", "2", "--epochs", "0",
+            "--out", str(out)]
+    assert _invoke(*args).exit_code == 0
+    lines = (out / "candidates.jsonl").read_text().splitlines()
+    (out / "plan.json").unlink()  # as if interrupted between the search and writing the plan
+    (out / "model.onnx").unlink()
+    res = _invoke(*args)
+    assert res.exit_code == 0, res.output
+    assert "2 candidates already scored" in res.output
+    assert (out / "candidates.jsonl").read_text().splitlines() == lines  # nothing scored twice
+    assert (out / "plan.json").is_file() and (out / "model.onnx").is_file()
+
+
+def test_out_that_is_a_file_exits_2(assets: dict[str, Path], tmp_path: Path) -> None:
+    f = tmp_path / "not_a_dir"
+    f.write_text("x")
+    res = _invoke(str(assets["ckpt"]), "--target", str(assets["target"]), "--out", str(f))
+    assert res.exit_code == 2 and "is a file" in res.output
+
+
 def test_impossible_latency_budget_exits_3_with_a_report(assets: dict[str, Path]) -> None:
     out = assets["root"] / "out_lat"
     res = _invoke(str(assets["ckpt"]), "--target", str(assets["target"]), "--method", "l1-uniform", "--epochs", "0",
