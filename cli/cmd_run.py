@@ -99,9 +99,9 @@ def register(app: typer.Typer) -> None:
                     console=progress_console,
                 )
             except CompressorError as e:  # a budget or validation failure still has a report: show it
-                report = getattr(e, "report", None)
-                if report is not None:
-                    _show(report, as_json=as_json, dry_run=False)
+                partial = getattr(e, "report", None)
+                if partial is not None:
+                    _show(partial, as_json=as_json, dry_run=False)
                 raise
             _show(report, as_json=as_json, dry_run=dry_run)
 

@@ -572,7 +572,7 @@ def _search_plots(search: dict[str, Any], settings: dict[str, Any]) -> str:
             ylabel=str(search.get("score_label") or "score (%)"),
             title="candidates: score vs FLOPs",
             highlight=chosen,
-            vline=(float(tgt), "FLOPs target") if _finite(tgt) else None,
+            vline=(float(tgt), "FLOPs target") if isinstance(tgt, (int, float)) and _finite(tgt) else None,
             labels=[f"#{c.get('id')}: FLOPs {c['flops']:.4f}, score {c['score']:.2f}" for c in cands],
         )
         parts.append(
