@@ -932,7 +932,20 @@ def _search_section(ctx: _Context) -> dict[str, Any]:
         if isinstance(t, dict):
             topk.append({"id": t.get("index"), "score": t.get("score"),
                          "finetuned": _val(t, "finetuned", "finetuned_acc", "ft_acc"), "chosen": t.get("index") == chosen})
-    return {"method": s.method, "candidates": cands, "chosen": chosen, "topk": topk,
+    summary = f"{s.method}: {len(cands)} candidate{'s' if len(cands) != 1 else ''} evaluated"
+    if s.method == "eagleeye" and info.get("score") is not None:
+        nb = info.get("calib_batches")
+        summary += (f", scored by top-1 after adaptive BN ({nb} calibration batch{'es' if nb != 1 else ''}) on "
+                    f"{info.get('val_images')} search-validation images; chosen #{chosen} scored {info['score']:.2f}%")
+        if topk:
+            summary += f" after fine-tuning the top {len(topk)} for {info.get('finetune_epochs')} epoch(s)"
+    elif s.method == "epruner" and info.get("beta") is not None:
+        summary += (f"; Affinity Propagation exemplars with beta {info['beta']:.4g}"
+                    + (" (given)" if info.get("beta_given") else " (found by bisection on the FLOPs target)"))
+    chk = ctx.search.get("latency_checked") or []
+    if chk:
+        summary += f"; {len(chk)} timed against the latency budget"
+    return {"method": s.method, "summary": summary + ".", "candidates": cands, "chosen": chosen, "topk": topk,
             "latency_checked": ctx.search.get("latency_checked") or [],
             "score_label": "adaptive-BN top-1 on the search-validation split (%)" if s.method == "eagleeye" else "score",
             "info": _jsonable_info({k: v for k, v in info.items() if k not in ("pipeline", "finetuned")})}

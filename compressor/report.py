@@ -668,10 +668,10 @@ def render_html(report: dict[str, Any]) -> str:
         out.append(f'<div class="fig">{svg_layers(layers)}</div>')
     search = report.get("search") or {}
     sp = _search_plots(search, s)
-    if sp:
+    if sp or search.get("summary"):
         out.append("<h2>Search</h2>")
         if search.get("summary"):
-            out.append(f'<div class="cap">{_e(search["summary"])}</div>')
+            out.append(f'<p class="lead">{_e(search["summary"])}</p>')
         out.append(sp)
     ol, cl = _get(o, "latency", "samples"), _get(c, "latency", "samples")
     if ol or cl:
