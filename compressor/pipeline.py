@@ -912,7 +912,7 @@ def _checks(ctx: _Context) -> list[dict[str, Any]]:
 
 
 def _layers(ctx: _Context) -> list[dict[str, Any]]:
-    if ctx.graph is None:
+    if ctx.graph is None or ctx.plan is None:
         return []
     rows = []
     for gr in ctx.graph.groups:

@@ -449,7 +449,7 @@ def svg_latency(dists: Sequence[tuple[str, Sequence[float], str]], *, budget: fl
     def q(f: float) -> float:
         return allv[min(len(allv) - 1, int(f * len(allv)))]
 
-    lo, hi = allv[0], min(q(0.99), q(0.75) + 6 * (q(0.75) - q(0.25)) + 1e-9)
+    lo, hi = allv[0], min(q(0.98), max(3 * q(0.5), q(0.75) + 6 * (q(0.75) - q(0.25))) + 1e-9)
     hidden = sum(1 for v in allv if v > hi)
     budget_off = None
     if budget is not None and _finite(budget):
