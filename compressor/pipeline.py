@@ -313,7 +313,7 @@ def _prepare_out(out: Path, fingerprint: dict[str, Any], *, force: bool, run: _R
     state_file = out / STATE_DIR / "run.json"
     present = [a for a in ARTIFACTS if (out / a).exists()]
     if force:
-        for a in ARTIFACTS:
+        for a in (*ARTIFACTS, "model.pt.state"):  # and an interrupted fine-tune's state
             p = out / a
             if p.is_dir():
                 shutil.rmtree(p)
