@@ -157,6 +157,13 @@ def test_rerun_with_other_settings_is_refused(eagleeye_run: dict[str, Any]) -> N
     res = _invoke(*args)
     assert res.exit_code == 2
     assert "--force" in res.output and "epochs" in res.output
+    # --force discards the earlier artifacts and starts over with the new settings
+    args[args.index("--epochs") + 1] = "0"
+    res = _invoke(*args, "--force")
+    assert res.exit_code == 0, res.output
+    rep = json.loads((eagleeye_run["out"] / "report.json").read_text())
+    assert rep["settings"]["epochs"] == 0
+    assert {s["name"]: s["status"] for s in rep["stages"]}["search"] == "done"  # not resumed
 
 
 def test_interrupted_search_resumes_from_candidates_jsonl(assets: dict[str, Path]) -> None:
