@@ -304,3 +304,38 @@ def test_validation_failure_exits_4_after_writing_the_report(assets: dict[str, P
     failed = [c["name"] for c in rep["checks"] if c["passed"] is False]
     assert any("ONNX Runtime vs PyTorch" in n for n in failed)
     assert "FAIL" in (out / "report.html").read_text()
+
+
+def test_sigint_during_search_then_rerun_resumes(assets: dict[str, Path]) -> None:
+    """Ctrl-C a real `compress run` while it scores candidates; the same command then finishes the job."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = assets["root"] / "out_sigint"
+    args = [str(assets["ckpt"]), "--target", str(assets["target"]), "--candidates", "8", "--epochs", "0",
+            "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "run", *args], cwd=Path(__file__).resolve().parents[1],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cands = out / "candidates.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if cands.is_file() and len(cands.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "rerun the same command to resume" in output
+    assert not (out / "plan.json").exists() and not (out / "report.json").exists()
+    done = {json.loads(line)["index"] for line in cands.read_text().splitlines() if line.strip()}
+    assert 2 <= len(done) < 8
+    res = _invoke(*args)
+    assert res.exit_code == 0, res.output
+    assert f"{len(done)} candidates already scored" in res.output
+    idx = [json.loads(line)["index"] for line in cands.read_text().splitlines() if line.strip()]
+    assert sorted(idx) == list(range(8))  # the earlier ones were not scored again
