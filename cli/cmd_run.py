@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
             None, "--latency-ms", help="Latency budget in ms on ONNX Runtime (default: the target's)."
         ),
         method: str = typer.Option(
-            None, "--method", "-m", help="Pruning method: eagleeye, epruner, l1-uniform (default eagleeye)."
+            None, "--method", "-m", help="A registered pruning method (eagleeye, epruner, l1-uniform, ...; default eagleeye); an unknown name lists them."
         ),
         data: str = typer.Option(
             None,
