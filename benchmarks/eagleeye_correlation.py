@@ -1,6 +1,6 @@
 """EagleEye's central claim on the demo: adaptive-BN accuracy ranks sub-nets like fine-tuning does.
 
-    OMP_NUM_THREADS=1 python benchmarks/eagleeye_correlation.py [--candidates 40]
+    OMP_NUM_THREADS=1 python benchmarks/eagleeye_correlation.py [--candidates 36]
 
 For each of N random candidates at 50% FLOPs (the search's own strategy generator, seed 0):
 top-1 on the search-validation split with the BatchNorm statistics inherited from the full
@@ -22,7 +22,7 @@ from eagleeye_common import RESULTS, batches, load_demo, machine, short_finetune
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--candidates", type=int, default=40)
+    ap.add_argument("--candidates", type=int, default=36)
     ap.add_argument("--flops", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--calib-batches", type=int, default=50)

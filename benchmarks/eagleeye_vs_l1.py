@@ -1,6 +1,6 @@
 """EagleEye against the l1-uniform baseline at the same FLOPs on the demo, after the same fine-tune.
 
-    OMP_NUM_THREADS=1 python benchmarks/eagleeye_vs_l1.py [--candidates 30] [--epochs 2]
+    OMP_NUM_THREADS=1 python benchmarks/eagleeye_vs_l1.py [--candidates 50] [--epochs 3] [--seeds 2]
 
 EagleEye: a search of N candidates at 50% FLOPs (default settings: 50 calibration batches of
 64), best adaptive-BN score. l1-uniform: the same ratio in every group, L1-ranked channels.
@@ -20,10 +20,10 @@ from eagleeye_common import RESULTS, batches, load_demo, machine, top1
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--candidates", type=int, default=30)
+    ap.add_argument("--candidates", type=int, default=50)
     ap.add_argument("--flops", type=float, default=0.5)
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--seeds", type=int, default=1, help="fine-tune seeds per method")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=2, help="fine-tune seeds per method")
     args = ap.parse_args()
 
     import torch

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,7 +94,7 @@ def _as_similarity(S: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         raise UsageError(f"similarity must be square, got shape {tuple(S.shape)}")
     if S.shape[1] == 0:
         raise UsageError("similarity matrix is empty: Affinity Propagation needs at least one point")
-    S = S.to(dtype=dtype)
+    S = S.to(dtype=dtype).contiguous()  # a transposed (column-major) S makes every row reduction ~10x slower
     lo, hi = torch.aminmax(S)  # NaN propagates, so one pass checks everything
     if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
         raise UsageError("similarity matrix has NaN or infinite entries; pass finite similarities")
@@ -177,67 +178,61 @@ def _medoid(S0: torch.Tensor) -> int:
     return int(torch.argmax(off.sum(dim=0)))
 
 
-def affinity_propagation_batch(
-    S: torch.Tensor,
-    preference: float | torch.Tensor,
-    *,
-    damping: float = 0.5,
-    max_iter: int = 200,
-    convergence_iter: int = 15,
-    random_state: int = 0,
-    dtype: torch.dtype = torch.float64,
-) -> list[APResult]:
-    """Run AP on ``B`` independent problems of the same size at once.
+def _degenerate(Sb: torch.Tensor, pb: torch.Tensor) -> APResult | None:
+    """scikit-learn's answer for one point, or all similarities and preferences equal; else None."""
+    n, dev = Sb.shape[0], Sb.device
+    if n == 1:
+        one = torch.zeros(1, dtype=torch.long, device=dev)
+        return APResult(one, one.clone(), 0, True, None)
+    if bool((pb == pb[0]).all()) and _all_off_diagonal_equal(Sb):
+        if float(pb[0]) > float(Sb[0, n - 1]):
+            ex = torch.arange(n, device=dev)
+            return APResult(ex, ex.clone(), 0, True, "all similarities and preferences equal and the preference is higher: every point is an exemplar")
+        return APResult(torch.zeros(1, dtype=torch.long, device=dev), torch.zeros(n, dtype=torch.long, device=dev), 0, True, "all similarities and preferences equal and the preference is not higher: one exemplar (the first point)")
+    return None
 
-    ``S``: (B, n, n) similarities (or (n, n) for one problem); ``preference``: a scalar, (B,)
-    one per problem, or (B, n) one per point. Each problem stops at its own convergence
-    iteration, exactly as if it ran alone. Results are on ``S``'s device.
-    """
-    _check_args(damping, max_iter, convergence_iter)
-    if isinstance(S, torch.Tensor) and S.dim() == 2:
-        S = S[None]
-    S = _as_similarity(S, dtype)
-    B, n, _ = S.shape
-    dev = S.device
-    pref = _as_preference(preference, B, n, S)
-    results: list[APResult | None] = [None] * B
 
-    # Degenerate cases, decided as scikit-learn does (before noise).
-    todo: list[int] = []
-    for b in range(B):
-        if n == 1:
-            one = torch.zeros(1, dtype=torch.long, device=dev)
-            results[b] = APResult(one, one.clone(), 0, True, None)
-            continue
-        if bool((pref[b] == pref[b, 0]).all()) and _all_off_diagonal_equal(S[b]):
-            if float(pref[b, 0]) > float(S[b, 0, n - 1]):
-                ex = torch.arange(n, device=dev)
-                results[b] = APResult(ex, ex.clone(), 0, True, "all similarities and preferences equal and the preference is higher: every point is an exemplar")
-            else:
-                results[b] = APResult(torch.zeros(1, dtype=torch.long, device=dev), torch.zeros(n, dtype=torch.long, device=dev), 0, True, "all similarities and preferences equal and the preference is not higher: one exemplar (the first point)")
-            continue
-        todo.append(b)
-    if not todo:
-        return [r for r in results if r is not None]
-
-    # S with the preference on the diagonal plus scikit-learn's noise: S += (eps*S + 100*tiny) * N
-    Sn = S[todo] if len(todo) < B else S.clone()
-    Sn.diagonal(dim1=1, dim2=2).copy_(pref[todo])
+def _noise_terms(dtype: torch.dtype) -> tuple[float, float]:
+    if dtype == torch.float64:
+        return _EPS64, _TINY100_64
     finfo = torch.finfo(dtype)
-    tmp = torch.mul(Sn, _EPS64 if dtype == torch.float64 else float(finfo.eps))
-    tmp.add_(_TINY100_64 if dtype == torch.float64 else float(finfo.tiny) * 100)
-    tmp.mul_(_noise(n, random_state, dev, dtype))
-    Sn.add_(tmp)
+    return float(finfo.eps), float(finfo.tiny) * 100
 
-    ids = list(todo)  # batch slot -> problem index
+
+def _add_noise(Sn: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """In place, as scikit-learn: ``S += (eps * S + 100 * tiny) * N``; returns the scratch tensor."""
+    eps, tiny100 = _noise_terms(Sn.dtype)
+    tmp = torch.mul(Sn, eps)
+    tmp.add_(tiny100)
+    tmp.mul_(noise)
+    Sn.add_(tmp)
+    return tmp
+
+
+def _iterate(
+    Sn: torch.Tensor,
+    ids: list[int],
+    medoid_of: Callable[[int], int],
+    *,
+    damping: float,
+    max_iter: int,
+    convergence_iter: int,
+    tmp: torch.Tensor | None = None,
+) -> dict[int, APResult]:
+    """The message passing on noisy similarities ``Sn`` (B, n, n) of problems ``ids``."""
+    B, n, _ = Sn.shape
+    dev, dtype = Sn.device, Sn.dtype
+    todo = list(ids)
     Sa = Sn
+    if tmp is None or tmp.shape != Sa.shape:
+        tmp = torch.empty_like(Sa)
     A = torch.zeros_like(Sa)
     R = torch.zeros_like(Sa)
-    prevE = torch.zeros((len(ids), n), dtype=torch.bool, device=dev)
-    stable = torch.zeros(len(ids), dtype=torch.long, device=dev)
+    prevE = torch.zeros((B, n), dtype=torch.bool, device=dev)
+    stable = torch.zeros(B, dtype=torch.long, device=dev)
     on_cpu = dev.type == "cpu"
     zero_idx = torch.zeros(n, dtype=torch.long, device=dev)
-    colsum = torch.empty((len(ids), 1, n), dtype=dtype, device=dev)
+    colsum = torch.empty((B, 1, n), dtype=dtype, device=dev)
     d, od = float(damping), 1.0 - float(damping)
     half = d == 0.5
     final_E: dict[int, torch.Tensor] = {}
@@ -286,25 +281,26 @@ def affinity_propagation_batch(
             done = (stable >= convergence_iter) & E.any(dim=1)
             if bool(done.any()):
                 keep = []
-                for slot, pid in enumerate(ids):
+                for slot, pid in enumerate(todo):
                     if bool(done[slot]):
                         final_E[pid], final_it[pid], converged_at[pid] = E[slot].clone(), it + 1, True
                     else:
                         keep.append(slot)
                 if not keep:
                     break
-                if len(keep) < len(ids):
+                if len(keep) < len(todo):
                     k = torch.tensor(keep, device=dev)
-                    ids = [ids[s] for s in keep]
+                    todo = [todo[s] for s in keep]
                     Sa, A, R = Sa[k], A[k], R[k]
                     tmp = torch.empty_like(Sa)
-                    colsum = torch.empty((len(ids), 1, n), dtype=dtype, device=dev)
+                    colsum = torch.empty((len(todo), 1, n), dtype=dtype, device=dev)
                     prevE, stable = prevE[k], stable[k]
-    for slot, pid in enumerate(ids):
+    for slot, pid in enumerate(todo):
         if pid not in final_E:
             final_E[pid], final_it[pid], converged_at[pid] = E[slot].clone(), it + 1, False
 
-    for j, pid in enumerate(todo):
+    out: dict[int, APResult] = {}
+    for j, pid in enumerate(ids):
         Eb = final_E[pid]
         conv = converged_at[pid]
         if bool(Eb.any()):
@@ -314,15 +310,116 @@ def affinity_propagation_batch(
                 "of the last iteration (as scikit-learn does)"
             )
         else:
-            m = _medoid(S[pid])
+            m = medoid_of(pid)
             ex = torch.tensor([m], dtype=torch.long, device=dev)
             lab = torch.zeros(n, dtype=torch.long, device=dev)
             fb = (
                 f"did not converge in {max_iter} iterations and found no exemplar; "
                 f"kept the medoid (point {m}, largest summed similarity)"
             )
-        results[pid] = APResult(ex, lab, final_it[pid], conv, fb)
-    return [r for r in results if r is not None]
+        out[pid] = APResult(ex, lab, final_it[pid], conv, fb)
+    return out
+
+
+def affinity_propagation_batch(
+    S: torch.Tensor,
+    preference: float | torch.Tensor,
+    *,
+    damping: float = 0.5,
+    max_iter: int = 200,
+    convergence_iter: int = 15,
+    random_state: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> list[APResult]:
+    """Run AP on ``B`` independent problems of the same size at once.
+
+    ``S``: (B, n, n) similarities (or (n, n) for one problem); ``preference``: a scalar, (B,)
+    one per problem, or (B, n) one per point. Each problem stops at its own convergence
+    iteration, exactly as if it ran alone. Results are on ``S``'s device. For many
+    preferences on one similarity matrix, :class:`APProblem` avoids re-adding the noise.
+    """
+    _check_args(damping, max_iter, convergence_iter)
+    if isinstance(S, torch.Tensor) and S.dim() == 2:
+        S = S[None]
+    S = _as_similarity(S, dtype)
+    B, n, _ = S.shape
+    pref = _as_preference(preference, B, n, S)
+    results: dict[int, APResult] = {}
+    todo: list[int] = []
+    for b in range(B):
+        r = _degenerate(S[b], pref[b])
+        if r is None:
+            todo.append(b)
+        else:
+            results[b] = r
+    if todo:
+        # S with the preference on the diagonal plus scikit-learn's noise
+        Sn = S[todo] if len(todo) < B else S.clone(memory_format=torch.contiguous_format)
+        Sn.diagonal(dim1=1, dim2=2).copy_(pref[todo])
+        tmp = _add_noise(Sn, _noise(n, random_state, S.device, dtype))
+        results.update(
+            _iterate(Sn, todo, lambda pid: _medoid(S[pid]), damping=damping, max_iter=max_iter,
+                     convergence_iter=convergence_iter, tmp=tmp)
+        )
+    return [results[b] for b in range(B)]
+
+
+class APProblem:
+    """One similarity matrix, solved for many preferences (EPruner's beta search).
+
+    The noisy off-diagonal part (``S + (eps * S + 100 * tiny) * N``) is computed once; each
+    run writes only the noisy preference diagonal, so a run with one preference copies
+    nothing of size n x n. Results are identical to :func:`affinity_propagation`.
+    """
+
+    def __init__(self, S: torch.Tensor, *, random_state: int = 0, dtype: torch.dtype = torch.float64) -> None:
+        if not isinstance(S, torch.Tensor) or S.dim() != 2:
+            raise UsageError("APProblem needs one square (n, n) similarity tensor")
+        self.S = _as_similarity(S[None], dtype)[0]
+        self.n = int(self.S.shape[0])
+        noise = _noise(self.n, random_state, self.S.device, dtype)
+        self._base = self.S.clone()
+        _add_noise(self._base, noise)
+        self._noise_diag = noise.diagonal().clone()
+
+    def run(
+        self,
+        preference: float | torch.Tensor,
+        *,
+        damping: float = 0.5,
+        max_iter: int = 200,
+        convergence_iter: int = 15,
+    ) -> list[APResult]:
+        """AP for each row of ``preference`` ((B, n), (B,) one scalar per run, or a scalar)."""
+        _check_args(damping, max_iter, convergence_iter)
+        p = torch.as_tensor(preference, dtype=self.S.dtype, device=self.S.device)
+        B = 1 if p.dim() == 0 else int(p.shape[0])
+        if p.dim() == 1 and B == self.n and B > 1:
+            raise UsageError("ambiguous preference: pass shape (1, n) for one run with per-point preferences")
+        pref = _as_preference(p, B, self.n, self.S[None])
+        results: dict[int, APResult] = {}
+        todo = []
+        for b in range(B):
+            r = _degenerate(self.S, pref[b])
+            if r is None:
+                todo.append(b)
+            else:
+                results[b] = r
+        if todo:
+            eps, tiny100 = _noise_terms(self.S.dtype)
+            pt = pref[todo]
+            diag = pt + (pt * eps + tiny100) * self._noise_diag  # the noisy diagonal, as scikit-learn
+            if len(todo) == 1:
+                self._base.diagonal().copy_(diag[0])
+                Sn = self._base[None]
+            else:
+                Sn = self._base.expand(len(todo), self.n, self.n).clone()
+                Sn.diagonal(dim1=1, dim2=2).copy_(diag)
+            results.update(
+                _iterate(Sn, todo, lambda pid: _medoid(self.S), damping=damping, max_iter=max_iter,
+                         convergence_iter=convergence_iter)
+            )
+        return [results[b] for b in range(B)]
 
 
 def affinity_propagation(
@@ -366,7 +463,7 @@ def neg_sq_distances(X: torch.Tensor, dtype: torch.dtype = torch.float64) -> tor
     sq = (X * X).sum(dim=1)
     D = X @ X.T
     D.mul_(-2.0).add_(sq[:, None]).add_(sq[None, :]).clamp_(min=0)
-    S = D.T + D
+    S = torch.add(D, D.T).contiguous()  # row-major: the AP reductions run along rows
     S.mul_(-0.5)
     S.fill_diagonal_(0)
     return S

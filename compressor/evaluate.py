@@ -56,6 +56,10 @@ def accuracy(
     net = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
     ks = sorted({1, 5, *(int(k) for k in topk)})
     was_training = net.training
+    first = next(iter(net.parameters()), None)
+    home = first.device if first is not None else dev
+    if home != dev:
+        net.to(dev)  # moved back below
     net.eval()
     correct = torch.zeros(len(ks), dtype=torch.float64)
     total = 0
@@ -80,6 +84,8 @@ def accuracy(
             total += len(y)
     finally:
         net.train(was_training)
+        if home != dev:
+            net.to(home)
     sampler = getattr(loader, "sampler", None)
     if dist.is_available() and dist.is_initialized() and isinstance(sampler, ShardSampler):
         t = torch.cat([correct, torch.tensor([float(total)], dtype=torch.float64)])

@@ -212,7 +212,7 @@ def run_search(
         raise UsageError(f"--candidates {candidates} must be at least 1")
     if time_budget is not None and time_budget <= 0:
         raise UsageError(f"--time-budget {time_budget} must be a positive number of seconds")
-    rank, world = dist_env()
+    rank, world = init_distributed()  # under torchrun: joins the process group if the caller has not
     path = Path(candidates_file) if candidates_file is not None else None
 
     # rank 0 reads the file (it is the only writer) and hands the records to the other ranks
@@ -383,7 +383,9 @@ def search_checkpoint(
     opts = method_options(
         method,
         options,
-        {"device": device, "candidates_file": candidates_file, "progress": progress, "meta": meta},
+        # "auto" leaves the method's own default device (each method resolves it its own way)
+        {"device": None if device == "auto" else device, "candidates_file": candidates_file, "progress": progress,
+         "meta": meta},
     )
     load_seconds = time.perf_counter() - t0
     graph = build_graph(model, input_shape=tuple(input_shape))

@@ -159,7 +159,8 @@ def _check_outputs(model: nn.Module, data: DataBundle, device: torch.device, wha
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on weights of convolutions and linear layers, not on BN parameters and biases."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
@@ -216,9 +217,9 @@ class _Bar:
         if self.progress is not None:
             self.task = self.progress.add_task("train", total=total, epoch=epoch, loss=0.0, acc=0.0, ips=0.0)
 
-    def update(self, **fields: float) -> None:
+    def update(self, advance: int = 1, **fields: float) -> None:
         if self.progress is not None:
-            self.progress.update(self.task, advance=1, **fields)
+            self.progress.update(self.task, advance=advance, **fields)
 
     def log(self, text: str) -> None:
         if self.progress is not None:
@@ -327,6 +328,8 @@ def _finetune(
     torch.manual_seed(seed)
     model = model.to(dev)
     _check_outputs(model, data, dev, "model")
+    teacher_device = next(iter(teacher.parameters()), torch.empty(0)).device if teacher is not None else None
+    teacher_grads = [p.requires_grad for p in teacher.parameters()] if teacher is not None else []
     if teacher is not None:
         teacher = teacher.to(dev).eval()
         for p in teacher.parameters():
@@ -412,8 +415,11 @@ def _finetune(
             bar.start(f"{epoch + 1}/{epochs}", steps)
             net.train()
             t0 = time.perf_counter()
-            loss_sum, correct, seen = 0.0, 0.0, 0
-            for x, y in train_loader:
+            # running sums stay on the device; reading them (a sync) happens every few steps only
+            loss_t = torch.zeros((), dtype=torch.float64, device=dev)
+            correct_t = torch.zeros((), dtype=torch.float64, device=dev)
+            seen = 0
+            for step, (x, y) in enumerate(train_loader):
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
                     logits = net(x)
@@ -422,23 +428,27 @@ def _finetune(
                         with torch.no_grad():
                             t_logits = teacher(x)
                         loss = (1.0 - kd_alpha) * loss + kd_alpha * distill_loss(logits, t_logits, kd_temperature)
-                if not torch.isfinite(loss):
-                    raise UsageError(
-                        f"the training loss became {loss.item()} in epoch {epoch + 1}; lower the learning rate "
-                        f"(--lr {lr} now) or add warm-up (--warmup-epochs)"
-                    )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
                 n = len(y)
-                loss_sum += loss.item() * n
-                correct += (logits.argmax(1) == y).sum().item()
+                loss_t += loss.detach().double() * n
+                correct_t += (logits.detach().argmax(1) == y).sum()
                 seen += n
-                ips = seen * world / max(time.perf_counter() - t0, 1e-9)
-                bar.update(loss=loss_sum / seen, acc=100.0 * correct / seen, ips=ips)
+                if step % 10 == 0 or step == steps - 1:
+                    loss_sum = float(loss_t)
+                    if not math.isfinite(loss_sum):
+                        raise UsageError(
+                            f"the training loss became {loss_sum / seen} in epoch {epoch + 1}; lower the learning "
+                            f"rate (--lr {lr} now) or add warm-up (--warmup-epochs)"
+                        )
+                    ips = seen * world / max(time.perf_counter() - t0, 1e-9)
+                    bar.update(advance=0, loss=loss_sum / seen, acc=100.0 * float(correct_t) / seen, ips=ips)
+                bar.update(advance=1)
             train_time = time.perf_counter() - t0
+            loss_sum, correct = float(loss_t), float(correct_t)
             d.average_buffers(model)
             loss_sum, correct, seen_all = d.all_sum([loss_sum, correct, float(seen)], dev)
             val = accuracy(net, val_loader, device=dev)["top1"]
@@ -477,6 +487,10 @@ def _finetune(
         test_acc = accuracy(model, test_loader, device=dev)["top1"]
 
     model = model.cpu().eval()
+    if teacher is not None and teacher_device is not None:  # hand the teacher back as it came
+        teacher.to(teacher_device)
+        for p, g in zip(teacher.parameters(), teacher_grads, strict=True):
+            p.requires_grad_(g)
     out_path: Path | None = None
     if out is not None:
         out_path = Path(out)

@@ -124,3 +124,14 @@ def test_no_batches_is_a_data_error() -> None:
         adaptive_bn(_net(), [])
     with pytest.raises(DataError):
         adaptive_bn(_net(), ["not a tensor"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu() -> None:
+    batches = _batches()
+    cpu = adaptive_bn(_net().eval(), batches, device="cpu")
+    gpu = adaptive_bn(_net().eval(), batches, device="cuda")
+    assert next(gpu.parameters()).is_cuda
+    torch.testing.assert_close(gpu[1].running_mean.cpu(), cpu[1].running_mean, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gpu[1].running_var.cpu(), cpu[1].running_var, rtol=1e-4, atol=1e-4)

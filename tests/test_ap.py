@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from compressor.ap import affinity_propagation, affinity_propagation_batch, neg_sq_distances
+from compressor.ap import APProblem, affinity_propagation, affinity_propagation_batch, neg_sq_distances
 from compressor.errors import UsageError
 
 sklearn_cluster = pytest.importorskip("sklearn.cluster")
@@ -90,6 +90,24 @@ def test_batch_equals_single_runs() -> None:
         one = affinity_propagation(torch.from_numpy(S), torch.from_numpy(b * med))
         assert torch.equal(r.exemplars, one.exemplars) and r.n_iter == one.n_iter
         assert r.exemplars.tolist() == sk_ap(S, b * med)[0].tolist()
+
+
+@pytest.mark.parametrize("seed", [1, 5, 9, 13])
+def test_problem_reused_over_preferences_matches_single_runs(seed: int) -> None:
+    S, _ = case(seed)
+    med = np.median(S, axis=0)
+    prob = APProblem(torch.from_numpy(S))
+    betas = [1.0, 0.3, 4.0, 1.0, 0.75]
+    one_by_one = [prob.run(torch.from_numpy(b * med)[None])[0] for b in betas]  # diagonal rewritten each time
+    together = prob.run(torch.from_numpy(np.stack([b * med for b in betas])))
+    scalar = prob.run(float(np.median(S)))[0]
+    for b, r1, r2 in zip(betas, one_by_one, together, strict=True):
+        ref = affinity_propagation(torch.from_numpy(S), torch.from_numpy(b * med))
+        assert r1.exemplars.tolist() == r2.exemplars.tolist() == ref.exemplars.tolist()
+        assert r1.labels.tolist() == ref.labels.tolist() and r1.n_iter == r2.n_iter == ref.n_iter
+    assert scalar.exemplars.tolist() == sk_ap(S, float(np.median(S)))[0].tolist()
+    with pytest.raises(UsageError, match="ambiguous"):
+        prob.run(torch.from_numpy(med))
 
 
 def test_more_beta_fewer_exemplars() -> None:

@@ -28,6 +28,7 @@ class FakeGroup:
     name: str
     size: int
     frozen: bool = False
+    members: list[tuple[str, str]] | None = None
 
 
 class FakeGraph:
@@ -144,6 +145,16 @@ def test_groups_option_restricts_pruning() -> None:
         epruner(None, graph, flops=None, beta=1.0, groups=["nope"])
 
 
+def test_coupled_false_leaves_residual_groups_whole() -> None:
+    graph = FakeGraph(5)
+    graph.prunable[0].members = [("a.conv", "out"), ("b.conv", "out"), ("c.conv", "in")]  # a residual sum
+    graph.prunable[1].members = [("d.conv", "out"), ("e.conv", "in")]
+    plan = epruner(None, graph, flops=None, beta=3.0, coupled=False)
+    assert "g0" not in plan.info["exemplars"] and "g0" not in plan.groups
+    assert "g1" in plan.info["exemplars"]
+    assert "g0" in epruner(None, graph, flops=None, beta=3.0).info["exemplars"]
+
+
 def test_beta_wins_over_flops_and_is_reported() -> None:
     plan = epruner(None, FakeGraph(), flops=0.5, beta=0.75)
     assert plan.flops_target is None and "flops_ignored" in plan.info
@@ -154,6 +165,13 @@ def test_find_beta_unreachable_reports_nearest() -> None:
     beta, frac, hist = find_beta(lambda b: 1.0 if b < 2 else 0.2, 0.5)
     assert frac in (1.0, 0.2) and len(hist) < 40
     assert abs(beta - 2) < 0.01
+
+
+def test_find_beta_gives_up_on_flat_functions() -> None:
+    _, frac, hist = find_beta(lambda b: 0.01, 0.5)  # prunes too much at any beta
+    assert frac == 0.01 and len(hist) <= 12
+    _, frac, hist = find_beta(lambda b: 1.0, 0.5)  # never prunes
+    assert frac == 1.0 and len(hist) <= 12
 
 
 def test_find_beta_reaches_smooth_target() -> None:

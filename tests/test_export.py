@@ -259,18 +259,24 @@ def test_measure_latency_single_and_interleaved(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- CLI
 
 
+DEMO = {"num_classes": 10, "in_channels": 1, "depth": 8, "width": 4}
+
+
+def save_demo(path: Path, seed: int, **kw: int) -> Path:
+    from compressor.checkpoint import save_checkpoint
+    from compressor.models import build_model
+
+    torch.manual_seed(seed)
+    args = {**DEMO, **kw}
+    m = build_model("resnet_cifar", **args).eval()
+    return save_checkpoint(m, path, meta={"arch": "resnet_cifar", "arch_kwargs": args, "dataset": "mnist5k",
+                                          "input_shape": [1, 28, 28], "num_classes": 10,
+                                          "mean": [0.1307], "std": [0.3081]})
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from compressor.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    import torchvision
-
-    m = torchvision.models.squeezenet1_1(num_classes=10).eval()
-    p = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(m, p, meta={"arch": "torchvision.models:squeezenet1_1", "arch_kwargs": {"num_classes": 10},
-                                "input_shape": [3, 32, 32], "num_classes": 10})
-    return p
+    return save_demo(tmp_path_factory.mktemp("ckpt") / "model.pt", 0)
 
 
 def test_cli_export_and_validate(tmp_path: Path, checkpoint: Path) -> None:
@@ -283,7 +289,7 @@ def test_cli_export_and_validate(tmp_path: Path, checkpoint: Path) -> None:
     r = runner.invoke(app, ["export", str(checkpoint), "--target", "mobile", "-o", str(onnx_path), "--json"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
-    assert res["opset"] == 17 and res["input_shape"] == [1, 3, 32, 32] and res["dynamic_batch"] is False
+    assert res["opset"] == 17 and res["input_shape"] == [1, 1, 28, 28] and res["dynamic_batch"] is False
     assert onnx_path.is_file()
 
     report = tmp_path / "report.json"
@@ -307,23 +313,39 @@ def test_cli_export_and_validate(tmp_path: Path, checkpoint: Path) -> None:
 
 
 def test_cli_validate_wrong_reference_exits_4(tmp_path: Path, checkpoint: Path) -> None:
-    import torchvision
     from typer.testing import CliRunner
 
     from cli.main import app
-    from compressor.checkpoint import save_checkpoint
 
-    torch.manual_seed(1)
-    other = tmp_path / "other.pt"
-    save_checkpoint(torchvision.models.squeezenet1_1(num_classes=10).eval(), other,
-                    meta={"arch": "torchvision.models:squeezenet1_1", "arch_kwargs": {"num_classes": 10},
-                          "input_shape": [3, 32, 32]})
+    other = save_demo(tmp_path / "other.pt", 1)
     onnx_path = tmp_path / "model.onnx"
     runner = CliRunner()
     assert runner.invoke(app, ["export", str(checkpoint), "-t", "server", "-o", str(onnx_path)]).exit_code == 0
     r = runner.invoke(app, ["validate", str(onnx_path), "--reference", str(other), "-t", "server", "--no-latency"])
     assert r.exit_code == 4, r.output
     assert (tmp_path / "validation.json").is_file()
+
+
+def test_cli_validate_on_mnist_with_original(tmp_path: Path, checkpoint: Path) -> None:
+    """The demo flow: real MNIST test split, the original beside the compressed model."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    original = save_demo(tmp_path / "original.pt", 2, width=8)
+    onnx_path = tmp_path / "model.onnx"
+    runner = CliRunner()
+    assert runner.invoke(app, ["export", str(checkpoint), "-t", "edge", "-o", str(onnx_path)]).exit_code == 0
+    r = runner.invoke(app, ["validate", str(onnx_path), "--reference", str(checkpoint), "-t", "edge",
+                            "--data", "mnist5k", "--original", str(original), "--threads", "1",
+                            "--max-acc-drop", "100", "--latency-seconds", "0.3", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    acc = d["accuracy"]
+    assert acc["samples"] >= 100 and {"onnx_top1", "onnx_top5", "torch_top1", "original_top1"} <= set(acc)
+    assert d["numerics"]["data"]["samples"] == acc["samples"]
+    assert "original" in d["latency"] and d["latency"]["compressed"]["input_shape"] == [1, 1, 28, 28]
+    assert d["target"]["export"]["opset"] == 13
 
 
 @pytest.mark.slow

@@ -67,3 +67,21 @@ def test_vgg_flattens_spatial_features_into_linear() -> None:
 def test_bad_arguments_are_usage_errors(name: str, kwargs: dict[str, int]) -> None:
     with pytest.raises(UsageError, match=name):
         build_model(name, **kwargs)
+
+
+def test_demo_checkpoint_is_small_and_accurate() -> None:
+    from pathlib import Path
+
+    from compressor.checkpoint import load_checkpoint
+    from compressor.data import load_data, make_loader
+    from compressor.evaluate import accuracy
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "resnet_mnist.pt"
+    assert path.stat().st_size < 5 * 2**20
+    model, meta = load_checkpoint(path)
+    assert meta["arch"] == "compressor.models.zoo:resnet_cifar"
+    assert (meta["dataset"], meta["input_shape"], meta["num_classes"]) == ("mnist5k", [1, 28, 28], 10)
+    assert len(meta["mean"]) == len(meta["std"]) == 1
+    data = load_data(meta["dataset"], meta=meta)
+    top1 = accuracy(model, make_loader(data.test, 250))["top1"]
+    assert top1 >= 97.0 and top1 == pytest.approx(meta["accuracy"]["test"])

@@ -189,6 +189,6 @@ def machine_note(target: Any) -> str:
     import platform
 
     return (f"measured on this machine ({platform.node() or 'unknown host'}, {platform.machine()}, "
-            f"{cpu_count()} cores available) with target {target.name!r}'s runtime settings "
+            f"{cpu_count()} cores available) with the runtime settings of target {target.name!r} "
             f"({target.runtime.provider}, {target.runtime.intra_op_threads} intra-op threads requested, "
             f"optimisation level {target.runtime.graph_optimization_level!r}), not on the device itself")

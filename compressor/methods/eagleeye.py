@@ -430,7 +430,7 @@ def eagleeye(
             "search_seconds": result.seconds,
             "data_seconds": data_seconds,
             "world_size": result.world_size,
-            "top_k": [
+            "best_candidates": [
                 {"index": int(r["index"]), "score": float(r["score"]), "flops": float(r["flops"])}
                 for r in ranked[: max(top_k, 5)]
             ],

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from compressor.ap import APResult, affinity_propagation_batch, neg_sq_distances
+from compressor.ap import APProblem, APResult, neg_sq_distances
 from compressor.errors import UsageError
 from compressor.methods import check_flops, register_method
 from compressor.plan import Plan
@@ -86,15 +86,17 @@ class ExemplarCache:
         self.median = median
         self.ap_kw = {"damping": damping, "max_iter": max_iter, "convergence_iter": convergence_iter}
         self.device = torch.device(device)
-        self._sim: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._sim: dict[str, tuple[APProblem, torch.Tensor]] = {}
         self._res: dict[tuple[str, float], APResult] = {}
         self.ap_runs = 0
         self.ap_seconds = 0.0
 
-    def similarity(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def problem(self, name: str) -> tuple[APProblem, torch.Tensor]:
+        """The group's AP problem (similarities + noise, built once) and its median(s)."""
         if name not in self._sim:
             v = self.graph.channel_vectors(name).to(self.device)
-            self._sim[name] = similarity_and_median(v, self.median)
+            S, med = similarity_and_median(v, self.median)
+            self._sim[name] = (APProblem(S), med)
         return self._sim[name]
 
     def results(self, betas: Sequence[float]) -> dict[float, dict[str, APResult]]:
@@ -104,15 +106,15 @@ class ExemplarCache:
             todo = [b for b in dict.fromkeys(betas) if (name, b) not in self._res]
             if not todo:
                 continue
-            S, med = self.similarity(name)
-            n = S.shape[0]
+            prob, med = self.problem(name)
+            n = prob.n
             per = max(1, _BATCH_ELEMENTS // max(n * n, 1))
             for i in range(0, len(todo), per):
                 chunk = todo[i : i + per]
-                b = torch.tensor(chunk, dtype=S.dtype, device=S.device)
+                b = torch.tensor(chunk, dtype=med.dtype, device=med.device)
                 pref = b[:, None] * med.expand(n)[None, :]
                 t0 = time.perf_counter()
-                out = affinity_propagation_batch(S.expand(len(chunk), n, n), pref, **self.ap_kw)
+                out = prob.run(pref, **self.ap_kw)
                 self.ap_seconds += time.perf_counter() - t0
                 self.ap_runs += len(chunk)
                 for beta, r in zip(chunk, out, strict=True):
@@ -122,6 +124,11 @@ class ExemplarCache:
     def keep(self, beta: float) -> dict[str, list[int]]:
         res = self.results([beta])[float(beta)]
         return {name: r.exemplars.cpu().tolist() for name, r in res.items()}
+
+
+def _producers(group: Any) -> int:
+    """Number of layers producing a group's channels (several: a residual sum ties them)."""
+    return sum(1 for m in getattr(group, "members", None) or [] if len(m) > 1 and m[1] == "out")
 
 
 def _fraction(graph: Any, keep: dict[str, list[int]]) -> float:
@@ -135,14 +142,21 @@ def find_beta(
     tolerance: float = 0.01,
     beta_max: float = 1024.0,
     beta_rtol: float = 1e-3,
+    beta_min: float = 1e-3,
     max_steps: int = 40,
 ) -> tuple[float, float, list[tuple[float, float]]]:
-    """Bisect beta > 0 so ``fraction_at(beta)`` (non-increasing in beta) is within ``tolerance``
-    (relative) of ``target``: bracket by doubling from 1, then halve the bracket until a beta is
-    within tolerance or the bracket is narrower than ``beta_rtol`` (relative); the exemplar
-    counts move in steps, so a target between two steps cannot be met exactly. Returns
-    (beta, fraction, history); when no evaluated beta is within tolerance, the one whose
-    fraction is nearest to the target."""
+    """Find beta > 0 so ``fraction_at(beta)`` (non-increasing in beta) is within ``tolerance``
+    (relative) of ``target``.
+
+    Brackets the target (beta 0 keeps everything; doubling from 1 upwards), then shrinks the
+    bracket with safeguarded false position: interpolate linearly between the bracket ends,
+    but bisect whenever the previous step did not at least halve the bracket, so the bracket
+    always shrinks at least as fast as every other bisection step. Stops when a beta is within
+    tolerance or the bracket is narrower than ``beta_rtol`` (relative) or beta would drop below ``beta_min``: the exemplar counts
+    move in steps, so a target between two steps cannot be met exactly. Returns (beta,
+    fraction, history); when no evaluated beta is within tolerance, the one whose fraction is
+    nearest to the target.
+    """
     hist: list[tuple[float, float]] = []
 
     def f(b: float) -> float:
@@ -153,24 +167,32 @@ def find_beta(
     def ok(v: float) -> bool:
         return abs(v - target) <= tolerance * target
 
-    lo, hi = 0.0, 1.0
-    v = f(hi)
-    while v > target and not ok(v) and hi < beta_max:
-        lo, hi = hi, hi * 2.0
-        v = f(hi)
-    if not ok(v) and v < target:
-        # bisect between lo (keeps more than target, or beta 0: keeps all) and hi (keeps less)
+    lo, f_lo = 0.0, 1.0  # beta -> 0: preference -> 0 above every similarity, every channel kept
+    hi = 1.0
+    f_hi = f(hi)
+    while f_hi > target and not ok(f_hi) and hi < beta_max:
+        lo, f_lo = hi, f_hi
+        hi *= 2.0
+        f_hi = f(hi)
+    if not ok(f_hi) and f_hi < target:
+        bisect_next = False
         for _ in range(max_steps):
-            if hi - lo <= beta_rtol * hi:
+            width = hi - lo
+            if width <= beta_rtol * hi or hi <= beta_min:
                 break
-            mid = (lo + hi) / 2
+            if bisect_next or f_lo <= f_hi:
+                mid = lo + width / 2
+            else:
+                t = (f_lo - target) / (f_lo - f_hi)
+                mid = lo + min(max(t, 0.05), 0.95) * width
             v = f(mid)
             if ok(v):
                 break
             if v > target:
-                lo = mid
+                lo, f_lo = mid, v
             else:
-                hi = mid
+                hi, f_hi = mid, v
+            bisect_next = (hi - lo) > width / 2
     best = min(hist, key=lambda bv: (not ok(bv[1]), abs(bv[1] - target), bv[0]))
     return best[0], best[1], hist
 
@@ -187,6 +209,7 @@ def epruner(
     median: str = "column",
     tolerance: float = 0.01,
     groups: Sequence[str] | None = None,
+    coupled: bool = True,
     damping: float = 0.5,
     max_iter: int = 200,
     convergence_iter: int = 15,
@@ -197,13 +220,15 @@ def epruner(
 
     ``beta`` (> 0) sets the preference directly; otherwise ``flops`` (fraction of MACs to
     keep) is met by bisection on beta. ``data`` and ``seed`` are unused (data-free,
-    deterministic); ``groups`` restricts pruning to the named groups.
+    deterministic); ``groups`` restricts pruning to the named groups; ``coupled=False`` leaves
+    whole every group with several producing layers (residual channels: the official code
+    never prunes residual outputs of ImageNet ResNets).
     """
     del data
     if options:
         raise UsageError(
             f"unknown option(s) for epruner: {', '.join(sorted(options))}; valid: beta, median, "
-            "tolerance, groups, damping, max_iter, convergence_iter, device"
+            "tolerance, groups, coupled, damping, max_iter, convergence_iter, device"
         )
     if median not in MEDIAN_RULES:
         raise UsageError(f"unknown median rule {median!r}; valid: {', '.join(MEDIAN_RULES)}")
@@ -225,13 +250,15 @@ def epruner(
         names = [n for n in prunable if n in set(groups)]
     else:
         names = list(prunable)
+    if not coupled:
+        names = [n for n in names if _producers(prunable[n]) <= 1]
 
     t0 = time.perf_counter()
     cache = ExemplarCache(
         graph, names, median=median, damping=damping, max_iter=max_iter,
         convergence_iter=convergence_iter, device=device,
     )
-    info: dict[str, Any] = {"median": median, "damping": damping, "max_iter": max_iter, "convergence_iter": convergence_iter}
+    info: dict[str, Any] = {"coupled": coupled, "median": median, "damping": damping, "max_iter": max_iter, "convergence_iter": convergence_iter}
     if beta is not None:
         b = float(beta)
         frac = _fraction(graph, cache.keep(b)) if names else 1.0
