@@ -1,0 +1,446 @@
+"""EagleEye (Li et al., ECCV 2020): random pruning strategies ranked by adaptive-BN accuracy.
+
+1. Strategy: a pruning ratio per prunable group of the channel graph, drawn uniformly from
+   ``[0, R]``, then corrected by one shared scale (bisection inside
+   ``graph.counts_for_flops``) so the sub-net keeps the requested FLOPs fraction within
+   ``tolerance`` (relative; 1% by default) while keeping the random shape. No rejection
+   sampling. Channels kept inside a group: largest L1 norm (summed over a coupled group's
+   members). Candidate ``i`` is drawn from an RNG seeded with ``(seed, i)``.
+2. Score: slim the candidate, recompute its BatchNorm statistics on cached calibration batches
+   from the training split (:func:`compressor.evaluate.adaptive_bn`), then top-1 accuracy (full
+   precision) on the cached search-validation split (``data.val``: evaluation transforms,
+   never the test split, never training augmentation).
+3. Search: :func:`compressor.search.run_search` (candidate and/or time budget, every candidate
+   appended to ``candidates.jsonl`` as scored so a rerun resumes, sharded under torchrun).
+4. Optionally fine-tune the top-k candidates briefly and keep the best after fine-tuning.
+
+The model and the data are loaded once per search; calibration and validation batches are
+cached as tensors on the device, so a candidate costs its slimming plus its forward passes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from compressor.errors import BudgetError, DataError, UsageError
+from compressor.methods import check_flops, register_method
+
+#: Official upper bounds R of the sampled ratios (ALGORITHMS.md): ResNet-50 keeping 75%/50%/25%
+#: of the FLOPs used 0.4/0.7/0.8 (MobileNetV1 at 50%: 0.7). Other targets interpolate linearly.
+OFFICIAL_RATIO_MAX = ((0.25, 0.8), (0.5, 0.7), (0.75, 0.4))
+
+#: Calibration split: the training split with evaluation transforms (deterministic, so caching
+#: its batches is sound, and the statistics match what the network sees when deployed).
+DEFAULT_CALIB_SPLIT = "train_eval"
+
+
+def default_ratio_max(flops: float) -> float:
+    """R for a FLOPs fraction, interpolated from the official settings (clamped at the ends)."""
+    xs = [x for x, _ in OFFICIAL_RATIO_MAX]
+    ys = [y for _, y in OFFICIAL_RATIO_MAX]
+    return float(np.interp(float(flops), xs, ys))
+
+
+# ---------------------------------------------------------------------------------------------
+# strategy generation
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Strategy:
+    """One candidate: kept channel counts per prunable group and what they cost."""
+
+    index: int
+    drawn: dict[str, float]
+    counts: dict[str, int]
+    flops: float  # MACs of the sub-net / MACs of the full model
+    macs: int
+    params: int
+    attempts: int = 1
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def ratios(self) -> dict[str, float]:
+        """Fraction of channels removed per group (after the FLOPs correction)."""
+        return {g: 1.0 - self.counts[g] / self.sizes[g] for g in self.counts}
+
+
+def _within(macs: float, target: float, tolerance: float) -> bool:
+    return abs(macs - target) <= tolerance * target
+
+
+def _nudge(
+    graph: Any, counts: dict[str, int], sizes: dict[str, int], target: float, tolerance: float, multiple: int
+) -> dict[str, int]:
+    """Fix a rounding miss: move one step of ``multiple`` channels at a time, in the group whose
+    change lands closest to the target, until within tolerance (capped at 4 steps per group)."""
+    counts = dict(counts)
+    macs = graph.cost_of_counts(counts).macs
+    for _ in range(4 * len(counts) + 4):
+        if _within(macs, target, tolerance):
+            break
+        step = -multiple if macs > target else multiple
+        best: tuple[float, str, int] | None = None
+        for g in counts:
+            new = counts[g] + step
+            if new < 1 or new > sizes[g]:
+                continue
+            trial = graph.cost_of_counts({**counts, g: new}).macs
+            if trial == macs:
+                continue
+            key = abs(trial - target)
+            if best is None or key < best[0]:
+                best = (key, g, trial)
+        if best is None or best[0] >= abs(macs - target):
+            break
+        counts[best[1]] += step
+        macs = best[2]
+    return counts
+
+
+def sample_strategy(
+    graph: Any,
+    flops: float,
+    *,
+    seed: int = 0,
+    index: int = 0,
+    ratio_max: float | None = None,
+    tolerance: float = 0.01,
+    multiple: int = 1,
+    max_attempts: int = 20,
+) -> Strategy:
+    """Candidate ``index`` of the search with ``seed``: deterministic, within ``tolerance`` of ``flops``.
+
+    Ratios are drawn uniformly from ``[0, R]`` per prunable group and rescaled by one common
+    factor to hit the target (``graph.counts_for_flops(flops, shape=ratios)``); a miss left by
+    rounding is fixed by moving single channel steps. Only if that still misses (a draw the
+    target cannot reach with that shape) is the draw repeated, up to ``max_attempts`` times.
+    Raises :class:`BudgetError` if no draw reaches the target.
+    """
+    if seed < 0 or index < 0:
+        raise UsageError(f"--seed {seed} must be a non-negative integer")
+    R = default_ratio_max(flops) if ratio_max is None else float(ratio_max)
+    if not (0.0 < R <= 1.0):
+        raise UsageError(f"--ratio-max {ratio_max} is outside (0, 1]: it is the largest pruning ratio drawn per group")
+    groups = list(graph.prunable)
+    if not groups:
+        raise BudgetError(
+            "the model has no prunable channel group (every group is frozen), so no FLOPs target below 1 "
+            "can be met; see 'compress profile' for why each group is frozen"
+        )
+    sizes = {g.name: int(g.size) for g in groups}
+    full = float(graph.full.macs)
+    target = float(flops) * full
+    rng = np.random.default_rng([int(seed), int(index)])
+    best: Strategy | None = None
+    for attempt in range(1, max_attempts + 1):
+        drawn = {name: float(r) for name, r in zip(sizes, rng.uniform(0.0, R, size=len(sizes)), strict=True)}
+        counts = {k: int(v) for k, v in graph.counts_for_flops(flops, shape=drawn, multiple=multiple).items()}
+        counts = {g: counts.get(g, sizes[g]) for g in sizes}
+        counts = _nudge(graph, counts, sizes, target, tolerance, multiple)
+        cost = graph.cost_of_counts(counts)
+        cand = Strategy(
+            index=index,
+            drawn=drawn,
+            counts=counts,
+            flops=cost.macs / full,
+            macs=int(cost.macs),
+            params=int(cost.params),
+            attempts=attempt,
+            sizes=sizes,
+        )
+        if _within(cost.macs, target, tolerance):
+            return cand
+        if best is None or abs(cand.macs - target) < abs(best.macs - target):
+            best = cand
+    assert best is not None
+    raise BudgetError(
+        f"candidate {index}: no pruning strategy within {tolerance:.1%} of the FLOPs target {flops} after "
+        f"{max_attempts} draws (closest: {best.flops:.4f}); loosen --tolerance or choose another --flops"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# candidate scoring
+# ---------------------------------------------------------------------------------------------
+def _inputs_targets(batch: Any) -> tuple[Any, Any]:
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise DataError(f"expected (inputs, targets) batches, got {type(batch).__name__}")
+
+
+def cache_batches(
+    dataset: Any, *, batch_size: int, n_batches: int | None = None, shuffle: bool = False, seed: int = 0,
+    device: Any = "cpu", with_targets: bool = True,
+) -> list[Any]:
+    """Load ``n_batches`` batches (all if None) of ``dataset`` once, as tensors on ``device``."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    try:
+        n = len(dataset)
+    except TypeError:
+        n = None
+    if n == 0:
+        raise DataError("the dataset is empty; a search needs calibration and validation images")
+    g = torch.Generator()
+    g.manual_seed(int(seed))
+    drop_last = bool(shuffle and n is not None and n >= batch_size)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g, drop_last=drop_last, num_workers=0)
+    out: list[Any] = []
+    for batch in loader:
+        x, y = _inputs_targets(batch)
+        x = x.to(device)
+        out.append((x, y.to(device)) if with_targets else x)
+        if n_batches is not None and len(out) >= n_batches:
+            break
+    return out
+
+
+class Scorer:
+    """Builds candidates from one loaded model and scores them on cached batches."""
+
+    def __init__(self, model: Any, graph: Any, calib: list[Any], val: list[Any], device: Any) -> None:
+        self.model = model
+        self.graph = graph
+        self.calib = calib
+        self.val = val
+        self.device = device
+
+    def build(self, plan: Any) -> Any:
+        from compressor.adaptive_bn import adaptive_bn
+        from compressor.graph import slim
+
+        sub = slim(self.model, plan, graph=self.graph)
+        return adaptive_bn(sub, self.calib, device=self.device)
+
+    def accuracy(self, model: Any) -> float:
+        """Top-1 (percent, full precision) on the cached validation batches."""
+        import torch
+
+        was = model.training
+        model.eval()
+        correct = total = 0
+        with torch.no_grad():
+            for x, y in self.val:
+                correct += int((model(x).argmax(1) == y).sum())
+                total += int(y.numel())
+        model.train(was)
+        return 100.0 * correct / max(total, 1)
+
+
+def _subset(dataset: Any, n: int | None, seed: int) -> Any:
+    if n is None or n >= len(dataset):
+        return dataset
+    import torch
+    from torch.utils.data import Subset
+
+    g = torch.Generator()
+    g.manual_seed(int(seed))
+    return Subset(dataset, torch.randperm(len(dataset), generator=g)[:n].tolist())
+
+
+def _resolve_data(data: Any, meta: dict[str, Any] | None) -> Any:
+    if data is None:
+        raise UsageError(
+            "eagleeye scores candidates on data: pass --data (mnist5k, cifar10:DIR, imagefolder:DIR); "
+            "the checkpoint's meta names its dataset when it has one"
+        )
+    if isinstance(data, str):
+        from compressor.data import load_data
+
+        return load_data(data, meta=meta)
+    return data
+
+
+def _device(device: Any) -> Any:
+    import torch
+
+    from compressor.adaptive_bn import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda" and dev.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return dev
+
+
+# ---------------------------------------------------------------------------------------------
+# the method
+# ---------------------------------------------------------------------------------------------
+@register_method("eagleeye")
+def eagleeye(
+    model: Any,
+    graph: Any,
+    *,
+    flops: float | None,
+    data: Any = None,
+    seed: int = 0,
+    candidates: int | None = None,
+    time_budget: float | None = None,
+    calib_batches: int = 50,
+    batch_size: int = 64,
+    val_images: int | None = None,
+    calib_split: str = DEFAULT_CALIB_SPLIT,
+    ratio_max: float | None = None,
+    tolerance: float = 0.01,
+    multiple: int = 1,
+    top_k: int = 1,
+    finetune_epochs: int = 1,
+    device: str = "auto",
+    candidates_file: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    meta: dict[str, Any] | None = None,
+) -> Any:
+    """Search ``candidates`` random strategies (default 100 when no budget is given) at ``flops``.
+
+    ``data``: a DataBundle (or a spec string for :func:`compressor.data.load_data`); calibration
+    batches come from ``data.<calib_split>`` (``train_eval``: training split, evaluation
+    transforms; ``train``: with training augmentation), the score from ``data.val``.
+    ``top_k > 1`` fine-tunes the best ``top_k`` candidates for ``finetune_epochs`` epochs
+    (:func:`compressor.train.finetune`) and keeps the best after fine-tuning.
+    Returns a :class:`~compressor.plan.Plan`; ``plan.info`` holds the score, the candidate index,
+    the FLOPs reached and the search's statistics.
+    """
+    import torch
+
+    from compressor.search import init_distributed, run_search, search_id
+
+    if flops is None:
+        raise UsageError("eagleeye needs a FLOPs target: pass --flops F (fraction of the original FLOPs, e.g. 0.5)")
+    check_flops(flops)
+    if candidates is None and time_budget is None:
+        candidates = 100
+    if calib_batches < 1:
+        raise UsageError(f"--calib-batches {calib_batches} must be at least 1")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size} must be at least 1")
+    if not (0.0 < tolerance < 1.0):
+        raise UsageError(f"--tolerance {tolerance} must be in (0, 1), e.g. 0.01 for 1%")
+    if calib_split not in ("train_eval", "train"):
+        raise UsageError(f"calib_split {calib_split!r} is not one of: train_eval, train")
+    if top_k < 1:
+        raise UsageError(f"--top-k {top_k} must be at least 1")
+    R = default_ratio_max(flops) if ratio_max is None else float(ratio_max)
+    bundle = _resolve_data(data, meta)
+    dev = _device(device)
+    init_distributed(dev)
+
+    t0 = time.perf_counter()
+    model = model.eval()
+    calib_ds = getattr(bundle, calib_split, None)
+    if calib_ds is None:
+        raise DataError(f"the data has no {calib_split!r} split to calibrate BatchNorm on")
+    calib = cache_batches(
+        calib_ds, batch_size=batch_size, n_batches=calib_batches, shuffle=True, seed=seed, device=dev, with_targets=False
+    )
+    val = cache_batches(_subset(bundle.val, val_images, seed), batch_size=max(batch_size, 256), device=dev)
+    scorer = Scorer(model, graph, calib, val, dev)
+    data_seconds = time.perf_counter() - t0
+
+    key = search_id(
+        {
+            "method": "eagleeye",
+            "seed": seed,
+            "flops": float(flops),
+            "ratio_max": R,
+            "tolerance": tolerance,
+            "multiple": multiple,
+            "calib_batches": calib_batches,
+            "batch_size": batch_size,
+            "calib_split": calib_split,
+            "val_images": val_images,
+            "data": getattr(bundle, "name", None),
+            "groups": [[g.name, int(g.size)] for g in graph.prunable],
+            "macs": int(graph.full.macs),
+        }
+    )
+
+    importance = graph.importance()  # L1 per channel, computed once for the whole search
+
+    def plan_of(counts: dict[str, int]) -> Any:
+        return graph.plan_from_counts(
+            {k: int(v) for k, v in counts.items()}, method="eagleeye", seed=seed, importance=importance
+        )
+
+    def evaluate(i: int) -> dict[str, Any]:
+        s = sample_strategy(graph, flops, seed=seed, index=i, ratio_max=R, tolerance=tolerance, multiple=multiple)
+        sub = scorer.build(plan_of(s.counts))
+        score = scorer.accuracy(sub)
+        return {
+            "score": score,
+            "flops": s.flops,
+            "macs": s.macs,
+            "params": s.params,
+            "ratios": s.ratios(),
+            "counts": s.counts,
+            "drawn": s.drawn,
+            "attempts": s.attempts,
+        }
+
+    with torch.no_grad():
+        result = run_search(
+            evaluate,
+            candidates=candidates,
+            time_budget=time_budget,
+            candidates_file=candidates_file,
+            search_key=key,
+            progress=progress,
+            description=f"eagleeye @ {flops:g} FLOPs",
+        )
+    ranked = result.ranked()
+    if not ranked:
+        raise BudgetError("the search scored no candidate within its budget; raise --time-budget or --candidates")
+
+    chosen = ranked[0]
+    finetuned: list[dict[str, Any]] = []
+    if top_k > 1 and len(ranked) > 1:
+        from compressor.train import finetune
+
+        for rec in ranked[:top_k]:
+            sub = scorer.build(plan_of(rec["counts"]))
+            res = finetune(sub, bundle, epochs=finetune_epochs, device=str(dev), seed=seed, progress=False)
+            ft = scorer.accuracy(res.model.to(dev))
+            finetuned.append({"index": int(rec["index"]), "score": float(rec["score"]), "finetuned": ft})
+        best_ft = max(finetuned, key=lambda r: (r["finetuned"], -r["index"]))
+        chosen = next(r for r in ranked if int(r["index"]) == best_ft["index"])
+
+    plan = plan_of(chosen["counts"])
+    plan.flops_target = float(flops)
+    if plan.input_shape is None and getattr(graph, "input_shape", None) is not None:
+        plan.input_shape = [int(s) for s in graph.input_shape]
+    plan.info.update(
+        {
+            "score": float(chosen["score"]),
+            "score_metric": "top1 after adaptive BN on data.val (percent)",
+            "candidate": int(chosen["index"]),
+            "flops": float(chosen["flops"]),
+            "macs": int(chosen["macs"]),
+            "params": int(chosen["params"]),
+            "ratio_max": R,
+            "tolerance": tolerance,
+            "calib_batches": len(calib),
+            "calib_split": calib_split,
+            "batch_size": batch_size,
+            "val_images": sum(int(y.numel()) for _, y in val),
+            "candidates_scored": len(result.records),
+            "candidates_resumed": result.resumed,
+            "stopped_by": result.stopped_by,
+            "search_seconds": result.seconds,
+            "data_seconds": data_seconds,
+            "world_size": result.world_size,
+            "best_candidates": [
+                {"index": int(r["index"]), "score": float(r["score"]), "flops": float(r["flops"])}
+                for r in ranked[: max(top_k, 5)]
+            ],
+            "search_key": key,
+        }
+    )
+    if finetuned:
+        plan.info["finetuned"] = finetuned
+        plan.info["finetune_epochs"] = finetune_epochs
+    return plan
+
+
+eagleeye.needs_data = True  # type: ignore[attr-defined]

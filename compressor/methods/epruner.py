@@ -1,0 +1,313 @@
+"""EPruner (Lin et al., IEEE TNNLS 2021): exemplar filters by Affinity Propagation.
+
+Per prunable group of the channel graph (ALGORITHMS.md, EPruner):
+
+1. one vector per channel: ``graph.channel_vectors(name)`` (a coupled group concatenates
+   the filters of all its producing layers);
+2. similarity ``s(i, j) = -||w_i - w_j||^2``;
+3. preference ``beta * median``. ``median="column"`` (default, the official code): the
+   per-column median of the full similarity matrix, diagonal zeros included, one preference
+   per channel. ``median="global"`` (the paper's formula ``beta * median(S)``): one scalar,
+   the median of the off-diagonal similarities;
+4. Affinity Propagation (:mod:`compressor.ap`: damping 0.5, at most 200 iterations, stop after
+   15 unchanged iterations; the same exemplars as scikit-learn);
+5. the kept channels are the exemplars; slimming inherits their weights, biases and
+   BatchNorm parameters and statistics.
+
+``beta`` is given directly, or found by bisection so the slimmed network keeps ``flops`` of
+the full model's MACs within ``tolerance`` (relative, 1% by default); when no beta reaches the
+target (the exemplar count moves in steps) the nearest achievable one is returned and
+reported. AP results are cached per (group, beta), so the bisection re-runs only new betas,
+and several betas of a small group run as one batch. No data, no randomness: the same model
+gives the same plan.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from compressor.ap import APProblem, APResult, neg_sq_distances
+from compressor.errors import UsageError
+from compressor.methods import check_flops, register_method
+from compressor.plan import Plan
+
+MEDIAN_RULES = ("column", "global")
+
+#: Largest batch (betas x n x n) of one AP call, in elements (4 such float64 buffers live at once).
+_BATCH_ELEMENTS = 1 << 22
+
+
+def _median_rows(x: torch.Tensor) -> torch.Tensor:
+    """numpy's median of each row (mean of the two middle values for an even count)."""
+    n = x.shape[-1]
+    lo = torch.kthvalue(x, (n - 1) // 2 + 1, dim=-1).values
+    if n % 2:
+        return lo
+    hi = torch.kthvalue(x, n // 2 + 1, dim=-1).values
+    return (lo + hi) / 2
+
+
+def similarity_and_median(vectors: torch.Tensor, rule: str = "column") -> tuple[torch.Tensor, torch.Tensor]:
+    """(S, median) for a group's channel vectors; ``median`` is (n,) for "column", () for "global"."""
+    if rule not in MEDIAN_RULES:
+        raise UsageError(f"unknown median rule {rule!r}; valid: {', '.join(MEDIAN_RULES)}")
+    S = neg_sq_distances(vectors)
+    n = S.shape[0]
+    if rule == "column":
+        med = _median_rows(S)  # S is exactly symmetric: column medians == row medians
+    elif n > 1:
+        med = _median_rows(S[~torch.eye(n, dtype=torch.bool, device=S.device)])
+    else:
+        med = torch.zeros((), dtype=S.dtype, device=S.device)
+    return S, med
+
+
+class ExemplarCache:
+    """Similarity matrices and AP results per (group, beta) for one graph."""
+
+    def __init__(
+        self,
+        graph: Any,
+        names: Sequence[str],
+        *,
+        median: str = "column",
+        damping: float = 0.5,
+        max_iter: int = 200,
+        convergence_iter: int = 15,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.graph = graph
+        self.names = list(names)
+        self.median = median
+        self.ap_kw = {"damping": damping, "max_iter": max_iter, "convergence_iter": convergence_iter}
+        self.device = torch.device(device)
+        self._sim: dict[str, tuple[APProblem, torch.Tensor]] = {}
+        self._res: dict[tuple[str, float], APResult] = {}
+        self.ap_runs = 0
+        self.ap_seconds = 0.0
+
+    def problem(self, name: str) -> tuple[APProblem, torch.Tensor]:
+        """The group's AP problem (similarities + noise, built once) and its median(s)."""
+        if name not in self._sim:
+            v = self.graph.channel_vectors(name).to(self.device)
+            S, med = similarity_and_median(v, self.median)
+            self._sim[name] = (APProblem(S), med)
+        return self._sim[name]
+
+    def results(self, betas: Sequence[float]) -> dict[float, dict[str, APResult]]:
+        """AP results of every group at every beta (cached; new betas of a group in batches)."""
+        betas = [float(b) for b in betas]
+        for name in self.names:
+            todo = [b for b in dict.fromkeys(betas) if (name, b) not in self._res]
+            if not todo:
+                continue
+            prob, med = self.problem(name)
+            n = prob.n
+            per = max(1, _BATCH_ELEMENTS // max(n * n, 1))
+            for i in range(0, len(todo), per):
+                chunk = todo[i : i + per]
+                b = torch.tensor(chunk, dtype=med.dtype, device=med.device)
+                pref = b[:, None] * med.expand(n)[None, :]
+                t0 = time.perf_counter()
+                out = prob.run(pref, **self.ap_kw)
+                self.ap_seconds += time.perf_counter() - t0
+                self.ap_runs += len(chunk)
+                for beta, r in zip(chunk, out, strict=True):
+                    self._res[(name, beta)] = r
+        return {b: {name: self._res[(name, b)] for name in self.names} for b in betas}
+
+    def keep(self, beta: float) -> dict[str, list[int]]:
+        res = self.results([beta])[float(beta)]
+        return {name: r.exemplars.cpu().tolist() for name, r in res.items()}
+
+
+def _producers(group: Any) -> int:
+    """Number of layers producing a group's channels (several: a residual sum ties them)."""
+    return sum(1 for m in getattr(group, "members", None) or [] if len(m) > 1 and m[1] == "out")
+
+
+def _fraction(graph: Any, keep: dict[str, list[int]]) -> float:
+    return graph.cost(keep).macs / graph.full.macs
+
+
+def find_beta(
+    fraction_at: Callable[[float], float],
+    target: float,
+    *,
+    tolerance: float = 0.01,
+    beta_max: float = 1024.0,
+    beta_rtol: float = 1e-3,
+    beta_min: float = 1e-3,
+    max_steps: int = 40,
+) -> tuple[float, float, list[tuple[float, float]]]:
+    """Find beta > 0 so ``fraction_at(beta)`` (non-increasing in beta) is within ``tolerance``
+    (relative) of ``target``.
+
+    Brackets the target (beta 0 keeps everything; doubling from 1 upwards), then shrinks the
+    bracket with safeguarded false position: interpolate linearly between the bracket ends,
+    but bisect whenever the previous step did not at least halve the bracket, so the bracket
+    always shrinks at least as fast as every other bisection step. Stops when a beta is within
+    tolerance or the bracket is narrower than ``beta_rtol`` (relative) or beta would drop below ``beta_min``: the exemplar counts
+    move in steps, so a target between two steps cannot be met exactly. Returns (beta,
+    fraction, history); when no evaluated beta is within tolerance, the one whose fraction is
+    nearest to the target.
+    """
+    hist: list[tuple[float, float]] = []
+
+    def f(b: float) -> float:
+        v = fraction_at(b)
+        hist.append((b, v))
+        return v
+
+    def ok(v: float) -> bool:
+        return abs(v - target) <= tolerance * target
+
+    lo, f_lo = 0.0, 1.0  # beta -> 0: preference -> 0 above every similarity, every channel kept
+    hi = 1.0
+    f_hi = f(hi)
+    while f_hi > target and not ok(f_hi) and hi < beta_max:
+        lo, f_lo = hi, f_hi
+        hi *= 2.0
+        f_hi = f(hi)
+    if not ok(f_hi) and f_hi < target:
+        bisect_next = False
+        for _ in range(max_steps):
+            width = hi - lo
+            if width <= beta_rtol * hi or hi <= beta_min:
+                break
+            if bisect_next or f_lo <= f_hi:
+                mid = lo + width / 2
+            else:
+                t = (f_lo - target) / (f_lo - f_hi)
+                mid = lo + min(max(t, 0.05), 0.95) * width
+            v = f(mid)
+            if ok(v):
+                break
+            if v > target:
+                lo, f_lo = mid, v
+            else:
+                hi, f_hi = mid, v
+            bisect_next = (hi - lo) > width / 2
+    best = min(hist, key=lambda bv: (not ok(bv[1]), abs(bv[1] - target), bv[0]))
+    return best[0], best[1], hist
+
+
+@register_method("epruner")
+def epruner(
+    model: Any,
+    graph: Any,
+    *,
+    flops: float | None,
+    data: Any = None,
+    seed: int = 0,
+    beta: float | None = None,
+    median: str = "column",
+    tolerance: float = 0.01,
+    groups: Sequence[str] | None = None,
+    coupled: bool = True,
+    damping: float = 0.5,
+    max_iter: int = 200,
+    convergence_iter: int = 15,
+    device: str = "cpu",
+    **options: Any,
+) -> Plan:
+    """Kept channels = Affinity Propagation exemplars of each prunable group.
+
+    ``beta`` (> 0) sets the preference directly; otherwise ``flops`` (fraction of MACs to
+    keep) is met by bisection on beta. ``data`` and ``seed`` are unused (data-free,
+    deterministic); ``groups`` restricts pruning to the named groups; ``coupled=False`` leaves
+    whole every group with several producing layers (residual channels: the official code
+    never prunes residual outputs of ImageNet ResNets).
+    """
+    del data
+    if options:
+        raise UsageError(
+            f"unknown option(s) for epruner: {', '.join(sorted(options))}; valid: beta, median, "
+            "tolerance, groups, coupled, damping, max_iter, convergence_iter, device"
+        )
+    if median not in MEDIAN_RULES:
+        raise UsageError(f"unknown median rule {median!r}; valid: {', '.join(MEDIAN_RULES)}")
+    if beta is None and flops is None:
+        raise UsageError("epruner needs --flops F (fraction of FLOPs to keep) or --beta B (e.g. 0.75)")
+    if beta is not None and not (float(beta) > 0 and math.isfinite(float(beta))):
+        raise UsageError(f"--beta {beta} must be a positive number (the paper uses 0.6 to 0.76)")
+    check_flops(flops)
+    if not 0 < tolerance < 1:
+        raise UsageError(f"tolerance {tolerance} must be in (0, 1), e.g. 0.01 (1% of the target)")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    prunable = {g.name: g for g in graph.prunable}
+    if groups is not None:
+        unknown = [n for n in groups if n not in prunable]
+        if unknown:
+            raise UsageError(f"group(s) {', '.join(unknown)} are not prunable groups; valid: {', '.join(prunable)}")
+        names = [n for n in prunable if n in set(groups)]
+    else:
+        names = list(prunable)
+    if not coupled:
+        names = [n for n in names if _producers(prunable[n]) <= 1]
+
+    t0 = time.perf_counter()
+    cache = ExemplarCache(
+        graph, names, median=median, damping=damping, max_iter=max_iter,
+        convergence_iter=convergence_iter, device=device,
+    )
+    info: dict[str, Any] = {"coupled": coupled, "median": median, "damping": damping, "max_iter": max_iter, "convergence_iter": convergence_iter}
+    if beta is not None:
+        b = float(beta)
+        frac = _fraction(graph, cache.keep(b)) if names else 1.0
+        info["beta_given"] = True
+        if flops is not None:
+            info["flops_ignored"] = f"--beta {b} given: --flops {flops} was not used"
+        flops_target = None
+    else:
+        assert flops is not None
+        flops_target = float(flops)
+        if not names:
+            b, frac, hist = 1.0, 1.0, []
+        else:
+            b, frac, hist = find_beta(lambda x: _fraction(graph, cache.keep(x)), flops_target, tolerance=tolerance)
+        info["beta_given"] = False
+        info["bisection"] = [{"beta": x, "flops": v} for x, v in hist]
+        info["within_tolerance"] = abs(frac - flops_target) <= tolerance * flops_target
+        if not info["within_tolerance"]:
+            info["note"] = (
+                f"no beta keeps {flops_target:.4f} of the FLOPs within {tolerance:.1%}; nearest achievable "
+                f"{frac:.4f} at beta {b:.6g}"
+            )
+    res = cache.results([b])[b] if names else {}
+    kept: dict[str, list[int]] = {}
+    sizes: dict[str, int] = {}
+    for name, r in res.items():
+        n = prunable[name].size
+        if r.n_exemplars < n:
+            kept[name] = r.exemplars.cpu().tolist()
+            sizes[name] = n
+    info.update(
+        {
+            "beta": b,
+            "flops": frac,
+            "exemplars": {name: r.n_exemplars for name, r in res.items()},
+            "sizes": {name: prunable[name].size for name in names},
+            "iterations": {name: r.n_iter for name, r in res.items()},
+            "not_converged": [name for name, r in res.items() if not r.converged],
+            "fallbacks": {name: r.fallback for name, r in res.items() if r.fallback},
+            "ap_runs": cache.ap_runs,
+            "seconds": time.perf_counter() - t0,
+        }
+    )
+    return Plan(
+        method="epruner",
+        groups=kept,
+        group_sizes=sizes,
+        seed=None,
+        input_shape=list(getattr(graph, "input_shape", []) or []) or None,
+        flops_target=flops_target,
+        info=info,
+    )

@@ -1,0 +1,87 @@
+"""The registered zoo: every architecture builds for MNIST and CIFAR shapes, runs, and traces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.fx
+
+from compressor.errors import UsageError
+from compressor.models import build_model, canonical_arch, list_models
+
+TINY = {
+    "resnet_cifar": {"depth": 8, "width": 4},
+    "mobilenet_v1": {"width_mult": 0.125, "blocks": 4},
+    "vgg_small": {"width": 4},
+}
+
+
+def test_zoo_is_registered() -> None:
+    assert {"resnet_cifar", "mobilenet_v1", "vgg_small"} <= set(list_models())
+    for name in TINY:
+        assert canonical_arch(name) == f"compressor.models.zoo:{name}"
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("shape,classes", [((1, 28, 28), 10), ((3, 32, 32), 7)])
+def test_builds_runs_and_traces(name: str, shape: tuple[int, int, int], classes: int) -> None:
+    torch.manual_seed(0)
+    m = build_model(name, num_classes=classes, in_channels=shape[0], **TINY[name]).eval()
+    x = torch.randn(2, *shape)
+    y = m(x)
+    assert y.shape == (2, classes)
+    assert torch.isfinite(y).all()
+    gm = torch.fx.symbolic_trace(m)
+    torch.testing.assert_close(gm(x), y)
+    # no in-place ops: every activation is its own fx node, so the channel graph sees all of them
+    assert not any(getattr(mod, "inplace", False) for mod in m.modules())
+
+
+def test_resnet_structure() -> None:
+    m = build_model("resnet_cifar", num_classes=10, in_channels=1, depth=14, width=8)
+    assert [len(s) for s in (m.layer1, m.layer2, m.layer3)] == [2, 2, 2]
+    assert m.conv1.in_channels == 1 and m.fc.in_features == 32
+    assert m.layer2[0].downsample is not None and m.layer2[1].downsample is None
+    convs = [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d) and mod.kernel_size == (3, 3)]
+    assert len(convs) == 13  # 6n+2 = 14 weighted layers: 13 3x3 convs + fc
+
+
+def test_mobilenet_is_depthwise_separable() -> None:
+    m = build_model("mobilenet_v1", num_classes=10, in_channels=3, width_mult=0.25)
+    dws = [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d) and mod.groups > 1]
+    assert len(dws) == 13
+    assert all(d.groups == d.in_channels == d.out_channels for d in dws)
+    assert m.fc.in_features == 256
+
+
+def test_vgg_flattens_spatial_features_into_linear() -> None:
+    m = build_model("vgg_small", num_classes=10, in_channels=3, width=8, pooled=2)
+    assert m.classifier[0].in_features == 32 * 2 * 2
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [("resnet_cifar", {"depth": 9}), ("resnet_cifar", {"width": 0}), ("mobilenet_v1", {"blocks": 14}),
+     ("vgg_small", {"num_classes": 0}), ("mobilenet_v1", {"width_mult": 0.0})],
+)  # fmt: skip
+def test_bad_arguments_are_usage_errors(name: str, kwargs: dict[str, int]) -> None:
+    with pytest.raises(UsageError, match=name):
+        build_model(name, **kwargs)
+
+
+def test_demo_checkpoint_is_small_and_accurate() -> None:
+    from pathlib import Path
+
+    from compressor.checkpoint import load_checkpoint
+    from compressor.data import load_data, make_loader
+    from compressor.evaluate import accuracy
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "resnet_mnist.pt"
+    assert path.stat().st_size < 5 * 2**20
+    model, meta = load_checkpoint(path)
+    assert meta["arch"] == "compressor.models.zoo:resnet_cifar"
+    assert (meta["dataset"], meta["input_shape"], meta["num_classes"]) == ("mnist5k", [1, 28, 28], 10)
+    assert len(meta["mean"]) == len(meta["std"]) == 1
+    data = load_data(meta["dataset"], meta=meta)
+    top1 = accuracy(model, make_loader(data.test, 250))["top1"]
+    assert top1 >= 97.0 and top1 == pytest.approx(meta["accuracy"]["test"])
