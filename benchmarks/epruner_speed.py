@@ -189,6 +189,8 @@ def part_arch(quick: bool) -> dict[str, Any]:
             "within_tolerance": info["within_tolerance"],
             "ap_sweeps": len(info["bisection"]),
             "ap_runs": info["ap_runs"],
+            "similarity_s": info["similarity_seconds"],
+            "ap_s": info["ap_seconds"],
             "bisection": info["bisection"],
             "exemplars": info["exemplars"],
             "iterations": info["iterations"],

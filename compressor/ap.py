@@ -242,38 +242,56 @@ def _iterate(
 
     it = 0
     for it in range(max_iter):
-        # responsibilities
-        torch.add(A, Sa, out=tmp)
-        Y, top = tmp.max(dim=2, keepdim=True)
-        tmp.scatter_(2, top, -torch.inf)
-        Y2 = tmp.amax(dim=2, keepdim=True)
-        torch.sub(Sa, Y, out=tmp)
-        tmp.scatter_(2, top, Sa.gather(2, top) - Y2)
-        if half:  # d*R + (1-d)*new == (R + new) / 2 exactly when d = 0.5 (one pass fewer)
-            R.add_(tmp).mul_(0.5)
+        if half:
+            # Damping 0.5 with A and R stored doubled (A2 = 2A, R2 = 2R): every update is one
+            # pass, and still bit for bit scikit-learn's, since scaling by 2 commutes with rounding:
+            # its R' = 0.5*R + 0.5*new = round(R + new)/2, so R2' = round(new + 0.5*R2), etc.
+            torch.add(Sa, A, alpha=0.5, out=tmp)  # A + S
+            Y, top = tmp.max(dim=2, keepdim=True)
+            tmp.scatter_(2, top, -torch.inf)
+            Y2 = tmp.amax(dim=2, keepdim=True)
+            torch.sub(Sa, Y, out=tmp)
+            tmp.scatter_(2, top, Sa.gather(2, top) - Y2)  # new responsibilities
+            torch.add(tmp, R, alpha=0.5, out=R)  # R2' = new + R
+            torch.clamp(R, min=0, out=tmp)  # 2 * Rp
+            tmp.diagonal(dim1=1, dim2=2).copy_(R.diagonal(dim1=1, dim2=2))
+            if on_cpu:
+                colsum.zero_().index_add_(1, zero_idx, tmp)  # sequential row order, as numpy
+            else:
+                torch.sum(tmp, dim=1, keepdim=True, out=colsum)
+            colsum.mul_(0.5)
+            torch.sub(colsum, tmp, alpha=0.5, out=tmp)  # cs - Rp: scikit-learn's -(Rp - cs)
+            dA = tmp.diagonal(dim1=1, dim2=2).clone()
+            tmp.clamp_(max=0)
+            tmp.diagonal(dim1=1, dim2=2).copy_(dA)
+            torch.add(tmp, A, alpha=0.5, out=A)  # A2' = A - max(0, Rp - cs) (diagonal unclipped)
         else:
+            # responsibilities
+            torch.add(A, Sa, out=tmp)
+            Y, top = tmp.max(dim=2, keepdim=True)
+            tmp.scatter_(2, top, -torch.inf)
+            Y2 = tmp.amax(dim=2, keepdim=True)
+            torch.sub(Sa, Y, out=tmp)
+            tmp.scatter_(2, top, Sa.gather(2, top) - Y2)
             tmp *= od
             R *= d
             R += tmp
-        # availabilities
-        torch.clamp(R, min=0, out=tmp)
-        tmp.diagonal(dim1=1, dim2=2).copy_(R.diagonal(dim1=1, dim2=2))
-        if on_cpu:
-            colsum.zero_().index_add_(1, zero_idx, tmp)  # sequential row order, as numpy
-        else:
-            torch.sum(tmp, dim=1, keepdim=True, out=colsum)
-        tmp -= colsum
-        dA = tmp.diagonal(dim1=1, dim2=2).clone()
-        tmp.clamp_(min=0)
-        tmp.diagonal(dim1=1, dim2=2).copy_(dA)
-        if half:
-            A.sub_(tmp).mul_(0.5)
-        else:
+            # availabilities
+            torch.clamp(R, min=0, out=tmp)
+            tmp.diagonal(dim1=1, dim2=2).copy_(R.diagonal(dim1=1, dim2=2))
+            if on_cpu:
+                colsum.zero_().index_add_(1, zero_idx, tmp)  # sequential row order, as numpy
+            else:
+                torch.sum(tmp, dim=1, keepdim=True, out=colsum)
+            tmp -= colsum
+            dA = tmp.diagonal(dim1=1, dim2=2).clone()
+            tmp.clamp_(min=0)
+            tmp.diagonal(dim1=1, dim2=2).copy_(dA)
             tmp *= od
             A *= d
             A -= tmp
         # convergence: the exemplar set unchanged for `convergence_iter` iterations, not empty
-        E = (A.diagonal(dim1=1, dim2=2) + R.diagonal(dim1=1, dim2=2)) > 0
+        E = (A.diagonal(dim1=1, dim2=2) + R.diagonal(dim1=1, dim2=2)) > 0  # sign unchanged by doubling
         same = (E == prevE).all(dim=1)
         stable = torch.where(same, stable + 1, torch.ones_like(stable))
         prevE = E
