@@ -18,7 +18,7 @@ import os
 import pickle
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 import torch.nn as nn
@@ -158,7 +158,7 @@ def _check_widths(p: Path, widths: Any) -> dict[str, dict[str, Any]]:
     return widths
 
 
-def _is_state_dict(obj: Any) -> bool:
+def _is_state_dict(obj: Any) -> TypeGuard[dict[str, torch.Tensor]]:
     return isinstance(obj, dict) and len(obj) > 0 and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
     )
@@ -270,16 +270,16 @@ def load_checkpoint(
 
     if isinstance(obj, dict) and "model" in obj and _is_state_dict(obj["model"]):
         args = obj.get("args")
-        spec = arch or getattr(args, "model", None) or (args.get("model") if isinstance(args, dict) else None)
-        if not spec or not isinstance(spec, str):
+        named: Any = arch or getattr(args, "model", None) or (args.get("model") if isinstance(args, dict) else None)
+        if not named or not isinstance(named, str):
             raise CheckpointError(
                 f"{p} looks like a torchvision reference-script checkpoint but does not say its model; pass --arch"
             )
-        if not arch and not trust_pickle and not _trusted_arch(spec):
-            raise _untrusted(p, spec)
-        model = _build(spec, user_kwargs)
+        if not arch and not trust_pickle and not _trusted_arch(named):
+            raise _untrusted(p, named)
+        model = _build(named, user_kwargs)
         load_state_dict_checked(model, _strip_prefix(obj["model"], "module."), source=str(p))
-        return model.eval(), {"arch": canonical_arch(spec), "arch_kwargs": user_kwargs}
+        return model.eval(), {"arch": canonical_arch(named), "arch_kwargs": user_kwargs}
 
     sd = obj.get("state_dict") if isinstance(obj, dict) and _is_state_dict(obj.get("state_dict")) else obj
     if _is_state_dict(sd):

@@ -498,6 +498,7 @@ def build_net(seed: int, **kwargs: Any) -> Any:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 n = m.num_features
+                assert m.running_mean is not None and m.running_var is not None
                 with torch.no_grad():
                     m.weight.uniform_(0.5, 1.5)
                     m.bias.normal_(0.0, 0.3)
