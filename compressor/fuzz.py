@@ -368,6 +368,9 @@ class _Builder:
         elif r < 0.55:  # flatten into Linear: each channel spans h*h features
             self.ops.append("head:flatten")
             form = rng.choice(("torch.flatten({}, 1)", "{}.view({}.size(0), -1)", "{}.reshape({}.shape[0], -1)"))
+            permuted = {"unusual:transpose_hw", "unusual:layernorm_c"} & set(self.ops)
+            if permuted and ".view(" in form:  # .view of a transposed/permuted tensor is illegal
+                form = "{}.reshape({}.shape[0], -1)"
             f = self.assign(form.format(t.var, t.var), t.c * t.h * t.h, 1)
         elif r < 0.75:  # an MLP head: a prunable Linear group
             self.ops.append("head:mlp")
