@@ -491,7 +491,7 @@ def _file_as_dir(d: Path) -> Path:
 
 
 #: (command args, phrase the message must contain). {ck} = tiny checkpoint; {out} = fresh folder;
-#: {file} = an existing regular file.
+#: {file} = an existing regular file (not TOML, not JSON); {config} / {target}: TOML with an unknown key.
 BAD_ARGS: dict[str, tuple[list[str], str]] = {
     "search-flops-0": (["search", "{ck}", "--flops", "0", "-o", "{out}/p.json"], "--flops 0"),
     "search-flops-1.5": (["search", "{ck}", "--flops", "1.5", "-o", "{out}/p.json"], "(0, 1]"),
@@ -524,6 +524,14 @@ BAD_ARGS: dict[str, tuple[list[str], str]] = {
     "run-unknown-dataset": (["run", "{ck}", "--target", "mobile", "--data", "nope", "--out", "{out}/r"], "mnist5k"),
     "run-out-is-a-file": (["run", "{ck}", "--target", "mobile", "--out", "{file}"], "is a file"),
     "run-out-not-writable": (["run", "{ck}", "--target", "mobile", "--out", "/sys/compressor-out"], "/sys/compressor-out"),
+    "run-config-not-toml": (["run", "{ck}", "--target", "mobile", "--config", "{file}", "--out", "{out}/r"], "not valid TOML"),
+    "run-config-unknown-key": (["run", "{ck}", "--target", "mobile", "--config", "{config}", "--out", "{out}/r"], "'bogus'"),
+    "run-target-unknown-key": (["run", "{ck}", "--target", "{target}", "--out", "{out}/r"], "'bogus'"),
+    "export-target-not-toml": (["export", "{ck}", "--target", "{file}", "-o", "{out}/m.onnx"], "not valid TOML"),
+    "search-unknown-device": (["search", "{ck}", "--flops", "0.5", "--device", "tpu", "-o", "{out}/p.json"], "'tpu'"),
+    "run-unknown-device": (["run", "{ck}", "--target", "mobile", "--device", "tpu", "--out", "{out}/r"], "'tpu'"),
+    "finetune-unknown-device": (["finetune", "{ck}", "--epochs", "1", "--device", "tpu", "-o", "{out}/f.pt"], "'tpu'"),
+    "prune-plan-not-json": (["prune", "{ck}", "--plan", "{file}", "-o", "{out}/s.pt"], "not valid JSON"),
 }
 
 
@@ -533,8 +541,13 @@ def test_cli_bad_argument_exits_2(tmp_path: Path, tiny_ckpt: Path, case: str) ->
     if args[0] not in _commands():
         pytest.skip(f"'compress {args[0]}' is not on this branch yet")
     afile = _file_as_dir(tmp_path)
+    (tmp_path / "config.toml").write_text("bogus = 1\n")
+    (tmp_path / "target.toml").write_text("[budget]\nflops = 0.5\nbogus = 1\n")
     out = tmp_path / "out"
-    argv = [a.format(ck=tiny_ckpt, out=out, file=afile) for a in args]
+    argv = [
+        a.format(ck=tiny_ckpt, out=out, file=afile, config=tmp_path / "config.toml", target=tmp_path / "target.toml")
+        for a in args
+    ]
     t0 = time.perf_counter()
     code, text = _invoke(argv)
     took = time.perf_counter() - t0
