@@ -821,3 +821,13 @@ def test_run_with_an_unsupported_op_compresses_and_names_it_in_the_report(tmp_pa
     assert any("cumsum" in (row.get("reason") or "") for row in frozen), report["layers"]
     assert any(not row["frozen"] and row["after"] < row["before"] for row in layers.values()), report["layers"]
     assert "cumsum" in report["message"] or any("cumsum" in n for n in report.get("notes", [])), report["message"]
+
+
+def test_cli_hostile_teacher_checkpoint_is_refused(tmp_path: Path, tiny_ckpt: Path) -> None:
+    """Every checkpoint a command reads goes through the safe loader, not only the main one."""
+    if "finetune" not in _commands():
+        pytest.skip("'compress finetune' is not on this branch yet")
+    evil, target = _hostile(tmp_path)
+    code, text = _invoke(["finetune", str(tiny_ckpt), "--epochs", "1", "--teacher", str(evil), "-o", str(tmp_path / "f.pt")])
+    assert code == 2 and "arbitrary code" in text, text
+    assert not target.exists() and not (tmp_path / "f.pt").exists()
