@@ -24,8 +24,11 @@ Where scikit-learn gives up, this module falls back deterministically and says s
   the first point, as scikit-learn does.
 
 The loop over iterations is Python; everything inside it is whole-tensor operations over a
-batch of independent problems of the same size (:func:`affinity_propagation_batch`), which
-EPruner uses to run several betas of one layer at once.
+batch of independent problems of the same size (:func:`affinity_propagation_batch`; no loop
+over points). :class:`APProblem` keeps one noisy similarity matrix for many preferences
+(EPruner's beta search). With damping 0.5, A and R are stored doubled so each damped update
+is a single pass; scaling by 2 commutes with rounding, so the result stays bit for bit
+scikit-learn's.
 """
 
 from __future__ import annotations
@@ -178,13 +181,16 @@ def _medoid(S0: torch.Tensor) -> int:
     return int(torch.argmax(off.sum(dim=0)))
 
 
-def _degenerate(Sb: torch.Tensor, pb: torch.Tensor) -> APResult | None:
-    """scikit-learn's answer for one point, or all similarities and preferences equal; else None."""
+def _degenerate(Sb: torch.Tensor, pb: torch.Tensor, all_equal: bool | None = None) -> APResult | None:
+    """scikit-learn's answer for one point, or all similarities and preferences equal; else None.
+
+    ``all_equal``: whether the off-diagonal similarities are all equal, when already known.
+    """
     n, dev = Sb.shape[0], Sb.device
     if n == 1:
         one = torch.zeros(1, dtype=torch.long, device=dev)
         return APResult(one, one.clone(), 0, True, None)
-    if bool((pb == pb[0]).all()) and _all_off_diagonal_equal(Sb):
+    if bool((pb == pb[0]).all()) and (_all_off_diagonal_equal(Sb) if all_equal is None else all_equal):
         if float(pb[0]) > float(Sb[0, n - 1]):
             ex = torch.arange(n, device=dev)
             return APResult(ex, ex.clone(), 0, True, "all similarities and preferences equal and the preference is higher: every point is an exemplar")
@@ -229,7 +235,7 @@ def _iterate(
     A = torch.zeros_like(Sa)
     R = torch.zeros_like(Sa)
     prevE = torch.zeros((B, n), dtype=torch.bool, device=dev)
-    stable = torch.zeros(B, dtype=torch.long, device=dev)
+    stable = [0] * B  # per problem: iterations the exemplar set has stayed the same
     on_cpu = dev.type == "cpu"
     zero_idx = torch.zeros(n, dtype=torch.long, device=dev)
     colsum = torch.empty((B, 1, n), dtype=dtype, device=dev)
@@ -240,6 +246,10 @@ def _iterate(
     converged_at: dict[int, bool] = {}
     E = prevE
 
+    def diags() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return A.diagonal(dim1=1, dim2=2), R.diagonal(dim1=1, dim2=2), tmp.diagonal(dim1=1, dim2=2)
+
+    A_d, R_d, T_d = diags()  # views, valid while the buffers are updated in place
     it = 0
     for it in range(max_iter):
         if half:
@@ -254,16 +264,16 @@ def _iterate(
             tmp.scatter_(2, top, Sa.gather(2, top) - Y2)  # new responsibilities
             torch.add(tmp, R, alpha=0.5, out=R)  # R2' = new + R
             torch.clamp(R, min=0, out=tmp)  # 2 * Rp
-            tmp.diagonal(dim1=1, dim2=2).copy_(R.diagonal(dim1=1, dim2=2))
+            T_d.copy_(R_d)
             if on_cpu:
                 colsum.zero_().index_add_(1, zero_idx, tmp)  # sequential row order, as numpy
             else:
                 torch.sum(tmp, dim=1, keepdim=True, out=colsum)
             colsum.mul_(0.5)
             torch.sub(colsum, tmp, alpha=0.5, out=tmp)  # cs - Rp: scikit-learn's -(Rp - cs)
-            dA = tmp.diagonal(dim1=1, dim2=2).clone()
+            dA = T_d.clone()
             tmp.clamp_(max=0)
-            tmp.diagonal(dim1=1, dim2=2).copy_(dA)
+            T_d.copy_(dA)
             torch.add(tmp, A, alpha=0.5, out=A)  # A2' = A - max(0, Rp - cs) (diagonal unclipped)
         else:
             # responsibilities
@@ -278,41 +288,42 @@ def _iterate(
             R += tmp
             # availabilities
             torch.clamp(R, min=0, out=tmp)
-            tmp.diagonal(dim1=1, dim2=2).copy_(R.diagonal(dim1=1, dim2=2))
+            T_d.copy_(R_d)
             if on_cpu:
                 colsum.zero_().index_add_(1, zero_idx, tmp)  # sequential row order, as numpy
             else:
                 torch.sum(tmp, dim=1, keepdim=True, out=colsum)
             tmp -= colsum
-            dA = tmp.diagonal(dim1=1, dim2=2).clone()
+            dA = T_d.clone()
             tmp.clamp_(min=0)
-            tmp.diagonal(dim1=1, dim2=2).copy_(dA)
+            T_d.copy_(dA)
             tmp *= od
             A *= d
             A -= tmp
         # convergence: the exemplar set unchanged for `convergence_iter` iterations, not empty
-        E = (A.diagonal(dim1=1, dim2=2) + R.diagonal(dim1=1, dim2=2)) > 0  # sign unchanged by doubling
-        same = (E == prevE).all(dim=1)
-        stable = torch.where(same, stable + 1, torch.ones_like(stable))
+        E = (A_d + R_d) > 0  # sign unchanged by the doubling
+        same = (E == prevE).all(dim=1).tolist()
+        stable = [st + 1 if sm else 1 for st, sm in zip(stable, same, strict=True)]
         prevE = E
-        if it >= convergence_iter:
-            done = (stable >= convergence_iter) & E.any(dim=1)
-            if bool(done.any()):
+        if it >= convergence_iter and max(stable) >= convergence_iter:
+            nonempty = E.any(dim=1).tolist()
+            done = [st >= convergence_iter and ne for st, ne in zip(stable, nonempty, strict=True)]
+            if any(done):
                 keep = []
                 for slot, pid in enumerate(todo):
-                    if bool(done[slot]):
+                    if done[slot]:
                         final_E[pid], final_it[pid], converged_at[pid] = E[slot].clone(), it + 1, True
                     else:
                         keep.append(slot)
                 if not keep:
                     break
-                if len(keep) < len(todo):
-                    k = torch.tensor(keep, device=dev)
-                    todo = [todo[s] for s in keep]
-                    Sa, A, R = Sa[k], A[k], R[k]
-                    tmp = torch.empty_like(Sa)
-                    colsum = torch.empty((len(todo), 1, n), dtype=dtype, device=dev)
-                    prevE, stable = prevE[k], stable[k]
+                k = torch.tensor(keep, device=dev)
+                todo = [todo[s] for s in keep]
+                Sa, A, R = Sa[k], A[k], R[k]
+                tmp = torch.empty_like(Sa)
+                colsum = torch.empty((len(todo), 1, n), dtype=dtype, device=dev)
+                prevE, stable = prevE[k], [stable[s] for s in keep]
+                A_d, R_d, T_d = diags()
     for slot, pid in enumerate(todo):
         if pid not in final_E:
             final_E[pid], final_it[pid], converged_at[pid] = E[slot].clone(), it + 1, False
@@ -399,6 +410,7 @@ class APProblem:
         self._base = self.S.clone()
         _add_noise(self._base, noise)
         self._noise_diag = noise.diagonal().clone()
+        self._all_equal = self.n > 1 and _all_off_diagonal_equal(self.S)
 
     def run(
         self,
@@ -418,7 +430,7 @@ class APProblem:
         results: dict[int, APResult] = {}
         todo = []
         for b in range(B):
-            r = _degenerate(self.S, pref[b])
+            r = _degenerate(self.S, pref[b], self._all_equal)
             if r is None:
                 todo.append(b)
             else:

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,7 +72,15 @@ def make_session(onnx_path: str | os.PathLike[str], runtime: Any) -> tuple[Any, 
         raise UsageError(f"graph_optimization_level {level!r} is invalid; valid: {', '.join(_OPT)}")
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT[level])
     so.log_severity_level = 3
-    sess = ort.InferenceSession(str(onnx_path), sess_options=so, providers=[provider])
+    if not Path(onnx_path).is_file():
+        raise UsageError(f"ONNX model {str(onnx_path)!r} does not exist")
+    try:
+        sess = ort.InferenceSession(str(onnx_path), sess_options=so, providers=[provider])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph types
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(
+            f"{onnx_path} is not an ONNX model that ONNX Runtime can load ({first}); export one with 'compress export'"
+        ) from e
     return sess, SessionInfo(provider, requested, used, level, notes)
 
 
@@ -131,9 +140,14 @@ def time_sessions(
     if clock not in ("wall", "thread_cpu"):
         raise UsageError(f"clock {clock!r} is invalid; valid: wall, thread_cpu")
     now = time.perf_counter if clock == "wall" else time.thread_time
+    # warm-up: ``warmup`` runs each, cut short (after at least 2) once a fifth of the budget is spent
+    warm_limit = max(0.5, 0.2 * time_budget_s) / max(len(sessions), 1)
     for sess, feed in sessions:
-        for _ in range(warmup):
+        w0 = time.perf_counter()
+        for i in range(warmup):
             sess.run(None, feed)
+            if i >= 1 and time.perf_counter() - w0 > warm_limit:
+                break
     times: list[list[float]] = [[] for _ in sessions]
     start = time.perf_counter()
     while True:
