@@ -52,18 +52,22 @@ RUN_STATE_FORMAT = "compressor.run-state/1"
 #: README demo (ResNet on mnist5k) runs end to end in a few minutes on 2 CPU cores.
 DEFAULTS: dict[str, Any] = {
     "method": "eagleeye",
-    "epochs": 3,
+    "epochs": 10,
     "device": "auto",
     "seed": 0,
     "candidates": 20,  # EagleEye candidates scored by adaptive BN
     "calib_batches": 10,  # adaptive-BN calibration batches per candidate
     "top_k": 1,  # EagleEye: briefly fine-tune the top-k to choose among them (1 = take the best score)
     "batch_size": 64,
-    "lr": 0.01,
+    # fine-tuning learning rate: None = the checkpoint's own training recipe (meta["finetune"]["lr"],
+    # scaled linearly to this batch size) when it records one, else FALLBACK_LR
+    "lr": None,
     "distill": False,  # fine-tune with the original model as teacher
     "latency_candidates": 4,  # how many plans are timed against a latency budget
     "flops_tolerance": 0.01,  # relative slack on the FLOPs budget (methods hit the target within 1%)
 }
+
+FALLBACK_LR = 0.01  # the papers' fine-tuning learning rate (EagleEye, EPruner)
 
 #: Keys a ``--config`` TOML file may set (flat), with their types. ``[method_options]`` is a table
 #: passed to the method as keyword arguments.
@@ -124,7 +128,7 @@ class Settings:
     calib_batches: int
     top_k: int
     batch_size: int
-    lr: float
+    lr: float | None
     distill: bool
     latency_candidates: int
     flops_tolerance: float
@@ -207,7 +211,7 @@ def resolve_settings(checkpoint: str | os.PathLike[str], flags: dict[str, Any], 
         calib_batches=int(pick("calib_batches")),
         top_k=int(pick("top_k")),
         batch_size=int(pick("batch_size")),
-        lr=float(pick("lr")),
+        lr=None if pick("lr") is None else float(pick("lr")),
         distill=bool(pick("distill")),
         latency_candidates=int(pick("latency_candidates")),
         flops_tolerance=float(pick("flops_tolerance")),
@@ -223,7 +227,7 @@ def resolve_settings(checkpoint: str | os.PathLike[str], flags: dict[str, Any], 
             raise UsageError(f"--{key.replace('_', '-')} {v} must be at least {lo}")
     if s.device not in ("auto", "cpu") and not s.device.startswith("cuda"):
         raise UsageError(f"--device {s.device!r} is not valid; use auto, cpu, cuda or cuda:N")
-    if not s.lr > 0:
+    if s.lr is not None and not s.lr > 0:
         raise UsageError(f"lr {s.lr} must be positive")
     return s, target
 
@@ -441,6 +445,7 @@ def run(
     force: bool = False,
     candidates: int | None = None,
     top_k: int | None = None,
+    lr: float | None = None,
     max_acc_drop: float | None = None,
     arch: str | None = None,
     trust_pickle: bool = False,
@@ -470,7 +475,7 @@ def run(
         raise UsageError(f"checkpoint {str(ck)!r} does not exist" + ("" if ck.suffix else " (expected a .pt file)"))
     flags = {"target": target, "flops": flops, "latency_ms": latency_ms, "method": method, "data": data,
              "epochs": epochs, "device": device, "seed": seed, "out": None if out is None else str(out),
-             "candidates": candidates, "top_k": top_k, "max_acc_drop": max_acc_drop, "arch": arch}
+             "candidates": candidates, "top_k": top_k, "lr": lr, "max_acc_drop": max_acc_drop, "arch": arch}
     s, tgt = resolve_settings(ck, flags, config)
     r = _Run(console, progress)
     ctx = _Context(s=s, target=tgt, run=r, out=Path(s.out), command=command or _command_line(ck, s))
@@ -521,6 +526,7 @@ class _Context:
     multiple_noted: bool = False
     rank: int = 0
     world: int = 1
+    lr: float = FALLBACK_LR
 
     @property
     def state(self) -> Path:
@@ -552,10 +558,23 @@ def _load(ctx: _Context, *, trust_pickle: bool) -> None:
         from compressor.data import load_data
 
         ctx.bundle = load_data(s.data, meta=ctx.meta)
+        ctx.lr = _finetune_lr(s, ctx.meta)
         ctx.graph = build_graph(ctx.model, input_shape=(1, *ctx.shape))
         n_pr = len(ctx.graph.prunable)
         st["note"] = f"{ctx.meta.get('arch', type(ctx.model).__name__)}, input {list(ctx.shape)}, data {s.data}, " \
                      f"{len(ctx.graph.groups)} channel groups ({n_pr} prunable)"
+
+
+def _finetune_lr(s: Settings, meta: dict[str, Any]) -> float:
+    """The fine-tuning learning rate: as given; else the checkpoint's training lr scaled linearly
+    to this batch size (a pruned network recovers best with the recipe that trained it); else 0.01."""
+    if s.lr is not None:
+        return s.lr
+    rec = meta.get("finetune") if isinstance(meta.get("finetune"), dict) else {}
+    lr, bs = rec.get("lr"), rec.get("batch_size")
+    if isinstance(lr, (int, float)) and lr > 0 and isinstance(bs, int) and bs > 0:
+        return float(lr) * s.batch_size / bs
+    return FALLBACK_LR
 
 
 def _profile(ctx: _Context) -> None:
@@ -829,7 +848,7 @@ def _slim_and_finetune(ctx: _Context) -> Any:
             ctx.run.note(f"resuming the fine-tune from the last completed epoch in {state_path(model_path).name}")
             st["status"] = "resumed"
 
-        res = finetune(small, ctx.bundle, epochs=s.epochs, out=model_path, meta=meta, lr=s.lr, batch_size=s.batch_size,
+        res = finetune(small, ctx.bundle, epochs=s.epochs, out=model_path, meta=meta, lr=ctx.lr, batch_size=s.batch_size,
                        device=ctx.device, seed=s.seed, teacher=ctx.model if s.distill else None, progress=ctx.run.progress,
                        keep_state=False)
         if ctx.rank == 0:
@@ -970,7 +989,7 @@ def _build_report(ctx: _Context, status: str, exit_code: int, message: str) -> d
         "command": ctx.command,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "checkpoint": {"path": s.checkpoint, "sha256": ctx.ck_sha, "arch": ctx.meta.get("arch")},
-        "settings": {**s.to_dict(), "device_used": ctx.device},
+        "settings": {**s.to_dict(), "device_used": ctx.device, "lr_used": ctx.lr},
         "seeds": {"seed": s.seed, "plan_seed": getattr(ctx.plan, "seed", None)},
         "target": ctx.target.to_dict() if hasattr(ctx.target, "to_dict") else {},
         "original": ctx.original,
@@ -1107,7 +1126,7 @@ def _dry_run(ctx: _Context, *, trust_pickle: bool) -> dict[str, Any]:
         + (f"; up to {s.latency_candidates} timed against p{s.percentile:g} <= {s.latency_ms:g} ms"
            if s.latency_ms is not None else ""),
         "slim": "physical slimming, equivalence check",
-        "finetune": f"{s.epochs} epochs on {n_train} images, batch {s.batch_size}, lr {s.lr:g}" if s.epochs else "skipped",
+        "finetune": f"{s.epochs} epochs on {n_train} images, batch {s.batch_size}, lr {ctx.lr:g}" if s.epochs else "skipped",
         "export": f"ONNX opset {ctx.target.export.opset}, onnxsim",
         "validate": "numerics, top-1 PyTorch vs ONNX Runtime, latency original vs compressed",
         "report": "report.json, report.html",
