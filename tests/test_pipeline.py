@@ -306,6 +306,7 @@ def test_validation_failure_exits_4_after_writing_the_report(assets: dict[str, P
     assert "FAIL" in (out / "report.html").read_text()
 
 
+@pytest.mark.slow  # ~20 s: a real subprocess; the in-process resume test above runs by default
 def test_sigint_during_search_then_rerun_resumes(assets: dict[str, Path]) -> None:
     """Ctrl-C a real `compress run` while it scores candidates; the same command then finishes the job."""
     import os
