@@ -283,11 +283,9 @@ class _Run:
 
 
 def _resolve_device(device: str) -> str:
-    if device == "auto":
-        import torch
+    from compressor.evaluate import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return str(resolve_device(device))
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -479,6 +477,7 @@ def run(
     s, tgt = resolve_settings(ck, flags, config)
     r = _Run(console, progress)
     ctx = _Context(s=s, target=tgt, run=r, out=Path(s.out), command=command or _command_line(ck, s))
+    ctx.device = _resolve_device(s.device)  # a CUDA request on a machine without CUDA fails here, early
     ctx.ck_sha = sha256_file(ck)
     if dry_run:
         return _dry_run(ctx, trust_pickle=trust_pickle)
@@ -486,7 +485,7 @@ def run(
     if ctx.world > 1:  # under torchrun: one process group for the search and DDP fine-tuning
         from compressor.search import init_distributed
 
-        ctx.rank, ctx.world = init_distributed(_resolve_device(s.device))
+        ctx.rank, ctx.world = init_distributed(ctx.device)
         r.progress = progress and ctx.rank == 0
     err = None
     if ctx.rank == 0:
@@ -548,7 +547,6 @@ def _load(ctx: _Context, *, trust_pickle: bool) -> None:
                 "add [input] shape = [C, H, W] to a target file"
             )
         ctx.shape = tuple(int(v) for v in shape)
-        ctx.device = _resolve_device(s.device)
         spec = s.data or ctx.meta.get("dataset")
         if not spec:
             raise UsageError(

@@ -211,6 +211,7 @@ def test_impossible_latency_budget_exits_3_with_a_report(assets: dict[str, Path]
         (["--epochs", "-1"], "epochs"),
         (["--latency-ms", "-3"], "latency"),
         (["--max-acc-drop", "-1"], "max_acc_drop"),
+        (["--device", "quantum"], "device"),
     ],
 )
 def test_bad_input_exits_2(assets: dict[str, Path], extra: list[str], needle: str) -> None:
@@ -219,6 +220,17 @@ def test_bad_input_exits_2(assets: dict[str, Path], extra: list[str], needle: st
     assert res.exit_code == 2, res.output
     assert needle in res.output.lower()
     assert not (assets["root"] / "out_bad" / "report.json").exists()
+
+
+def test_cuda_without_cuda_exits_2(assets: dict[str, Path]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = assets["root"] / "out_cuda"
+    res = _invoke(str(assets["ckpt"]), "--target", str(assets["target"]), "--device", "cuda", "--out", str(out))
+    assert res.exit_code == 2 and "CUDA is not available" in res.output
+    assert not out.exists()
 
 
 def test_missing_checkpoint_exits_2(tmp_path: Path) -> None:
