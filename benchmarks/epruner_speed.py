@@ -42,6 +42,15 @@ OUT = ROOT / "benchmarks" / "results" / "epruner_speed.json"
 DEMO_CKPT = ROOT / "examples" / "resnet_mnist.pt"
 
 
+def _commit() -> str | None:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def machine() -> dict[str, Any]:
     return {
         "platform": platform.platform(),
@@ -52,6 +61,7 @@ def machine() -> dict[str, Any]:
         "numpy": np.__version__,
         "python": platform.python_version(),
         "load_average_at_start": list(os.getloadavg()),
+        "commit": _commit(),
         "note": "2-core VM shared with ~7 other engineers' runs (load average above); every time is "
         "wall clock under that load, ours and scikit-learn's measured back to back per group (best of 3 "
         "for groups of <= 512 channels, one run above), one thread each (OMP_NUM_THREADS=1)",
@@ -189,6 +199,8 @@ def part_arch(quick: bool) -> dict[str, Any]:
             "within_tolerance": info["within_tolerance"],
             "ap_sweeps": len(info["bisection"]),
             "ap_runs": info["ap_runs"],
+            "similarity_s": info["similarity_seconds"],
+            "ap_s": info["ap_seconds"],
             "bisection": info["bisection"],
             "exemplars": info["exemplars"],
             "iterations": info["iterations"],
@@ -280,6 +292,7 @@ def main() -> None:
             result[part] = {"not_measured": f"{type(e).__name__}: {e}", "trace": traceback.format_exc(limit=4)}
             print(f"[{part}] not measured: {e}", flush=True)
         result[part]["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        result[part]["commit"] = result["machine"]["commit"]
         result[part]["quick"] = args.quick
         atomic_write_json(OUT, result)
     print(f"wrote {OUT}")

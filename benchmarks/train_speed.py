@@ -47,8 +47,9 @@ def _speed_run(epochs: int, batch_size: int, out: str | None) -> dict[str, Any]:
     return {"world_size": res.world_size, "history": res.history, "rank": int(os.environ.get("RANK", "0"))}
 
 
-def _summary(history: list[dict[str, Any]]) -> dict[str, Any]:
-    timed = [h["img_per_s"] for h in history[1:]] or [h["img_per_s"] for h in history]
+def _summary(history: list[dict[str, Any]], warm: bool = True) -> dict[str, Any]:
+    """Median and spread of images/s; ``warm`` drops the first (warm-up) epoch."""
+    timed = [h["img_per_s"] for h in (history[1:] if warm else history)] or [h["img_per_s"] for h in history]
     return {
         "img_per_s_median": statistics.median(timed),
         "img_per_s_min": min(timed),
@@ -128,6 +129,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=3, help="epochs per speed run (the first is warm-up)")
     ap.add_argument("--batch-size", type=int, default=64, help="per process")
     ap.add_argument("--prune-epochs", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating single/torchrun rounds")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--skip-prune", action="store_true")
     args = ap.parse_args()
@@ -138,6 +140,7 @@ def main() -> int:
             Path(args.worker).write_text(json.dumps(res))
         return 0
 
+    load_start = list(os.getloadavg())
     import torch
 
     torch.set_num_threads(1)
@@ -158,12 +161,21 @@ def main() -> int:
     }
     print(f"demo {demo['checkpoint']}: test top-1 {demo['test_top1']:.2f}%, val {demo['val_top1']:.2f}%", flush=True)
 
-    single = _speed_run(args.epochs, args.batch_size, None)
-    s1 = _summary(single["history"])
-    print(f"single process, 1 thread: {s1['img_per_s_median']:.0f} img/s (epochs {s1['epoch_seconds']} s)", flush=True)
-    ddp = _torchrun(args.epochs, args.batch_size)
-    s2 = _summary(ddp["history"])
-    print(f"torchrun 2 x 1 thread (gloo): {s2['img_per_s_median']:.0f} img/s (epochs {s2['epoch_seconds']} s)", flush=True)
+    # Alternate single-process and torchrun rounds so that both see the same (shared) machine load.
+    singles: list[dict[str, Any]] = []
+    ddps: list[dict[str, Any]] = []
+    for r in range(args.rounds):
+        singles.append(_speed_run(args.epochs, args.batch_size, None))
+        print(f"round {r + 1}: single process, 1 thread: {_summary(singles[-1]['history'])['img_per_s_median']:.0f} img/s",
+              flush=True)  # fmt: skip
+        ddps.append(_torchrun(args.epochs, args.batch_size))
+        print(f"round {r + 1}: torchrun 2 x 1 thread (gloo): {_summary(ddps[-1]['history'])['img_per_s_median']:.0f} img/s",
+              flush=True)  # fmt: skip
+    s1 = _summary([h for run in singles for h in run["history"][1:]], warm=False)
+    s2 = _summary([h for run in ddps for h in run["history"][1:]], warm=False)
+    s2["wall_s_including_startup"] = [round(run["wall_s_including_startup"], 1) for run in ddps]
+    print(f"single process: {s1['img_per_s_median']:.0f} img/s; torchrun 2 x 1: {s2['img_per_s_median']:.0f} img/s "
+          f"(medians over {args.rounds} rounds x {args.epochs - 1} timed epochs)", flush=True)  # fmt: skip
 
     prune: dict[str, Any] | None = None
     prune_error = None
@@ -190,12 +202,13 @@ def main() -> int:
             "python": platform.python_version(),
             "note": "2-core CPU shared with other engineers' concurrent runs: absolute numbers are noisy "
             "and lower than on an idle machine",
+            "load_average_at_start": load_start,
             "load_average_at_end": list(os.getloadavg()),
         },
         "model": {"arch": meta["arch"], "arch_kwargs": meta["arch_kwargs"], "input_shape": meta["input_shape"]},
         "batch_size_per_process": args.batch_size,
         "single_process_1_thread": s1,
-        "torchrun_2_processes_1_thread_each": {**s2, "wall_s_including_startup": ddp["wall_s_including_startup"]},
+        "torchrun_2_processes_1_thread_each": s2,
         "ddp_speedup": s2["img_per_s_median"] / s1["img_per_s_median"],
         "demo": demo,
         "prune_l1_uniform_50": prune,

@@ -7,6 +7,8 @@ that ranks sub-nets the way fine-tuning will. Re-exported from :mod:`compressor.
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,12 +20,10 @@ from compressor.errors import DataError
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when present, else CPU; anything else as ``torch.device`` reads it."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``"auto"`` -> CUDA when present, else CPU (:func:`compressor.evaluate.resolve_device`)."""
+    from compressor.evaluate import resolve_device as _resolve
+
+    return _resolve(device)
 
 
 def _inputs_of(batch: Any) -> torch.Tensor:
@@ -84,3 +84,14 @@ def adaptive_bn(
     if n == 0:
         raise DataError("adaptive_bn got no calibration batches; pass at least one batch of training images")
     return model
+
+
+# ``compressor.adaptive_bn(...)`` is the public function (DESIGN.md). Importing this submodule binds
+# it as the package attribute of the same name, which would shadow the lazily exported function;
+# the module is therefore callable and forwards to :func:`adaptive_bn`.
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return adaptive_bn(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -229,7 +229,7 @@ def _iterate(
     A = torch.zeros_like(Sa)
     R = torch.zeros_like(Sa)
     prevE = torch.zeros((B, n), dtype=torch.bool, device=dev)
-    stable = torch.zeros(B, dtype=torch.long, device=dev)
+    stable = [0] * B  # per problem: iterations the exemplar set has stayed the same
     on_cpu = dev.type == "cpu"
     zero_idx = torch.zeros(n, dtype=torch.long, device=dev)
     colsum = torch.empty((B, 1, n), dtype=dtype, device=dev)
@@ -240,61 +240,84 @@ def _iterate(
     converged_at: dict[int, bool] = {}
     E = prevE
 
+    def diags() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return A.diagonal(dim1=1, dim2=2), R.diagonal(dim1=1, dim2=2), tmp.diagonal(dim1=1, dim2=2)
+
+    A_d, R_d, T_d = diags()  # views, valid while the buffers are updated in place
     it = 0
     for it in range(max_iter):
-        # responsibilities
-        torch.add(A, Sa, out=tmp)
-        Y, top = tmp.max(dim=2, keepdim=True)
-        tmp.scatter_(2, top, -torch.inf)
-        Y2 = tmp.amax(dim=2, keepdim=True)
-        torch.sub(Sa, Y, out=tmp)
-        tmp.scatter_(2, top, Sa.gather(2, top) - Y2)
-        if half:  # d*R + (1-d)*new == (R + new) / 2 exactly when d = 0.5 (one pass fewer)
-            R.add_(tmp).mul_(0.5)
+        if half:
+            # Damping 0.5 with A and R stored doubled (A2 = 2A, R2 = 2R): every update is one
+            # pass, and still bit for bit scikit-learn's, since scaling by 2 commutes with rounding:
+            # its R' = 0.5*R + 0.5*new = round(R + new)/2, so R2' = round(new + 0.5*R2), etc.
+            torch.add(Sa, A, alpha=0.5, out=tmp)  # A + S
+            Y, top = tmp.max(dim=2, keepdim=True)
+            tmp.scatter_(2, top, -torch.inf)
+            Y2 = tmp.amax(dim=2, keepdim=True)
+            torch.sub(Sa, Y, out=tmp)
+            tmp.scatter_(2, top, Sa.gather(2, top) - Y2)  # new responsibilities
+            torch.add(tmp, R, alpha=0.5, out=R)  # R2' = new + R
+            torch.clamp(R, min=0, out=tmp)  # 2 * Rp
+            T_d.copy_(R_d)
+            if on_cpu:
+                colsum.zero_().index_add_(1, zero_idx, tmp)  # sequential row order, as numpy
+            else:
+                torch.sum(tmp, dim=1, keepdim=True, out=colsum)
+            colsum.mul_(0.5)
+            torch.sub(colsum, tmp, alpha=0.5, out=tmp)  # cs - Rp: scikit-learn's -(Rp - cs)
+            dA = T_d.clone()
+            tmp.clamp_(max=0)
+            T_d.copy_(dA)
+            torch.add(tmp, A, alpha=0.5, out=A)  # A2' = A - max(0, Rp - cs) (diagonal unclipped)
         else:
+            # responsibilities
+            torch.add(A, Sa, out=tmp)
+            Y, top = tmp.max(dim=2, keepdim=True)
+            tmp.scatter_(2, top, -torch.inf)
+            Y2 = tmp.amax(dim=2, keepdim=True)
+            torch.sub(Sa, Y, out=tmp)
+            tmp.scatter_(2, top, Sa.gather(2, top) - Y2)
             tmp *= od
             R *= d
             R += tmp
-        # availabilities
-        torch.clamp(R, min=0, out=tmp)
-        tmp.diagonal(dim1=1, dim2=2).copy_(R.diagonal(dim1=1, dim2=2))
-        if on_cpu:
-            colsum.zero_().index_add_(1, zero_idx, tmp)  # sequential row order, as numpy
-        else:
-            torch.sum(tmp, dim=1, keepdim=True, out=colsum)
-        tmp -= colsum
-        dA = tmp.diagonal(dim1=1, dim2=2).clone()
-        tmp.clamp_(min=0)
-        tmp.diagonal(dim1=1, dim2=2).copy_(dA)
-        if half:
-            A.sub_(tmp).mul_(0.5)
-        else:
+            # availabilities
+            torch.clamp(R, min=0, out=tmp)
+            T_d.copy_(R_d)
+            if on_cpu:
+                colsum.zero_().index_add_(1, zero_idx, tmp)  # sequential row order, as numpy
+            else:
+                torch.sum(tmp, dim=1, keepdim=True, out=colsum)
+            tmp -= colsum
+            dA = T_d.clone()
+            tmp.clamp_(min=0)
+            T_d.copy_(dA)
             tmp *= od
             A *= d
             A -= tmp
         # convergence: the exemplar set unchanged for `convergence_iter` iterations, not empty
-        E = (A.diagonal(dim1=1, dim2=2) + R.diagonal(dim1=1, dim2=2)) > 0
-        same = (E == prevE).all(dim=1)
-        stable = torch.where(same, stable + 1, torch.ones_like(stable))
+        E = (A_d + R_d) > 0  # sign unchanged by the doubling
+        same = (E == prevE).all(dim=1).tolist()
+        stable = [st + 1 if sm else 1 for st, sm in zip(stable, same, strict=True)]
         prevE = E
-        if it >= convergence_iter:
-            done = (stable >= convergence_iter) & E.any(dim=1)
-            if bool(done.any()):
+        if it >= convergence_iter and max(stable) >= convergence_iter:
+            nonempty = E.any(dim=1).tolist()
+            done = [st >= convergence_iter and ne for st, ne in zip(stable, nonempty, strict=True)]
+            if any(done):
                 keep = []
                 for slot, pid in enumerate(todo):
-                    if bool(done[slot]):
+                    if done[slot]:
                         final_E[pid], final_it[pid], converged_at[pid] = E[slot].clone(), it + 1, True
                     else:
                         keep.append(slot)
                 if not keep:
                     break
-                if len(keep) < len(todo):
-                    k = torch.tensor(keep, device=dev)
-                    todo = [todo[s] for s in keep]
-                    Sa, A, R = Sa[k], A[k], R[k]
-                    tmp = torch.empty_like(Sa)
-                    colsum = torch.empty((len(todo), 1, n), dtype=dtype, device=dev)
-                    prevE, stable = prevE[k], stable[k]
+                k = torch.tensor(keep, device=dev)
+                todo = [todo[s] for s in keep]
+                Sa, A, R = Sa[k], A[k], R[k]
+                tmp = torch.empty_like(Sa)
+                colsum = torch.empty((len(todo), 1, n), dtype=dtype, device=dev)
+                prevE, stable = prevE[k], [stable[s] for s in keep]
+                A_d, R_d, T_d = diags()
     for slot, pid in enumerate(todo):
         if pid not in final_E:
             final_E[pid], final_it[pid], converged_at[pid] = E[slot].clone(), it + 1, False

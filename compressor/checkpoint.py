@@ -45,7 +45,7 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
-        if "Weights only load failed" in msg or "Unsupported global" in msg or "weights_only" in msg:
+        if "Unsupported global" in msg or "GLOBAL" in msg:  # a pickled class or function, not tensors
             if trust_pickle:
                 return torch.load(path, map_location="cpu", weights_only=False)
             raise CheckpointError(

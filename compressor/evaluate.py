@@ -96,3 +96,6 @@ def accuracy(
     if total == 0:
         raise DataError("accuracy over an empty loader: the evaluation split has no images")
     return {f"top{k}": float(100.0 * correct[i].item() / total) for i, k in enumerate(ks)}
+
+
+from compressor.adaptive_bn import adaptive_bn, bn_modules  # noqa: E402,F401  (eagleeye helper; re-exported here)

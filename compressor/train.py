@@ -145,9 +145,17 @@ def _check_outputs(model: nn.Module, data: DataBundle, device: torch.device, wha
     x = torch.stack([data.val[i][0] for i in range(min(2, len(data.val)))]).to(device)  # type: ignore[arg-type]
     was = model.training
     model.eval()
-    with torch.no_grad():
-        out = model(x)
-    model.train(was)
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except RuntimeError as e:
+        raise DataError(
+            f"the {what} cannot run on {data.name!r} images of shape {list(x.shape[1:])} "
+            f"({str(e).splitlines()[0]}); load the data with the model's meta (input_shape, mean, std) "
+            "or pass the data it was trained on"
+        ) from None
+    finally:
+        model.train(was)
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         raise DataError(f"the {what} returned {getattr(out, 'shape', type(out).__name__)}; expected (batch, classes) logits")
     if out.shape[1] != data.num_classes:

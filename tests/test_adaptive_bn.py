@@ -135,3 +135,14 @@ def test_cuda_matches_cpu() -> None:
     assert next(gpu.parameters()).is_cuda
     torch.testing.assert_close(gpu[1].running_mean.cpu(), cpu[1].running_mean, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(gpu[1].running_var.cpu(), cpu[1].running_var, rtol=1e-4, atol=1e-4)
+
+
+def test_public_name_stays_the_function_after_importing_the_module() -> None:
+    import compressor
+    import compressor.adaptive_bn  # noqa: F401  (binds the submodule on the package)
+    from compressor.evaluate import adaptive_bn as via_evaluate
+
+    assert via_evaluate is adaptive_bn
+    model = _net().eval()
+    out = compressor.adaptive_bn(model, _batches(1))
+    assert out is model and int(model[1].num_batches_tracked) == 1

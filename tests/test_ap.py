@@ -68,6 +68,13 @@ def test_matches_sklearn_random(seed: int) -> None:
     assert_same(S, pref)
 
 
+@pytest.mark.parametrize("damping", [0.6, 0.9])
+@pytest.mark.parametrize("seed", [1, 2, 4])
+def test_matches_sklearn_other_damping(seed: int, damping: float) -> None:
+    S, pref = case(seed)
+    assert_same(S, pref, damping=damping)
+
+
 @pytest.mark.parametrize("n", [150, 301])
 def test_matches_sklearn_larger_filters(n: int) -> None:
     # conv-like filters: a few families plus noise, similarity from the same helper EPruner uses

@@ -155,6 +155,9 @@ def test_validate_passes_and_writes_replayable_test_data(tmp_path: Path) -> None
     assert acc is not None and acc["samples"] == len(data)
     assert acc["onnx_top1"] == acc["torch_top1"] == 100.0 and "onnx_top5" in acc
     assert rep.numerics["data"]["samples"] == len(data) and rep.numerics["random"]["batches"] == 3
+    num = rep.check("numerics")
+    assert num.value is not None and num.limit is not None and 0 <= num.value <= num.limit
+    assert rep.numerics["data"]["tolerance_used"] < 1.0
     lat = rep.latency
     assert lat is not None and lat["compressed"]["runs"] >= 30 and "original" in lat and lat["ratio_p50"] > 0
     assert lat["compressed"]["p50"] <= lat["compressed"]["p90"] <= lat["compressed"]["p99"]
@@ -175,6 +178,9 @@ def test_wrong_onnx_model_fails_numerics_with_exit_4(tmp_path: Path) -> None:
     other = tiny_net(seed=1)
     rep = validate(path, other, target=fast(), data=labelled_by(other), latency=False)
     assert rep.check("numerics").status == "fail" and rep.exit_code == 4 and not rep.passed
+    num = rep.check("numerics")
+    assert num.value is not None and num.limit is not None and num.value > num.limit >= 1e-4  # max abs diff
+    assert rep.numerics["data"]["tolerance_used"] > 1.0
     assert rep.check("latency").status == "skipped"
     with pytest.raises(ValidationError, match="numerics"):
         rep.raise_for_status()
@@ -254,6 +260,18 @@ def test_measure_latency_single_and_interleaved(tmp_path: Path) -> None:
     both = measure_latency([a, b], target=fast(), time_budget_s=0.1, min_runs=20)
     assert [m["path"] for m in both["models"]] == [str(a), str(b)]
     assert all(m["runs"] >= 20 for m in both["models"])
+    cpu = measure_latency(a, target=fast(), time_budget_s=0.05, min_runs=10, clock="thread_cpu")
+    assert cpu["clock"] == "thread_cpu" and cpu["p50"] > 0 and cpu["runs"] >= 10
+    with pytest.raises(UsageError, match="thread_cpu"):
+        measure_latency(a, target=fast(), clock="cpu")
+
+
+def test_top5_only_with_more_than_five_classes(tmp_path: Path) -> None:
+    model = tiny_net(classes=4)
+    path = tmp_path / "model.onnx"
+    export_onnx(model, path, input_shape=(1, *SHAPE))
+    rep = validate(path, model, target=fast(), data=labelled_by(model, n=20), latency=False, write_test_data=False)
+    assert rep.accuracy is not None and "onnx_top1" in rep.accuracy and "onnx_top5" not in rep.accuracy
 
 
 # ---------------------------------------------------------------- CLI
@@ -354,3 +372,19 @@ def test_dynamo_exporter_path(tmp_path: Path) -> None:
     assert res.exporter == "dynamo" and res.opset == 18
     rep = validate(res.path, tiny_net(), target=fast(), latency=False, write_test_data=False)
     assert rep.check("numerics").status == "pass"
+
+
+def test_latency_vs_flops_benchmark_runs(tmp_path: Path) -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "latency_vs_flops.py"
+    spec = importlib.util.spec_from_file_location("latency_vs_flops", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "r.json"
+    assert mod.main(["--models", "resnet_cifar", "--seconds", "0.2", "--threads", "1", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    r = d["results"]["resnet_cifar"]
+    assert 0.3 < r["slim"]["flops_ratio"] < 0.7 and r["slim_x8"]["conv_widths_multiple_of_8"] > 0.5
+    assert r["original"]["cpu_1thread"]["latency_ratio"] == 1.0 and "machine" in d

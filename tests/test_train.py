@@ -119,6 +119,9 @@ def test_errors_before_training(tiny_data: DataBundle, tmp_path: Path) -> None:
     wrong = build_model("resnet_cifar", num_classes=10, in_channels=1, depth=8, width=4)
     with pytest.raises(DataError, match="10 classes"):
         finetune(wrong, tiny_data, epochs=1, **FAST)
+    rgb = build_model("resnet_cifar", num_classes=4, in_channels=3, depth=8, width=4)
+    with pytest.raises(DataError, match=r"shape \[1, 16, 16\]"):
+        finetune(rgb, tiny_data, epochs=1, **FAST)
     with pytest.raises(UsageError, match="arch"):
         finetune(_model(), tiny_data, epochs=1, out=tmp_path / "x.pt", **FAST)
     for bad in ({"lr": 0.0}, {"label_smoothing": 1.0}, {"warmup_epochs": 5}, {"batch_size": 0}):
@@ -141,20 +144,10 @@ def test_accuracy_topk() -> None:
 
 
 def test_cli_finetune(tmp_path: Path) -> None:
-    import typer
+    import numpy as np
     from typer.testing import CliRunner
 
-    from cli import cmd_finetune
-
-    app = typer.Typer()
-
-    @app.callback()
-    def _group() -> None:  # keep "finetune" a subcommand even when it is the only command
-        pass
-
-    cmd_finetune.register(app)
-
-    import numpy as np
+    from cli.main import app
 
     cifar = tmp_path / "cifar"  # a tiny fake CIFAR-10 in the python-pickle layout
     cifar.mkdir()

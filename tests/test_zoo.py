@@ -85,3 +85,27 @@ def test_demo_checkpoint_is_small_and_accurate() -> None:
     data = load_data(meta["dataset"], meta=meta)
     top1 = accuracy(model, make_loader(data.test, 250))["top1"]
     assert top1 >= 97.0 and top1 == pytest.approx(meta["accuracy"]["test"])
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_zoo_prunes_and_slims_exactly(name: str) -> None:
+    """Every zoo net goes through the channel graph: l1-uniform at 50% FLOPs, slim == masked original."""
+    import compressor
+    from compressor.graph import build_graph, count, slim
+
+    shape = (1, 3, 32, 32)
+    torch.manual_seed(0)
+    m = build_model(name, num_classes=10, in_channels=3, **TINY[name]).eval()
+    for mod in m.modules():  # non-trivial BN statistics, so a wrong slice would show
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+    g = build_graph(m, input_shape=shape)
+    assert len(g.prunable) >= 5
+    plan = compressor.search(m, method="l1-uniform", flops=0.5, input_shape=shape, graph=g)
+    small = slim(m, plan, graph=g)
+    x = torch.randn(4, 3, 32, 32)
+    assert small(x).shape == (4, 10) and m(x).std() > 0
+    assert g.verify(small, plan) < 1e-4
+    ratio = count(small, shape).macs / count(m, shape).macs
+    assert 0.4 < ratio < 0.6

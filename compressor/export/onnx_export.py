@@ -158,17 +158,16 @@ def export_onnx(
     x = torch.randn(*shape, device=device)
     order = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
     notes: list[str] = []
-    t0 = time.perf_counter()
-    used = ""
-    try:
+    info: dict[str, Any] = {}
+
+    def build(tmp: str) -> None:
+        """Export, check, simplify and stamp into ``tmp``; renamed onto ``path`` only when all is done."""
+        t0 = time.perf_counter()
         for i, name in enumerate(order):
             try:
-                def write(tmp: str, name: str = name) -> None:
-                    _export_to(model, x, tmp, opset=opset, dynamic_batch=dynamic_batch, exporter=name)
-
                 with _quiet(), contextlib.redirect_stdout(io.StringIO()):
-                    atomic_write(path, write)
-                used = name
+                    _export_to(model, x, tmp, opset=opset, dynamic_batch=dynamic_batch, exporter=name)
+                info["used"] = name
                 break
             except Exception as e:  # noqa: BLE001 - reported, then the next exporter is tried
                 msg = f"{name} exporter failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -178,23 +177,29 @@ def export_onnx(
                         + (f"; earlier: {'; '.join(notes)}" if notes else "")
                     ) from e
                 notes.append(msg)
+        info["seconds"] = time.perf_counter() - t0
+        proto = onnx.load(tmp)
+        try:
+            onnx.checker.check_model(proto)
+        except onnx.checker.ValidationError as e:
+            raise ValidationError(f"the exported ONNX model fails onnx.checker: {e}") from e
+        real = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
+        if real != opset:
+            notes.append(f"asked for opset {opset}, the exporter wrote opset {real}")
+        info["opset"] = int(real)
+        sim = simplify_onnx(tmp) if simplify else None
+        info["sim"] = sim
+        _stamp(Path(tmp), {"exporter": info["used"], "opset": str(real), "input_shape": "x".join(map(str, shape)),
+                           "dynamic_batch": str(dynamic_batch).lower(),
+                           "simplified": str(bool(sim and sim.simplified)).lower(),
+                           **{f"{k}_version": v for k, v in versions().items()}})
+
+    try:
+        atomic_write(path, build)
     finally:
         model.train(was_training)
-    export_seconds = time.perf_counter() - t0
-
-    proto = onnx.load(str(path))
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as e:
-        raise ValidationError(f"the exported ONNX file {path} fails onnx.checker: {e}") from e
-    real_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
-    if real_opset != opset:
-        notes.append(f"asked for opset {opset}, the exporter wrote opset {real_opset}")
-
-    sim = simplify_onnx(path) if simplify else None
-    _stamp(path, {"exporter": used, "opset": str(real_opset), "input_shape": "x".join(map(str, shape)),
-                  "dynamic_batch": str(dynamic_batch).lower(), "simplified": str(bool(sim and sim.simplified)).lower(),
-                  **{f"{k}_version": v for k, v in versions().items()}})
+    sim = info["sim"]
+    used, real_opset, export_seconds = info["used"], info["opset"], info["seconds"]
     return ExportResult(
         path=str(path), opset=int(real_opset), input_name=INPUT_NAME, output_name=OUTPUT_NAME,
         input_shape=list(shape), dynamic_batch=dynamic_batch, exporter=used,

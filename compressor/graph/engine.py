@@ -308,8 +308,17 @@ class _Pass:
             except (TraceError, UsageError):
                 raise
             except Exception as e:
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                shapes = [tuple(x.shape) for x in inputs if isinstance(x, torch.Tensor)]
+                if isinstance(e, RuntimeError) and any(
+                    w in msg for w in ("size", "shape", "channels", "dimension", "mat1", "Expected")
+                ):
+                    raise UsageError(
+                        f"the model rejects input shape {shapes[0] if shapes else '?'} at {node.format_node()}: "
+                        f"{msg}. Pass the shape the model expects (--input-shape N,C,H,W)."
+                    ) from e
                 raise TraceError(
-                    f"running {node.format_node()} failed during channel analysis: {type(e).__name__}: {e}"
+                    f"running {node.format_node()} failed during channel analysis: {type(e).__name__}: {msg}"
                 ) from e
             if i is not None and self.st.mask is not None:
                 r = _apply_mask(r, i, self.st.mask)
@@ -685,8 +694,17 @@ class ChannelGraph:
                 Group(name, len(classes), frozen, reason, _dedupe(members.get(g, [])), classes)
             )
         self._by_name = {g.name: g for g in self.groups}
+        # producers that some plans could empty: those not present in every class of their group
+        self._at_risk: list[np.ndarray] = []
+        for rec in st.records.values():
+            if rec.out_labels is None or not len(rec.out_labels):
+                continue
+            pcls = np.unique(self.label_class[rec.out_labels.numpy()])
+            gi = self.class_group_index[pcls[0]]
+            if gi >= 0 and len(pcls) < self.groups[gi].size:
+                self._at_risk.append(pcls)
         self._build_cost_model(total_macs)
-        self._importance: dict[str, np.ndarray] | None = None
+        self._scores: np.ndarray | None = None
 
     # ---------------------------------------------------------------- groups
     @property
@@ -723,15 +741,19 @@ class ChannelGraph:
                 w = w.reshape(w.shape[0], -1)
             yield rec, w
 
-    def importance(self) -> dict[str, np.ndarray]:
-        """L1 norm of each channel's filters, summed over a coupled group's producers."""
-        if self._importance is None:
+    def _class_scores(self) -> np.ndarray:
+        if self._scores is None:
             score = np.zeros(self.n_classes, dtype=np.float64)
             for rec, w in self._producer_rows():
                 assert rec.out_labels is not None
                 np.add.at(score, self.label_class[rec.out_labels.numpy()], w.abs().sum(1).double().cpu().numpy())
-            self._importance = {g.name: score[g.classes] for g in self.groups}
-        return {g.name: self._importance[g.name] for g in self.prunable}
+            self._scores = score
+        return self._scores
+
+    def importance(self) -> dict[str, np.ndarray]:
+        """L1 norm of each channel's filters, summed over a coupled group's producers."""
+        score = self._class_scores()
+        return {g.name: score[g.classes] for g in self.prunable}
 
     def channel_vectors(self, name: str) -> torch.Tensor:
         """(size, D): per channel of group ``name``, its producers' filters concatenated (EPruner)."""
@@ -782,6 +804,17 @@ class ChannelGraph:
                 raise UsageError(f"plan keeps channel index out of range for group {name!r} (size {g.size})")
             keep[g.classes] = False
             keep[g.classes[idx]] = True
+        return self._keep_producers(keep)
+
+    def _keep_producers(self, keep: np.ndarray) -> np.ndarray:
+        """A plan never empties a layer: a producer that would lose every output channel (a
+        concatenation feeding a depthwise conv can put all kept channels on one side) keeps its
+        most important one."""
+        if self._at_risk:
+            score = self._class_scores()
+            for pcls in self._at_risk:
+                if not keep[pcls].any():
+                    keep[pcls[np.argmax(score[pcls])]] = True
         return keep
 
     def keep_labels(self, plan: Plan | dict[str, Sequence[int]]) -> torch.Tensor:
@@ -906,7 +939,7 @@ class ChannelGraph:
         for name, k in counts.items():
             g = self._by_name[name]
             keep[g.classes] = rank[name] < max(int(k), 1)
-        return keep
+        return self._keep_producers(keep)
 
     def _ranks(self) -> dict[str, np.ndarray]:
         if not hasattr(self, "_rank_cache"):
@@ -962,7 +995,37 @@ class ChannelGraph:
                 hi = mid
         a, b = counts_at(lo), counts_at(hi)
         ca, cb = self.cost_of_counts(a).macs, self.cost_of_counts(b).macs
-        return a if abs(ca - target) < abs(cb - target) else b
+        best = a if abs(ca - target) < abs(cb - target) else b
+        if multiple == 1:
+            best = self._refine(best, target, sizes={n: int(z) for n, z in zip(names, sizes)})
+        return best
+
+    def _refine(self, counts: dict[str, int], target: float, *, sizes: dict[str, int], steps: int = 200) -> dict[str, int]:
+        """Nudge single groups by one channel while that brings MACs closer to ``target``.
+
+        A shared ratio moves in coarse steps on small networks; this closes the gap while
+        keeping the shape (the least-pruned group loses, the most-pruned gains, first).
+        """
+        counts = dict(counts)
+        cur = self.cost_of_counts(counts).macs
+        for _ in range(steps):
+            if abs(cur - target) <= 0.002 * target:
+                break
+            over = cur > target
+            order = sorted(counts, key=lambda n: counts[n] / sizes[n], reverse=over)
+            moved = False
+            for n in order:
+                k = counts[n] + (-1 if over else 1)
+                if not 1 <= k <= sizes[n]:
+                    continue
+                trial = {**counts, n: k}
+                c = self.cost_of_counts(trial).macs
+                if abs(c - target) < abs(cur - target):
+                    counts, cur, moved = trial, c, True
+                    break
+            if not moved:
+                break
+        return counts
 
     # ---------------------------------------------------------------- masks
     @torch.no_grad()
@@ -1052,13 +1115,8 @@ def build_graph(
     try:
         gm = trace(model, leaf_modules)
         st = _Analysis()
-        try:
-            p = _Pass(gm, st, count_flops=True)
-            p.run(x)
-        except RuntimeError as e:
-            if "shape" in str(e) or "size" in str(e) or "channels" in str(e):
-                raise UsageError(f"the model rejects input shape {tuple(x.shape)}: {str(e).splitlines()[0]}") from e
-            raise
+        p = _Pass(gm, st, count_flops=True)
+        p.run(x)
         total_macs = int(p.flops // 2)
         # modules used only in training (auxiliary heads) are absent from the eval graph:
         # trace the training graph too so their input channels are known.
@@ -1082,7 +1140,7 @@ def build_graph(
                     try:
                         _Pass(gm_train, st, tag=f"train{attempt}:").run(xt)
                         break
-                    except TraceError:
+                    except (TraceError, UsageError):
                         if attempt == 2:
                             raise
                         xt = torch.randn(*xt.shape[:2], *(2 * s for s in xt.shape[2:]), device=xt.device)

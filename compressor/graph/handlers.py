@@ -161,7 +161,13 @@ def kept_positions(labels: torch.Tensor, keep_label: torch.Tensor) -> torch.Tens
     return torch.nonzero(keep_label[labels], as_tuple=False).flatten()
 
 
+def _expect(m: nn.Module, types: tuple[type, ...], rec: ModuleRecord) -> None:
+    if not isinstance(m, types):
+        raise TypeError(f"{rec.name}: handler for {', '.join(t.__name__ for t in types)} got {type(m).__name__}")
+
+
 def _slim_conv(m: nn.Module, rec: ModuleRecord, keep_label: torch.Tensor) -> None:
+    _expect(m, CONV_TYPES + CONVT_TYPES, rec)
     assert rec.in_labels is not None and rec.out_labels is not None
     out_idx = kept_positions(rec.out_labels, keep_label)
     in_idx = kept_positions(rec.in_labels, keep_label)
@@ -187,6 +193,7 @@ def _slim_conv(m: nn.Module, rec: ModuleRecord, keep_label: torch.Tensor) -> Non
 
 
 def _slim_linear(m: nn.Module, rec: ModuleRecord, keep_label: torch.Tensor) -> None:
+    _expect(m, (nn.Linear,), rec)
     assert rec.in_labels is not None and rec.out_labels is not None
     out_idx = kept_positions(rec.out_labels, keep_label)
     in_idx = kept_positions(rec.in_labels, keep_label)
@@ -196,6 +203,7 @@ def _slim_linear(m: nn.Module, rec: ModuleRecord, keep_label: torch.Tensor) -> N
 
 
 def _slim_affine(m: nn.Module, rec: ModuleRecord, keep_label: torch.Tensor) -> None:
+    _expect(m, BN_TYPES + IN_TYPES + (nn.GroupNorm, nn.LayerNorm, nn.PReLU), rec)
     assert rec.labels is not None
     idx = kept_positions(rec.labels, keep_label)
     n = len(idx)

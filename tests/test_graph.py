@@ -1,0 +1,222 @@
+"""The channel engine: every slimmed model equals its masked original; costs match the counter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from compressor.errors import TraceError, UsageError
+from compressor.graph import build_graph, count, slim
+from compressor.graph.handlers import MODULE_HANDLERS, ModuleRecord
+from tests.nets import TOPOLOGIES, Untraceable
+
+SHAPE = (1, 3, 16, 16)
+
+
+def random_plan(graph, rng: np.random.Generator, method: str = "test"):
+    counts = {g.name: int(rng.integers(1, g.size + 1)) for g in graph.prunable}
+    imp = {g.name: rng.random(g.size) for g in graph.prunable}  # random channels, not just top-L1
+    return graph.plan_from_counts(counts, method=method, importance=imp)
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> None:
+    """Non-trivial BN statistics and affine parameters so that slicing mistakes show."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen))
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+        if isinstance(getattr(m, "bias", None), nn.Parameter) and getattr(m, "weight", None) is not None:
+            with torch.no_grad():
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+
+
+@pytest.mark.parametrize("name", sorted(TOPOLOGIES))
+def test_slim_equals_masked(name: str) -> None:
+    torch.manual_seed(0)
+    model = TOPOLOGIES[name]().eval()
+    randomize_bn(model)
+    graph = build_graph(model, input_shape=SHAPE)
+    assert graph.prunable, f"{name}: nothing prunable"
+    rng = np.random.default_rng(0)
+    for trial in range(4):
+        plan = random_plan(graph, rng)
+        small = slim(model, plan, graph=graph)
+        assert graph.verify(small, plan) < 1e-5, f"{name} trial {trial}"
+        # the analytic cost model agrees with the ground-truth counter
+        truth = count(small, SHAPE)
+        est = graph.cost(plan)
+        assert est.macs == pytest.approx(truth.macs, rel=1e-6, abs=2)
+        assert est.params == truth.params
+        # and the slim model really is smaller
+        if plan.groups:
+            assert truth.params < count(model, SHAPE).params
+    # the original is untouched
+    assert graph.verify(model, {}) < 1e-6
+
+
+def test_pruning_changes_output_unless_masked() -> None:
+    """verify() can fail: a wrongly sliced model is detected."""
+    model = TOPOLOGIES["residual"]().eval()
+    randomize_bn(model)
+    graph = build_graph(model, input_shape=SHAPE)
+    g = graph.prunable[0]
+    plan = graph.plan_from_counts({g.name: g.size // 2}, method="t")
+    small = slim(model, plan, graph=graph)
+    other = graph.plan_from_counts({g.name: g.size // 2}, method="t", importance={g.name: -graph.importance()[g.name]})
+    assert graph.verify(small, plan) < 1e-5
+    assert graph.verify(small, other) > 1e-3
+
+
+def test_residual_groups_are_coupled() -> None:
+    graph = build_graph(TOPOLOGIES["residual"]().eval(), input_shape=SHAPE)
+    by_member = {m: g for g in graph.groups for m, role in g.members if role == "out"}
+    assert by_member["proj.0"] is by_member["b2.0"]  # summed by the residual add
+    assert by_member["stem.0"] is by_member["a2.0"]
+    assert by_member["a1.0"] is not by_member["stem.0"]
+    assert by_member["head"].frozen and by_member["head"].reason == "network output"
+
+
+def test_grouped_conv_pruned_by_whole_groups() -> None:
+    graph = build_graph(TOPOLOGIES["grouped"]().eval(), input_shape=SHAPE)
+    g = next(g for g in graph.groups if ("group.0", "out") in g.members)
+    assert g.size == 4  # 16 channels in 4 groups -> 4 prunable units
+    plan = graph.plan_from_counts({g.name: 3}, method="t")
+    small = slim(graph.model, plan, graph=graph)
+    assert small.group[0].groups == 3 and small.group[0].out_channels == 12
+
+
+def test_flatten_linear_slices_features() -> None:
+    model = TOPOLOGIES["flatten_linear"]().eval()
+    graph = build_graph(model, input_shape=SHAPE)
+    g = next(g for g in graph.groups if ("features.2.0", "out") in g.members)
+    plan = graph.plan_from_counts({g.name: 5}, method="t")
+    small = slim(model, plan, graph=graph)
+    assert small.classifier[0].in_features == 5 * 16
+    assert graph.verify(small, plan) < 1e-5
+
+
+def test_unknown_op_is_frozen_and_named() -> None:
+    model = TOPOLOGIES["unknown_op"]().eval()
+    graph = build_graph(model, input_shape=SHAPE)
+    frozen = {g.name: g.reason for g in graph.frozen}
+    assert "b.0" in frozen and "custom_op" in frozen["b.0"]
+    assert {g.name for g in graph.prunable} >= {"a.0", "c.0"}
+
+
+def test_untraceable_model_names_the_operation() -> None:
+    with pytest.raises(TraceError) as e:
+        build_graph(Untraceable(), input_shape=SHAPE)
+    assert "x.sum() > 0" in str(e.value)
+
+
+def test_unknown_leaf_module_frozen() -> None:
+    class Odd(nn.Module):  # a leaf the engine has no handler for
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flip(1)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.odd, self.b = nn.Conv2d(3, 6, 1), Odd(), nn.Conv2d(6, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.odd(self.a(x))).flatten(1)
+
+    graph = build_graph(Net().eval(), input_shape=SHAPE, leaf_modules=[Odd])
+    g = graph.group("a")
+    assert g.frozen and "Odd" in g.reason
+
+
+def test_plan_errors_are_usage_errors() -> None:
+    graph = build_graph(TOPOLOGIES["residual"]().eval(), input_shape=SHAPE)
+    with pytest.raises(UsageError, match="no channel group"):
+        graph.keep_classes({"nope": [0]})
+    g = graph.prunable[0]
+    with pytest.raises(UsageError, match="keeps no channel"):
+        graph.keep_classes({g.name: []})
+    with pytest.raises(UsageError, match="frozen"):
+        graph.keep_classes({graph.frozen[0].name: [0]})
+
+
+def test_counts_for_flops_hits_target() -> None:
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    graph = build_graph(model, input_shape=(1, 3, 32, 32))
+    for frac in (0.75, 0.5, 0.3):
+        plan = graph.plan_from_counts(graph.counts_for_flops(frac), method="t")
+        small = slim(model, plan, graph=graph)
+        assert count(small, (1, 3, 32, 32)).macs / graph.full.macs == pytest.approx(frac, abs=0.01)
+
+
+def test_rounding_to_channel_multiple() -> None:
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    graph = build_graph(model, input_shape=(1, 3, 32, 32))
+    counts = graph.counts_for_flops(0.5, multiple=8)
+    assert all(c % 8 == 0 for c in counts.values())
+
+
+def test_channel_vectors_and_importance() -> None:
+    model = TOPOLOGIES["residual"]().eval()
+    graph = build_graph(model, input_shape=SHAPE)
+    g = graph.group("stem.0")  # stem conv + a2 conv, coupled by the add
+    vec = graph.channel_vectors(g.name)
+    assert vec.shape == (8, 3 * 9 + 8 * 9)
+    imp = graph.importance()[g.name]
+    expected = model.stem[0].weight.abs().sum((1, 2, 3)) + model.a2[0].weight.abs().sum((1, 2, 3))
+    assert np.allclose(imp, expected.detach().double().numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("mtype", [nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.LayerNorm])
+def test_handlers_reject_wrong_module_type(mtype: type) -> None:
+    """A slim handler given a module of the wrong kind fails loudly instead of mis-slicing."""
+    h = MODULE_HANDLERS[mtype]
+    rec = ModuleRecord("x", "conv", in_labels=torch.arange(3), out_labels=torch.arange(3, 7), labels=torch.arange(4))
+    with pytest.raises(TypeError, match="handler for"):
+        h.slim(nn.ReLU(), rec, torch.ones(7, dtype=torch.bool))
+
+
+class CatDepthwise(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 2, 1), nn.Conv2d(3, 4, 1)
+        self.dw = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dw(torch.cat([self.a(x), self.b(x)], 1)).mean((2, 3)))
+
+
+class CatGrouped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+        self.g = nn.Conv2d(8, 4, 1, groups=2)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.g(torch.cat([self.a(x), self.b(x)], 1)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("net", [CatDepthwise, CatGrouped])
+def test_plan_never_empties_a_producer(net: type) -> None:
+    """Found by the fuzzer: keeping only one producer's channels of a group must not empty another."""
+    model = net().eval()
+    graph = build_graph(model, input_shape=SHAPE)
+    g = graph.group("a")
+    for kept in ([g.size - 1], [0]):
+        plan = graph.plan_from_counts({g.name: 1}, method="t", importance={g.name: np.eye(g.size)[kept[0]]})
+        small = slim(model, plan, graph=graph)
+        assert small.a.out_channels >= 1 and small.b.out_channels >= 1
+        assert graph.verify(small, plan) < 1e-5
+        assert graph.cost(plan).macs == count(small, SHAPE).macs
+
+
+def test_rejected_input_shape_is_usage_error() -> None:
+    with pytest.raises(UsageError, match="rejects input shape"):
+        build_graph(TOPOLOGIES["residual"]().eval(), input_shape=(1, 1, 16, 16))
