@@ -309,9 +309,21 @@ def _command_line(checkpoint: Any, s: Settings) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (to name exactly what changed between two runs)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _prepare_out(out: Path, fingerprint: dict[str, Any], *, force: bool, run: _Run) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a file; give a folder for the artifacts")
+    fingerprint = json.loads(json.dumps(fingerprint, default=str))  # as it reads back from run.json
     state_file = out / STATE_DIR / "run.json"
     present = [a for a in ARTIFACTS if (out / a).exists()]
     if force:
@@ -330,8 +342,9 @@ def _prepare_out(out: Path, fingerprint: dict[str, Any], *, force: bool, run: _R
         except (json.JSONDecodeError, UnicodeDecodeError):
             old = {}
         if old != fingerprint:
-            diff = [f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in sorted(set(old) | set(fingerprint))
-                    if old.get(k) != fingerprint.get(k)]
+            a, b = _flat(old), _flat(fingerprint)
+            diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            diff = diff[:6] + (["..."] if len(diff) > 6 else [])
             raise UsageError(
                 f"{out} holds the artifacts of a run with different settings ({'; '.join(diff) or 'unreadable state'}); "
                 "pick a new --out, or pass --force to discard them and start over"
@@ -490,7 +503,9 @@ def run(
     err = None
     if ctx.rank == 0:
         try:
-            _prepare_out(ctx.out, {"checkpoint_sha256": ctx.ck_sha, **s.fingerprint()}, force=force, run=r)
+            fp = {"checkpoint_sha256": ctx.ck_sha, **s.fingerprint(),
+                  "target_settings": tgt.to_dict() if hasattr(tgt, "to_dict") else None}
+            _prepare_out(ctx.out, fp, force=force, run=r)
         except UsageError as e:
             err = str(e)
             if ctx.world <= 1:
