@@ -840,8 +840,12 @@ def _slim_and_finetune(ctx: _Context) -> Any:
         ctx.compressed["top1_after_slim"] = _top1(acc)
         st["note"] = f"equivalence error {err:.1e}, top-1 right after slimming {ctx.compressed['top1_after_slim']:.2f}%"
 
-    meta = {**ctx.meta, "compressed_from": {"checkpoint": s.checkpoint, "sha256": ctx.ck_sha},
-            "method": s.method, "flops_target": s.flops}
+    # the original's training record (accuracy, recipe) moves under compressed_from: it is not this model's
+    own = ("accuracy", "finetune", "train_seconds", "train_threads", "trained_by")
+    meta = {**{k: v for k, v in ctx.meta.items() if k not in own},
+            "compressed_from": {"checkpoint": s.checkpoint, "sha256": ctx.ck_sha,
+                                **{k: ctx.meta[k] for k in own if k in ctx.meta}},
+            "compressed_by": {"command": ctx.command, "method": s.method, "flops_target": s.flops, "target": s.target}}
     with ctx.run.stage("finetune") as st:
         if s.epochs == 0:
             if ctx.rank == 0:
