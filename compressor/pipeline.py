@@ -882,7 +882,9 @@ def _export_and_validate(ctx: _Context, model: Any) -> None:
     from compressor.graph import count
 
     s = ctx.s
-    onnx_path = ctx.out / "model.onnx"
+    # exported and validated in .state/, published to out/ only when the checks pass: a model.onnx
+    # in out/ is always a validated one (a failing one stays in .state/ for inspection)
+    onnx_path = ctx.state / "model.onnx"
     with ctx.run.stage("export") as st:
         res = _export(model, onnx_path, s, ctx.target, ctx.shape, simplify=True)
         ctx.export_info = res.to_dict() if hasattr(res, "to_dict") else {}
@@ -911,6 +913,25 @@ def _export_and_validate(ctx: _Context, model: Any) -> None:
         mad = (d.get("numerics") or {}).get("random", {}).get("max_abs_diff")
         st["note"] = (f"ONNX vs PyTorch max abs diff {mad:.2g}, " if mad is not None else "") + \
             f"top-1 {ctx.compressed['top1_ort']:.2f}% on ONNX Runtime, latency p50 {lats[0]['p50']:.3f} -> {lats[1]['p50']:.3f} ms"
+        if any(c.kind == "validation" and c.status == "fail" for c in v.checks):
+            ctx.run.note(f"the ONNX model failed validation; kept for inspection at {onnx_path}, not published")
+        else:
+            _publish(ctx, onnx_path)
+
+
+def _publish(ctx: _Context, onnx_path: Path) -> None:
+    """Move the validated model.onnx and its test_data_set_0/ from .state/ into out/."""
+    for name in ("test_data_set_0",):
+        src, dst = onnx_path.parent / name, ctx.out / name
+        if src.is_dir():
+            if dst.exists():
+                shutil.rmtree(dst)
+            os.replace(src, dst)
+    os.replace(onnx_path, ctx.out / "model.onnx")
+    ctx.export_info["path"] = str(ctx.out / "model.onnx")
+    if isinstance(ctx.validation.get("test_data_set"), dict):
+        ctx.validation["test_data_set"]["folder"] = str(ctx.out / "test_data_set_0")
+        ctx.validation["test_data_set"]["files"] = [str(ctx.out / "test_data_set_0" / f) for f in ("input_0.pb", "output_0.pb")]
 
 
 # --------------------------------------------------------------------------------- the report

@@ -316,6 +316,8 @@ def test_validation_failure_exits_4_after_writing_the_report(assets: dict[str, P
     failed = [c["name"] for c in rep["checks"] if c["passed"] is False]
     assert any("ONNX Runtime vs PyTorch" in n for n in failed)
     assert "FAIL" in (out / "report.html").read_text()
+    assert not (out / "model.onnx").exists()  # a model.onnx in out/ is always a validated one
+    assert (out / ".state" / "model.onnx").is_file()
 
 
 @pytest.mark.slow  # ~20 s: a real subprocess; the in-process resume test above runs by default
