@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
             None, "--candidates", help="EagleEye: candidates to score (default 20)."
         ),
         top_k: int = typer.Option(
-            None, "--top-k", help="EagleEye: fine-tune the top-k briefly to choose among them."
+            None, "--top-k", help="EagleEye: fine-tune the top-k 1 epoch each and keep the best (default 3; 1 = best score)."
         ),
         max_acc_drop: float = typer.Option(
             None, "--max-acc-drop", help="Largest allowed top-1 drop in points (default: the target's)."

@@ -57,7 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "candidates": 20,  # EagleEye candidates scored by adaptive BN
     "calib_batches": 10,  # adaptive-BN calibration batches per candidate
-    "top_k": 1,  # EagleEye: briefly fine-tune the top-k to choose among them (1 = take the best score)
+    "top_k": 3,  # EagleEye: fine-tune the top-k 1 epoch each, keep the best (1 = take the best score)
     "batch_size": 64,
     # fine-tuning learning rate: None = the checkpoint's own training recipe (meta["finetune"]["lr"],
     # scaled linearly to this batch size) when it records one, else FALLBACK_LR
@@ -1001,9 +1001,10 @@ def _search_section(ctx: _Context) -> dict[str, Any]:
     if s.method == "eagleeye" and info.get("score") is not None:
         nb = info.get("calib_batches")
         summary += (f", scored by top-1 after adaptive BN ({nb} calibration batch{'es' if nb != 1 else ''}) on "
-                    f"{info.get('val_images')} search-validation images; chosen #{chosen} scored {info['score']:.2f}%")
-        if topk:
-            summary += f" after fine-tuning the top {len(topk)} for {info.get('finetune_epochs')} epoch(s)"
+                    f"{info.get('val_images')} search-validation images; chosen #{chosen} (score {info['score']:.2f}%")
+        ep = info.get("finetune_epochs")
+        summary += (f", the best of the top {len(topk)} after {ep} epoch{'s' if ep != 1 else ''} of fine-tuning each)"
+                    if topk else ", the best score)")
     elif s.method == "epruner" and info.get("beta") is not None:
         summary += (f"; Affinity Propagation exemplars with beta {info['beta']:.4g}"
                     + (" (given)" if info.get("beta_given") else " (found by bisection on the FLOPs target)"))
