@@ -638,7 +638,9 @@ def render_html(report: dict[str, Any]) -> str:
         out.append(
             f'<div class="cap">Latency measured on this machine ({_e(_get(report, "versions", "platform") or "?")}) '
             f"with ONNX Runtime and the target's runtime settings{_e(rtxt)}, batch {_e(s.get('batch', 1))}, "
-            f"{_e(lat.get('runs', '?'))} timed runs after warm-up.</div>"
+            f"{_e(lat.get('runs', '?'))} timed runs after warm-up"
+            + (f", {_e(used)} intra-op thread(s) used here" if (used := _get(lat, "session", "intra_op_threads_used")) else "")
+            + "; original and compressed timed interleaved.</div>"
         )
 
     # Budgets and checks
