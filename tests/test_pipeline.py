@@ -356,3 +356,17 @@ def test_sigint_during_search_then_rerun_resumes(assets: dict[str, Path]) -> Non
     assert f"{len(done)} candidates already scored" in res.output
     idx = [json.loads(line)["index"] for line in cands.read_text().splitlines() if line.strip()]
     assert sorted(idx) == list(range(8))  # the earlier ones were not scored again
+
+
+def test_python_api_matches_design(assets: dict[str, Path]) -> None:
+    """DESIGN.md's call: compressor.run(checkpoint=..., target=..., flops=..., out=...) returns the report."""
+    import compressor
+
+    out = assets["root"] / "out_api"
+    rep = compressor.run(checkpoint=str(assets["ckpt"]), target=str(assets["target"]), flops=0.5, out=str(out),
+                         method="l1-uniform", epochs=0, progress=False)
+    assert rep["status"] == "passed" and rep["exit_code"] == 0
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["status"] == "passed" and on_disk["compressed"]["macs"] == rep["compressed"]["macs"]
+    assert rep["command"].startswith("compressor.run(")
+    assert (out / "model.onnx").is_file()
