@@ -32,7 +32,7 @@ _LAZY = {
     "list_methods": "compressor.methods",
     "load_data": "compressor.data",
     "finetune": "compressor.train",
-    "evaluate": "compressor.evaluate",
+    "accuracy": "compressor.evaluate",
     "adaptive_bn": "compressor.evaluate",
     "load_target": "compressor.targets",
     "list_targets": "compressor.targets",

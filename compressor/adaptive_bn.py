@@ -79,8 +79,8 @@ def adaptive_bn(
     finally:
         for m in bns:
             m.momentum = momenta[m]
-        for m, flag in training.items():
-            m.train(flag)
+        for mod, flag in training.items():
+            mod.train(flag)
     if n == 0:
         raise DataError("adaptive_bn got no calibration batches; pass at least one batch of training images")
     return model

@@ -24,8 +24,11 @@ Where scikit-learn gives up, this module falls back deterministically and says s
   the first point, as scikit-learn does.
 
 The loop over iterations is Python; everything inside it is whole-tensor operations over a
-batch of independent problems of the same size (:func:`affinity_propagation_batch`), which
-EPruner uses to run several betas of one layer at once.
+batch of independent problems of the same size (:func:`affinity_propagation_batch`; no loop
+over points). :class:`APProblem` keeps one noisy similarity matrix for many preferences
+(EPruner's beta search). With damping 0.5, A and R are stored doubled so each damped update
+is a single pass; scaling by 2 commutes with rounding, so the result stays bit for bit
+scikit-learn's.
 """
 
 from __future__ import annotations
@@ -178,13 +181,16 @@ def _medoid(S0: torch.Tensor) -> int:
     return int(torch.argmax(off.sum(dim=0)))
 
 
-def _degenerate(Sb: torch.Tensor, pb: torch.Tensor) -> APResult | None:
-    """scikit-learn's answer for one point, or all similarities and preferences equal; else None."""
+def _degenerate(Sb: torch.Tensor, pb: torch.Tensor, all_equal: bool | None = None) -> APResult | None:
+    """scikit-learn's answer for one point, or all similarities and preferences equal; else None.
+
+    ``all_equal``: whether the off-diagonal similarities are all equal, when already known.
+    """
     n, dev = Sb.shape[0], Sb.device
     if n == 1:
         one = torch.zeros(1, dtype=torch.long, device=dev)
         return APResult(one, one.clone(), 0, True, None)
-    if bool((pb == pb[0]).all()) and _all_off_diagonal_equal(Sb):
+    if bool((pb == pb[0]).all()) and (_all_off_diagonal_equal(Sb) if all_equal is None else all_equal):
         if float(pb[0]) > float(Sb[0, n - 1]):
             ex = torch.arange(n, device=dev)
             return APResult(ex, ex.clone(), 0, True, "all similarities and preferences equal and the preference is higher: every point is an exemplar")
@@ -404,6 +410,7 @@ class APProblem:
         self._base = self.S.clone()
         _add_noise(self._base, noise)
         self._noise_diag = noise.diagonal().clone()
+        self._all_equal = self.n > 1 and _all_off_diagonal_equal(self.S)
 
     def run(
         self,
@@ -423,7 +430,7 @@ class APProblem:
         results: dict[int, APResult] = {}
         todo = []
         for b in range(B):
-            r = _degenerate(self.S, pref[b])
+            r = _degenerate(self.S, pref[b], self._all_equal)
             if r is None:
                 todo.append(b)
             else:

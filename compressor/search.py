@@ -166,7 +166,7 @@ class _Progress:
 
 
 def _pending(done: set[int], candidates: int | None) -> Iterator[int]:
-    it: Iterator[int] = range(candidates) if candidates is not None else itertools.count()
+    it: Iterator[int] = iter(range(candidates)) if candidates is not None else itertools.count()
     return (i for i in it if i not in done)
 
 

@@ -156,6 +156,15 @@ def export_onnx(
     except StopIteration:
         device = torch.device("cpu")
     x = torch.randn(*shape, device=device)
+    try:  # a shape the model rejects is bad input (exit 2), not a failed export
+        with torch.no_grad():
+            model(x)
+    except RuntimeError as e:
+        model.train(was_training)
+        raise UsageError(
+            f"the model rejects input shape {tuple(shape)}: {str(e).splitlines()[0]}; "
+            "pass the shape it expects (--input-shape N,C,H,W)"
+        ) from e
     order = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
     notes: list[str] = []
     info: dict[str, Any] = {}
@@ -169,6 +178,8 @@ def export_onnx(
                     _export_to(model, x, tmp, opset=opset, dynamic_batch=dynamic_batch, exporter=name)
                 info["used"] = name
                 break
+            except UsageError:
+                raise
             except Exception as e:  # noqa: BLE001 - reported, then the next exporter is tried
                 msg = f"{name} exporter failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 if i + 1 == len(order):

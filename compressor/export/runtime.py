@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,7 +72,15 @@ def make_session(onnx_path: str | os.PathLike[str], runtime: Any) -> tuple[Any, 
         raise UsageError(f"graph_optimization_level {level!r} is invalid; valid: {', '.join(_OPT)}")
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT[level])
     so.log_severity_level = 3
-    sess = ort.InferenceSession(str(onnx_path), sess_options=so, providers=[provider])
+    if not Path(onnx_path).is_file():
+        raise UsageError(f"ONNX model {str(onnx_path)!r} does not exist")
+    try:
+        sess = ort.InferenceSession(str(onnx_path), sess_options=so, providers=[provider])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph types
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(
+            f"{onnx_path} is not an ONNX model that ONNX Runtime can load ({first}); export one with 'compress export'"
+        ) from e
     return sess, SessionInfo(provider, requested, used, level, notes)
 
 
