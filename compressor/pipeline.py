@@ -342,8 +342,9 @@ def _prepare_out(out: Path, fingerprint: dict[str, Any], *, force: bool, run: _R
         except (json.JSONDecodeError, UnicodeDecodeError):
             old = {}
         if old != fingerprint:
-            a, b = _flat(old), _flat(fingerprint)
-            diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            was, now = _flat(old), _flat(fingerprint)
+            diff = [f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(was) | set(now))
+                    if was.get(k) != now.get(k)]
             diff = diff[:6] + (["..."] if len(diff) > 6 else [])
             raise UsageError(
                 f"{out} holds the artifacts of a run with different settings ({'; '.join(diff) or 'unreadable state'}); "
@@ -583,7 +584,7 @@ def _finetune_lr(s: Settings, meta: dict[str, Any]) -> float:
     to this batch size (a pruned network recovers best with the recipe that trained it); else 0.01."""
     if s.lr is not None:
         return s.lr
-    rec = meta.get("finetune") if isinstance(meta.get("finetune"), dict) else {}
+    rec: dict[str, Any] = meta["finetune"] if isinstance(meta.get("finetune"), dict) else {}
     lr, bs = rec.get("lr"), rec.get("batch_size")
     if isinstance(lr, (int, float)) and lr > 0 and isinstance(bs, int) and bs > 0:
         return float(lr) * s.batch_size / bs
