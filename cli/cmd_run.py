@@ -36,7 +36,10 @@ def register(app: typer.Typer) -> None:
             help="mnist5k, cifar10:DIR or imagefolder:DIR (default: the checkpoint's dataset).",
         ),
         epochs: int = typer.Option(
-            None, "--epochs", help="Fine-tuning epochs (default 3; 0 skips fine-tuning)."
+            None, "--epochs", help="Fine-tuning epochs (default 10; 0 skips fine-tuning)."
+        ),
+        lr: float = typer.Option(
+            None, "--lr", help="Fine-tuning learning rate (default: the checkpoint's training lr scaled to the batch, else 0.01)."
         ),
         device: str = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (default auto)."),
         seed: int = typer.Option(None, "--seed", help="Random seed (default 0)."),
@@ -44,7 +47,7 @@ def register(app: typer.Typer) -> None:
             None, "--candidates", help="EagleEye: candidates to score (default 20)."
         ),
         top_k: int = typer.Option(
-            None, "--top-k", help="EagleEye: fine-tune the top-k briefly to choose among them."
+            None, "--top-k", help="EagleEye: fine-tune the top-k 1 epoch each and keep the best (default 3; 1 = best score)."
         ),
         max_acc_drop: float = typer.Option(
             None, "--max-acc-drop", help="Largest allowed top-1 drop in points (default: the target's)."
@@ -92,6 +95,7 @@ def register(app: typer.Typer) -> None:
                     force=force,
                     candidates=candidates,
                     top_k=top_k,
+                    lr=lr,
                     max_acc_drop=max_acc_drop,
                     arch=arch,
                     trust_pickle=trust_pickle,

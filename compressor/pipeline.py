@@ -52,18 +52,22 @@ RUN_STATE_FORMAT = "compressor.run-state/1"
 #: README demo (ResNet on mnist5k) runs end to end in a few minutes on 2 CPU cores.
 DEFAULTS: dict[str, Any] = {
     "method": "eagleeye",
-    "epochs": 3,
+    "epochs": 10,
     "device": "auto",
     "seed": 0,
     "candidates": 20,  # EagleEye candidates scored by adaptive BN
     "calib_batches": 10,  # adaptive-BN calibration batches per candidate
-    "top_k": 1,  # EagleEye: briefly fine-tune the top-k to choose among them (1 = take the best score)
+    "top_k": 3,  # EagleEye: fine-tune the top-k 1 epoch each, keep the best (1 = take the best score)
     "batch_size": 64,
-    "lr": 0.01,
+    # fine-tuning learning rate: None = the checkpoint's own training recipe (meta["finetune"]["lr"],
+    # scaled linearly to this batch size) when it records one, else FALLBACK_LR
+    "lr": None,
     "distill": False,  # fine-tune with the original model as teacher
     "latency_candidates": 4,  # how many plans are timed against a latency budget
     "flops_tolerance": 0.01,  # relative slack on the FLOPs budget (methods hit the target within 1%)
 }
+
+FALLBACK_LR = 0.01  # the papers' fine-tuning learning rate (EagleEye, EPruner)
 
 #: Keys a ``--config`` TOML file may set (flat), with their types. ``[method_options]`` is a table
 #: passed to the method as keyword arguments.
@@ -124,7 +128,7 @@ class Settings:
     calib_batches: int
     top_k: int
     batch_size: int
-    lr: float
+    lr: float | None
     distill: bool
     latency_candidates: int
     flops_tolerance: float
@@ -207,7 +211,7 @@ def resolve_settings(checkpoint: str | os.PathLike[str], flags: dict[str, Any], 
         calib_batches=int(pick("calib_batches")),
         top_k=int(pick("top_k")),
         batch_size=int(pick("batch_size")),
-        lr=float(pick("lr")),
+        lr=None if pick("lr") is None else float(pick("lr")),
         distill=bool(pick("distill")),
         latency_candidates=int(pick("latency_candidates")),
         flops_tolerance=float(pick("flops_tolerance")),
@@ -223,7 +227,7 @@ def resolve_settings(checkpoint: str | os.PathLike[str], flags: dict[str, Any], 
             raise UsageError(f"--{key.replace('_', '-')} {v} must be at least {lo}")
     if s.device not in ("auto", "cpu") and not s.device.startswith("cuda"):
         raise UsageError(f"--device {s.device!r} is not valid; use auto, cpu, cuda or cuda:N")
-    if not s.lr > 0:
+    if s.lr is not None and not s.lr > 0:
         raise UsageError(f"lr {s.lr} must be positive")
     return s, target
 
@@ -279,11 +283,9 @@ class _Run:
 
 
 def _resolve_device(device: str) -> str:
-    if device == "auto":
-        import torch
+    from compressor.evaluate import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return str(resolve_device(device))
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -307,9 +309,21 @@ def _command_line(checkpoint: Any, s: Settings) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (to name exactly what changed between two runs)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _prepare_out(out: Path, fingerprint: dict[str, Any], *, force: bool, run: _Run) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a file; give a folder for the artifacts")
+    fingerprint = json.loads(json.dumps(fingerprint, default=str))  # as it reads back from run.json
     state_file = out / STATE_DIR / "run.json"
     present = [a for a in ARTIFACTS if (out / a).exists()]
     if force:
@@ -328,8 +342,10 @@ def _prepare_out(out: Path, fingerprint: dict[str, Any], *, force: bool, run: _R
         except (json.JSONDecodeError, UnicodeDecodeError):
             old = {}
         if old != fingerprint:
-            diff = [f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in sorted(set(old) | set(fingerprint))
-                    if old.get(k) != fingerprint.get(k)]
+            was, now = _flat(old), _flat(fingerprint)
+            diff = [f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(was) | set(now))
+                    if was.get(k) != now.get(k)]
+            diff = diff[:6] + (["..."] if len(diff) > 6 else [])
             raise UsageError(
                 f"{out} holds the artifacts of a run with different settings ({'; '.join(diff) or 'unreadable state'}); "
                 "pick a new --out, or pass --force to discard them and start over"
@@ -441,6 +457,7 @@ def run(
     force: bool = False,
     candidates: int | None = None,
     top_k: int | None = None,
+    lr: float | None = None,
     max_acc_drop: float | None = None,
     arch: str | None = None,
     trust_pickle: bool = False,
@@ -470,10 +487,11 @@ def run(
         raise UsageError(f"checkpoint {str(ck)!r} does not exist" + ("" if ck.suffix else " (expected a .pt file)"))
     flags = {"target": target, "flops": flops, "latency_ms": latency_ms, "method": method, "data": data,
              "epochs": epochs, "device": device, "seed": seed, "out": None if out is None else str(out),
-             "candidates": candidates, "top_k": top_k, "max_acc_drop": max_acc_drop, "arch": arch}
+             "candidates": candidates, "top_k": top_k, "lr": lr, "max_acc_drop": max_acc_drop, "arch": arch}
     s, tgt = resolve_settings(ck, flags, config)
     r = _Run(console, progress)
     ctx = _Context(s=s, target=tgt, run=r, out=Path(s.out), command=command or _command_line(ck, s))
+    ctx.device = _resolve_device(s.device)  # a CUDA request on a machine without CUDA fails here, early
     ctx.ck_sha = sha256_file(ck)
     if dry_run:
         return _dry_run(ctx, trust_pickle=trust_pickle)
@@ -481,12 +499,14 @@ def run(
     if ctx.world > 1:  # under torchrun: one process group for the search and DDP fine-tuning
         from compressor.search import init_distributed
 
-        ctx.rank, ctx.world = init_distributed(_resolve_device(s.device))
+        ctx.rank, ctx.world = init_distributed(ctx.device)
         r.progress = progress and ctx.rank == 0
     err = None
     if ctx.rank == 0:
         try:
-            _prepare_out(ctx.out, {"checkpoint_sha256": ctx.ck_sha, **s.fingerprint()}, force=force, run=r)
+            fp = {"checkpoint_sha256": ctx.ck_sha, **s.fingerprint(),
+                  "target_settings": tgt.to_dict() if hasattr(tgt, "to_dict") else None}
+            _prepare_out(ctx.out, fp, force=force, run=r)
         except UsageError as e:
             err = str(e)
             if ctx.world <= 1:
@@ -521,6 +541,7 @@ class _Context:
     multiple_noted: bool = False
     rank: int = 0
     world: int = 1
+    lr: float = FALLBACK_LR
 
     @property
     def state(self) -> Path:
@@ -542,7 +563,6 @@ def _load(ctx: _Context, *, trust_pickle: bool) -> None:
                 "add [input] shape = [C, H, W] to a target file"
             )
         ctx.shape = tuple(int(v) for v in shape)
-        ctx.device = _resolve_device(s.device)
         spec = s.data or ctx.meta.get("dataset")
         if not spec:
             raise UsageError(
@@ -552,10 +572,23 @@ def _load(ctx: _Context, *, trust_pickle: bool) -> None:
         from compressor.data import load_data
 
         ctx.bundle = load_data(s.data, meta=ctx.meta)
+        ctx.lr = _finetune_lr(s, ctx.meta)
         ctx.graph = build_graph(ctx.model, input_shape=(1, *ctx.shape))
         n_pr = len(ctx.graph.prunable)
         st["note"] = f"{ctx.meta.get('arch', type(ctx.model).__name__)}, input {list(ctx.shape)}, data {s.data}, " \
                      f"{len(ctx.graph.groups)} channel groups ({n_pr} prunable)"
+
+
+def _finetune_lr(s: Settings, meta: dict[str, Any]) -> float:
+    """The fine-tuning learning rate: as given; else the checkpoint's training lr scaled linearly
+    to this batch size (a pruned network recovers best with the recipe that trained it); else 0.01."""
+    if s.lr is not None:
+        return s.lr
+    rec: dict[str, Any] = meta["finetune"] if isinstance(meta.get("finetune"), dict) else {}
+    lr, bs = rec.get("lr"), rec.get("batch_size")
+    if isinstance(lr, (int, float)) and lr > 0 and isinstance(bs, int) and bs > 0:
+        return float(lr) * s.batch_size / bs
+    return FALLBACK_LR
 
 
 def _profile(ctx: _Context) -> None:
@@ -808,8 +841,12 @@ def _slim_and_finetune(ctx: _Context) -> Any:
         ctx.compressed["top1_after_slim"] = _top1(acc)
         st["note"] = f"equivalence error {err:.1e}, top-1 right after slimming {ctx.compressed['top1_after_slim']:.2f}%"
 
-    meta = {**ctx.meta, "compressed_from": {"checkpoint": s.checkpoint, "sha256": ctx.ck_sha},
-            "method": s.method, "flops_target": s.flops}
+    # the original's training record (accuracy, recipe) moves under compressed_from: it is not this model's
+    own = ("accuracy", "finetune", "train_seconds", "train_threads", "trained_by")
+    meta = {**{k: v for k, v in ctx.meta.items() if k not in own},
+            "compressed_from": {"checkpoint": s.checkpoint, "sha256": ctx.ck_sha,
+                                **{k: ctx.meta[k] for k in own if k in ctx.meta}},
+            "compressed_by": {"command": ctx.command, "method": s.method, "flops_target": s.flops, "target": s.target}}
     with ctx.run.stage("finetune") as st:
         if s.epochs == 0:
             if ctx.rank == 0:
@@ -829,7 +866,7 @@ def _slim_and_finetune(ctx: _Context) -> Any:
             ctx.run.note(f"resuming the fine-tune from the last completed epoch in {state_path(model_path).name}")
             st["status"] = "resumed"
 
-        res = finetune(small, ctx.bundle, epochs=s.epochs, out=model_path, meta=meta, lr=s.lr, batch_size=s.batch_size,
+        res = finetune(small, ctx.bundle, epochs=s.epochs, out=model_path, meta=meta, lr=ctx.lr, batch_size=s.batch_size,
                        device=ctx.device, seed=s.seed, teacher=ctx.model if s.distill else None, progress=ctx.run.progress,
                        keep_state=False)
         if ctx.rank == 0:
@@ -846,7 +883,9 @@ def _export_and_validate(ctx: _Context, model: Any) -> None:
     from compressor.graph import count
 
     s = ctx.s
-    onnx_path = ctx.out / "model.onnx"
+    # exported and validated in .state/, published to out/ only when the checks pass: a model.onnx
+    # in out/ is always a validated one (a failing one stays in .state/ for inspection)
+    onnx_path = ctx.state / "model.onnx"
     with ctx.run.stage("export") as st:
         res = _export(model, onnx_path, s, ctx.target, ctx.shape, simplify=True)
         ctx.export_info = res.to_dict() if hasattr(res, "to_dict") else {}
@@ -875,6 +914,25 @@ def _export_and_validate(ctx: _Context, model: Any) -> None:
         mad = (d.get("numerics") or {}).get("random", {}).get("max_abs_diff")
         st["note"] = (f"ONNX vs PyTorch max abs diff {mad:.2g}, " if mad is not None else "") + \
             f"top-1 {ctx.compressed['top1_ort']:.2f}% on ONNX Runtime, latency p50 {lats[0]['p50']:.3f} -> {lats[1]['p50']:.3f} ms"
+        if any(c.kind == "validation" and c.status == "fail" for c in v.checks):
+            ctx.run.note(f"the ONNX model failed validation; kept for inspection at {onnx_path}, not published")
+        else:
+            _publish(ctx, onnx_path)
+
+
+def _publish(ctx: _Context, onnx_path: Path) -> None:
+    """Move the validated model.onnx and its test_data_set_0/ from .state/ into out/."""
+    for name in ("test_data_set_0",):
+        src, dst = onnx_path.parent / name, ctx.out / name
+        if src.is_dir():
+            if dst.exists():
+                shutil.rmtree(dst)
+            os.replace(src, dst)
+    os.replace(onnx_path, ctx.out / "model.onnx")
+    ctx.export_info["path"] = str(ctx.out / "model.onnx")
+    if isinstance(ctx.validation.get("test_data_set"), dict):
+        ctx.validation["test_data_set"]["folder"] = str(ctx.out / "test_data_set_0")
+        ctx.validation["test_data_set"]["files"] = [str(ctx.out / "test_data_set_0" / f) for f in ("input_0.pb", "output_0.pb")]
 
 
 # --------------------------------------------------------------------------------- the report
@@ -944,9 +1002,10 @@ def _search_section(ctx: _Context) -> dict[str, Any]:
     if s.method == "eagleeye" and info.get("score") is not None:
         nb = info.get("calib_batches")
         summary += (f", scored by top-1 after adaptive BN ({nb} calibration batch{'es' if nb != 1 else ''}) on "
-                    f"{info.get('val_images')} search-validation images; chosen #{chosen} scored {info['score']:.2f}%")
-        if topk:
-            summary += f" after fine-tuning the top {len(topk)} for {info.get('finetune_epochs')} epoch(s)"
+                    f"{info.get('val_images')} search-validation images; chosen #{chosen} (score {info['score']:.2f}%")
+        ep = info.get("finetune_epochs")
+        summary += (f", the best of the top {len(topk)} after {ep} epoch{'s' if ep != 1 else ''} of fine-tuning each)"
+                    if topk else ", the best score)")
     elif s.method == "epruner" and info.get("beta") is not None:
         summary += (f"; Affinity Propagation exemplars with beta {info['beta']:.4g}"
                     + (" (given)" if info.get("beta_given") else " (found by bisection on the FLOPs target)"))
@@ -970,7 +1029,7 @@ def _build_report(ctx: _Context, status: str, exit_code: int, message: str) -> d
         "command": ctx.command,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "checkpoint": {"path": s.checkpoint, "sha256": ctx.ck_sha, "arch": ctx.meta.get("arch")},
-        "settings": {**s.to_dict(), "device_used": ctx.device},
+        "settings": {**s.to_dict(), "device_used": ctx.device, "lr_used": ctx.lr},
         "seeds": {"seed": s.seed, "plan_seed": getattr(ctx.plan, "seed", None)},
         "target": ctx.target.to_dict() if hasattr(ctx.target, "to_dict") else {},
         "original": ctx.original,
@@ -1107,7 +1166,7 @@ def _dry_run(ctx: _Context, *, trust_pickle: bool) -> dict[str, Any]:
         + (f"; up to {s.latency_candidates} timed against p{s.percentile:g} <= {s.latency_ms:g} ms"
            if s.latency_ms is not None else ""),
         "slim": "physical slimming, equivalence check",
-        "finetune": f"{s.epochs} epochs on {n_train} images, batch {s.batch_size}, lr {s.lr:g}" if s.epochs else "skipped",
+        "finetune": f"{s.epochs} epochs on {n_train} images, batch {s.batch_size}, lr {ctx.lr:g}" if s.epochs else "skipped",
         "export": f"ONNX opset {ctx.target.export.opset}, onnxsim",
         "validate": "numerics, top-1 PyTorch vs ONNX Runtime, latency original vs compressed",
         "report": "report.json, report.html",

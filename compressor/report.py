@@ -399,7 +399,7 @@ def svg_scatter(
     highlight_label: str = "chosen",
     vline: tuple[float, str] | None = None,
     labels: Sequence[str] | None = None,
-    width: int = 448,
+    width: int = 440,
     height: int = 340,
     colour: str = C_AFTER,
     point_label: str = "candidate",
@@ -525,7 +525,7 @@ th{font-weight:600;color:#444}td.num,th.num{text-align:right;font-variant-numeri
 .badge{display:inline-block;padding:3px 10px;border-radius:12px;font-weight:600;font-size:13px;color:#fff}
 .ok{background:#2e7d32}.bad{background:#c62828}.warn{background:#a15c00}.dim{background:#8a94a6}
 .pass{color:#2e7d32;font-weight:600}.fail{color:#c62828;font-weight:600}.na{color:#8a94a6}
-.grid{display:flex;flex-wrap:wrap;gap:12px}.fig{margin:6px 0}.cap{font-size:12.5px;color:#555;margin:2px 0 10px}
+.grid{display:flex;flex-wrap:wrap;gap:12px}.grid .fig{width:440px}.fig{margin:6px 0}.cap{font-size:12.5px;color:#555;margin:2px 0 10px}
 ul.notes{margin:4px 0;padding-left:20px;font-size:13.5px}
 footer{margin-top:30px;font-size:12px;color:#777}
 """
@@ -594,7 +594,7 @@ def _search_plots(search: dict[str, Any], settings: dict[str, Any]) -> str:
         )
         parts.append(
             f'<div class="fig">{svg}<div class="cap">EagleEye: the top-{len(topk)} candidates by adaptive-BN score, '
-            "each briefly fine-tuned; a good score predicts a good fine-tuned accuracy.</div></div>"
+            "each briefly fine-tuned; the best after fine-tuning (ringed) is kept.</div></div>"
         )
     return '<div class="grid">' + "".join(parts) + "</div>" if parts else ""
 
@@ -638,7 +638,9 @@ def render_html(report: dict[str, Any]) -> str:
         out.append(
             f'<div class="cap">Latency measured on this machine ({_e(_get(report, "versions", "platform") or "?")}) '
             f"with ONNX Runtime and the target's runtime settings{_e(rtxt)}, batch {_e(s.get('batch', 1))}, "
-            f"{_e(lat.get('runs', '?'))} timed runs after warm-up.</div>"
+            f"{_e(lat.get('runs', '?'))} timed runs after warm-up"
+            + (f", {_e(used)} intra-op thread(s) used here" if (used := _get(lat, "session", "intra_op_threads_used")) else "")
+            + "; original and compressed timed interleaved.</div>"
         )
 
     # Budgets and checks

@@ -133,12 +133,14 @@ def test_report_numbers_match_the_artifacts(eagleeye_run: dict[str, Any]) -> Non
     assert plan.method == "eagleeye"
     assert sum(r["after"] for r in rep["layers"]) < sum(r["before"] for r in rep["layers"])
     assert any(cand.get("chosen") for cand in rep["search"]["candidates"])
+    assert len(rep["search"]["topk"]) == 3  # EagleEye fine-tunes the top 3 by default and keeps the best
+    assert sum(t["chosen"] for t in rep["search"]["topk"]) == 1
     # the ONNX model runs on ONNX Runtime with the recorded input
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     x = np.zeros([d if isinstance(d, int) else 1 for d in sess.get_inputs()[0].shape], np.float32)
     assert sess.run(None, {sess.get_inputs()[0].name: x})[0].shape[-1] == 10
     html = (out / "report.html").read_text()
-    assert html.count("<svg") >= 3 and "pass" in html
+    assert html.count("<svg") == 4 and "pass" in html  # layers, candidates, top-k, latency
 
 
 def test_rerun_resumes_from_finished_stages(eagleeye_run: dict[str, Any]) -> None:
@@ -169,7 +171,7 @@ def test_rerun_with_other_settings_is_refused(eagleeye_run: dict[str, Any]) -> N
 def test_interrupted_search_resumes_from_candidates_jsonl(assets: dict[str, Path]) -> None:
     """A run stopped after the search scored its candidates (no plan.json yet) scores none again."""
     out = assets["root"] / "out_resume"
-    args = [str(assets["ckpt"]), "--target", str(assets["target"]), "--candidates", "2", "--epochs", "0",
+    args = [str(assets["ckpt"]), "--target", str(assets["target"]), "--candidates", "2", "--top-k", "1", "--epochs", "0",
             "--out", str(out)]
     assert _invoke(*args).exit_code == 0
     lines = (out / "candidates.jsonl").read_text().splitlines()
@@ -211,6 +213,7 @@ def test_impossible_latency_budget_exits_3_with_a_report(assets: dict[str, Path]
         (["--epochs", "-1"], "epochs"),
         (["--latency-ms", "-3"], "latency"),
         (["--max-acc-drop", "-1"], "max_acc_drop"),
+        (["--device", "quantum"], "device"),
     ],
 )
 def test_bad_input_exits_2(assets: dict[str, Path], extra: list[str], needle: str) -> None:
@@ -219,6 +222,17 @@ def test_bad_input_exits_2(assets: dict[str, Path], extra: list[str], needle: st
     assert res.exit_code == 2, res.output
     assert needle in res.output.lower()
     assert not (assets["root"] / "out_bad" / "report.json").exists()
+
+
+def test_cuda_without_cuda_exits_2(assets: dict[str, Path]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = assets["root"] / "out_cuda"
+    res = _invoke(str(assets["ckpt"]), "--target", str(assets["target"]), "--device", "cuda", "--out", str(out))
+    assert res.exit_code == 2 and "CUDA is not available" in res.output
+    assert not out.exists()
 
 
 def test_missing_checkpoint_exits_2(tmp_path: Path) -> None:
@@ -272,7 +286,7 @@ def test_torchrun_two_processes(assets: dict[str, Path]) -> None:
     out = assets["root"] / "out_ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
            "-m", "cli.main", "run", str(assets["ckpt"]), "--target", str(assets["target"]), "--candidates", "4",
-           "--epochs", "1", "--out", str(out), "--json"]
+           "--top-k", "1", "--epochs", "1", "--out", str(out), "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
                           timeout=300)
@@ -296,7 +310,7 @@ def test_validation_failure_exits_4_after_writing_the_report(assets: dict[str, P
 
     monkeypatch.setattr(export, "validate", strict)
     out = assets["root"] / "out_val"
-    res = _invoke(str(assets["ckpt"]), "--target", str(assets["target"]), "--candidates", "2", "--epochs", "0",
+    res = _invoke(str(assets["ckpt"]), "--target", str(assets["target"]), "--candidates", "2", "--top-k", "1", "--epochs", "0",
                   "--out", str(out))
     assert res.exit_code == 4, res.output
     rep = json.loads((out / "report.json").read_text())
@@ -304,8 +318,11 @@ def test_validation_failure_exits_4_after_writing_the_report(assets: dict[str, P
     failed = [c["name"] for c in rep["checks"] if c["passed"] is False]
     assert any("ONNX Runtime vs PyTorch" in n for n in failed)
     assert "FAIL" in (out / "report.html").read_text()
+    assert not (out / "model.onnx").exists()  # a model.onnx in out/ is always a validated one
+    assert (out / ".state" / "model.onnx").is_file()
 
 
+@pytest.mark.slow  # ~20 s: a real subprocess; the in-process resume test above runs by default
 def test_sigint_during_search_then_rerun_resumes(assets: dict[str, Path]) -> None:
     """Ctrl-C a real `compress run` while it scores candidates; the same command then finishes the job."""
     import os
@@ -315,7 +332,7 @@ def test_sigint_during_search_then_rerun_resumes(assets: dict[str, Path]) -> Non
     import time
 
     out = assets["root"] / "out_sigint"
-    args = [str(assets["ckpt"]), "--target", str(assets["target"]), "--candidates", "8", "--epochs", "0",
+    args = [str(assets["ckpt"]), "--target", str(assets["target"]), "--candidates", "8", "--top-k", "1", "--epochs", "0",
             "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "run", *args], cwd=Path(__file__).resolve().parents[1],
@@ -339,3 +356,17 @@ def test_sigint_during_search_then_rerun_resumes(assets: dict[str, Path]) -> Non
     assert f"{len(done)} candidates already scored" in res.output
     idx = [json.loads(line)["index"] for line in cands.read_text().splitlines() if line.strip()]
     assert sorted(idx) == list(range(8))  # the earlier ones were not scored again
+
+
+def test_python_api_matches_design(assets: dict[str, Path]) -> None:
+    """DESIGN.md's call: compressor.run(checkpoint=..., target=..., flops=..., out=...) returns the report."""
+    import compressor
+
+    out = assets["root"] / "out_api"
+    rep = compressor.run(checkpoint=str(assets["ckpt"]), target=str(assets["target"]), flops=0.5, out=str(out),
+                         method="l1-uniform", epochs=0, progress=False)
+    assert rep["status"] == "passed" and rep["exit_code"] == 0
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["status"] == "passed" and on_disk["compressed"]["macs"] == rep["compressed"]["macs"]
+    assert rep["command"].startswith("compressor.run(")
+    assert (out / "model.onnx").is_file()
