@@ -696,8 +696,10 @@ def test_interrupted_run_resumes(tmp_path: Path, tiny_ckpt: Path, stage: str) ->
         _wait_until(lambda: any(out.glob(".model.onnx.*")) or (out / "model.onnx").exists(), proc, log, timeout=600)
     code = _interrupt(proc, signal.SIGTERM, log)
     assert code == 130, log.read_text()[-3000:]
-    kinds = check_artifacts(out)
-    assert "report.json" not in kinds and "model.onnx" not in kinds
+    kinds = check_artifacts(out)  # whatever exists is complete (model.onnx may, if it was written)
+    assert "report.json" not in kinds
+    if stage != "export":
+        assert "model.onnx" not in kinds
     log2 = tmp_path / "second.log"
     proc = _spawn(args, log2)
     code = proc.wait(600)
