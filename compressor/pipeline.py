@@ -483,6 +483,8 @@ def run(
 
     console = console or Console(stderr=True, highlight=False)
     ck = Path(checkpoint)
+    if ck.is_dir():
+        raise UsageError(f"checkpoint {str(ck)!r} is a directory, not a file")
     if not ck.is_file():
         raise UsageError(f"checkpoint {str(ck)!r} does not exist" + ("" if ck.suffix else " (expected a .pt file)"))
     flags = {"target": target, "flops": flops, "latency_ms": latency_ms, "method": method, "data": data,
