@@ -138,6 +138,7 @@ def _compressor_ckpt(path: Path, arch: str, arch_kwargs: Any, extra: dict[str, A
         # Helpers inside compressor are not models: calling them with arguments from a file writes files.
         ("compressor.io:atomic_write_text", {"path": "{target}", "text": "owned"}),
         ("compressor.models:build_model", {"spec": "os:system", "command": "touch {target}"}),
+        ("compressor.fuzz:load_source", {"source": "open('{target}', 'w')", "name": "pwned_module"}),
         ("torchvision.models:get_model", {"name": "os:system"}),
     ],
 )
