@@ -19,12 +19,14 @@ def cli_errors() -> Iterator[None]:
 
     0 ok; 1 internal error; 2 bad usage or input; 3 budget not met; 4 validation failed.
     """
+    from rich.markup import escape
+
     from compressor.errors import CompressorError
 
     try:
         yield
     except CompressorError as e:
-        err_console.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, soft_wrap=True)
         raise typer.Exit(code=e.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]: finished artifacts are kept; rerun the same command to resume")

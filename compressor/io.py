@@ -10,14 +10,33 @@ from pathlib import Path
 from typing import Any
 
 
+def ensure_parent(path: str | os.PathLike[str]) -> Path:
+    """Create ``path``'s folder; a clear :class:`UsageError` (exit 2) when that is impossible."""
+    from compressor.errors import UsageError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{str(path)!r} is a folder; give a file name to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(
+            f"cannot write {str(path)!r}: {str(path.parent)!r} is not a folder (a file is in the way)"
+        ) from None
+    except OSError as e:
+        raise UsageError(f"cannot create the folder {str(path.parent)!r} for {path.name!r}: {e.strerror or e}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise UsageError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} is not writable")
+    return path
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then rename the temp file onto ``path``.
 
     The temp file lives in the destination folder (same filesystem, so the rename is atomic)
     and is removed if ``write`` raises, so an interruption never leaves a half-written file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = ensure_parent(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -45,10 +64,14 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 
 def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
     """Append one JSON line and flush it to disk (a crash loses at most the line being written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    path = ensure_parent(path)
+    line = (json.dumps(record) + "\n").encode("utf-8")
+    with open(path, "ab+") as f:
+        if f.tell() > 0:  # a torn last line (killed mid-write) must not swallow this record
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = b"\n" + line
+        f.write(line)
         f.flush()
         os.fsync(f.fileno())
 

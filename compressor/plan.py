@@ -43,9 +43,10 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Plan:
-        if d.get("format") != PLAN_FORMAT:
+        if not isinstance(d, dict) or d.get("format") != PLAN_FORMAT:
+            fmt = d.get("format") if isinstance(d, dict) else type(d).__name__
             raise UsageError(
-                f"not a compressor plan (format {d.get('format')!r}, expected {PLAN_FORMAT!r}); "
+                f"not a compressor plan (format {fmt!r}, expected {PLAN_FORMAT!r}); "
                 "make one with 'compress search'"
             )
         try:
@@ -58,7 +59,7 @@ class Plan:
                 flops_target=d.get("flops_target"),
                 info=d.get("info") or {},
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise UsageError(f"malformed plan: {e!r}") from e
 
     def save(self, path: str | os.PathLike[str]) -> Path:

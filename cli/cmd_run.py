@@ -1,0 +1,139 @@
+"""``compress run``: the whole pipeline in one command (a thin shell over compressor.pipeline.run)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+from cli._common import cli_errors, console, err_console, print_json
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run_cmd(
+        ctx: typer.Context,
+        checkpoint: Path = typer.Argument(
+            ..., help="Trained checkpoint (.pt), e.g. examples/resnet_mnist.pt."
+        ),
+        target: str = typer.Option(
+            None, "--target", "-t", help="Deploy target name (see `compress targets`) or a .toml file."
+        ),
+        flops: float = typer.Option(
+            None, "--flops", help="Fraction of the original FLOPs to keep, in (0, 1] (default: the target's)."
+        ),
+        latency_ms: float = typer.Option(
+            None, "--latency-ms", help="Latency budget in ms on ONNX Runtime (default: the target's)."
+        ),
+        method: str = typer.Option(
+            None, "--method", "-m", help="A registered pruning method (eagleeye, epruner, l1-uniform, ...; default eagleeye); an unknown name lists them."
+        ),
+        data: str = typer.Option(
+            None,
+            "--data",
+            help="mnist5k, cifar10:DIR or imagefolder:DIR (default: the checkpoint's dataset).",
+        ),
+        epochs: int = typer.Option(
+            None, "--epochs", help="Fine-tuning epochs (default 10; 0 skips fine-tuning)."
+        ),
+        lr: float = typer.Option(
+            None, "--lr", help="Fine-tuning learning rate (default: the checkpoint's training lr scaled to the batch, else 0.01)."
+        ),
+        device: str = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (default auto)."),
+        seed: int = typer.Option(None, "--seed", help="Random seed (default 0)."),
+        candidates: int = typer.Option(
+            None, "--candidates", help="EagleEye: candidates to score (default 20)."
+        ),
+        top_k: int = typer.Option(
+            None, "--top-k", help="EagleEye: fine-tune the top-k 1 epoch each and keep the best (default 3; 1 = best score)."
+        ),
+        max_acc_drop: float = typer.Option(
+            None, "--max-acc-drop", help="Largest allowed top-1 drop in points (default: the target's)."
+        ),
+        arch: str = typer.Option(None, "--arch", help="Architecture for a bare state_dict checkpoint."),
+        config: Path = typer.Option(None, "--config", help="Run settings TOML (target < config < flags)."),
+        out: Path = typer.Option(None, "--out", "-o", help="Output folder for the artifacts (default out/)."),
+        dry_run: bool = typer.Option(
+            False, "--dry-run", help="Load and profile, print what would run and a time estimate."
+        ),
+        force: bool = typer.Option(
+            False, "--force", help="Discard artifacts of an earlier run with other settings in --out."
+        ),
+        trust_pickle: bool = typer.Option(
+            False, "--trust-pickle", help="Allow a pickled nn.Module checkpoint (runs code!)."
+        ),
+        as_json: bool = typer.Option(
+            False, "--json", help="Print the report as JSON on stdout (progress goes to stderr)."
+        ),
+    ) -> None:
+        """Compress a checkpoint for a deploy target: search, slim, fine-tune, export, validate, report.
+
+        Exit codes: 0 all passed, 2 bad input, 3 a budget not met, 4 validation failed.
+        """
+        with cli_errors():
+            from compressor.errors import CompressorError
+            from compressor.pipeline import run
+
+            command = _command_line(ctx)
+            progress_console = err_console if as_json else console
+            try:
+                report = run(
+                    checkpoint,
+                    target=target,
+                    flops=flops,
+                    latency_ms=latency_ms,
+                    method=method,
+                    data=data,
+                    epochs=epochs,
+                    device=device,
+                    seed=seed,
+                    config=config,
+                    out=out,
+                    dry_run=dry_run,
+                    force=force,
+                    candidates=candidates,
+                    top_k=top_k,
+                    lr=lr,
+                    max_acc_drop=max_acc_drop,
+                    arch=arch,
+                    trust_pickle=trust_pickle,
+                    command=command,
+                    console=progress_console,
+                )
+            except CompressorError as e:  # a budget or validation failure still has a report: show it
+                partial = getattr(e, "report", None)
+                if partial is not None:
+                    _show(partial, as_json=as_json, dry_run=False)
+                raise
+            _show(report, as_json=as_json, dry_run=dry_run)
+
+
+def _command_line(ctx: typer.Context) -> str:
+    """The exact command as typed; rebuilt from the parsed options when called in-process (tests)."""
+    if "run" in sys.argv[1:3]:
+        return "compress " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    parts = ["compress", "run", shlex.quote(str(ctx.params["checkpoint"]))]
+    for p in ctx.command.params:
+        v = ctx.params.get(p.name)
+        if p.name == "checkpoint" or v is None or v is False:
+            continue
+        flag = max(p.opts, key=len)
+        parts.append(flag if v is True else f"{flag} {shlex.quote(str(v))}")
+    return " ".join(parts)
+
+
+def _show(report: dict, *, as_json: bool, dry_run: bool) -> None:
+    from compressor.pipeline import estimate_table
+    from compressor.report import render_table
+
+    if report.get("status") == "worker":  # a non-zero torchrun rank: rank 0 prints
+        return
+    if as_json:
+        print_json(report)
+    elif dry_run:
+        console.print(estimate_table(report))
+    else:
+        console.print(render_table(report))
+        console.print(f"report: {report['artifacts'].get('report.html')}")
