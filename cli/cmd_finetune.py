@@ -17,7 +17,7 @@ def finetune_cmd(
     checkpoint: Path = typer.Argument(..., help="Checkpoint to fine-tune (e.g. a slimmed model.pt)."),
     data: str | None = typer.Option(
         None, help="Data spec: mnist5k, cifar10:DIR or imagefolder:DIR (default: the checkpoint's meta 'dataset')."),
-    epochs: int = typer.Option(..., "--epochs", "-e", help="Number of epochs (a rerun with the same -o resumes)."),
+    epochs: int = typer.Option(..., "--epochs", "-e", min=1, help="Number of epochs (a rerun with the same -o resumes)."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the fine-tuned checkpoint."),
     teacher: Path | None = typer.Option(
         None, help="Checkpoint to distil from (usually the unpruned model): CE + KL on softened logits."),

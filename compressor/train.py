@@ -280,6 +280,10 @@ def finetune(
         raise UsageError(f"label smoothing must be in [0, 1), got {label_smoothing}")
     if warmup_epochs < 0 or (epochs and warmup_epochs > epochs):
         raise UsageError(f"warmup epochs must be in [0, epochs={epochs}], got {warmup_epochs}")
+    if out is not None:
+        from compressor.io import ensure_parent
+
+        ensure_parent(out)  # an impossible output path fails now, not after the first epoch
     if not 0.0 <= kd_alpha <= 1.0 or kd_temperature <= 0:
         raise UsageError(f"kd_alpha must be in [0, 1] and kd_temperature > 0, got {kd_alpha}, {kd_temperature}")
     if out is not None and not (meta or {}).get("arch"):
