@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -297,10 +296,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def _command_line(checkpoint: Any, s: Settings) -> str:
-    import shlex
-
-    if Path(sys.argv[0]).name in ("compress", "main.py") or sys.argv[0].endswith("cli/main.py"):
-        return "compress " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    """The call as Python (the CLI passes its exact command line instead)."""
     return f"compressor.run({str(checkpoint)!r}, target={s.target!r}, flops={s.flops}, method={s.method!r}, out={s.out!r})"
 
 
