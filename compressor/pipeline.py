@@ -1012,7 +1012,7 @@ def _search_section(ctx: _Context) -> dict[str, Any]:
         summary += f"; {len(chk)} timed against the latency budget"
     return {"method": s.method, "summary": summary + ".", "candidates": cands, "chosen": chosen, "topk": topk,
             "latency_checked": ctx.search.get("latency_checked") or [],
-            "score_label": "adaptive-BN top-1 on the search-validation split (%)" if s.method == "eagleeye" else "score",
+            "score_label": "adaptive-BN top-1, search-val (%)" if s.method == "eagleeye" else "score",
             "info": _jsonable_info({k: v for k, v in info.items() if k not in ("pipeline", "finetuned")})}
 
 
