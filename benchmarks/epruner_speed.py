@@ -215,7 +215,7 @@ def _adaptive_bn() -> Any:
     try:
         from compressor.evaluate import adaptive_bn
     except ImportError:
-        from compressor.adaptive_bn import adaptive_bn
+        from compressor.bn import adaptive_bn
     return adaptive_bn
 
 
@@ -225,10 +225,9 @@ def part_demo(quick: bool) -> dict[str, Any]:
 
     from compressor.data import load_data, make_loader
     from compressor.evaluate import accuracy
-    from compressor.train import finetune
-
     from compressor.graph import build_graph, slim
     from compressor.methods import get_method, list_methods
+    from compressor.train import finetune
 
     adaptive_bn = _adaptive_bn()
     model, meta = load_demo()

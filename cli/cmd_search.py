@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         [bold]torchrun --nproc-per-node N -m cli.main search ...[/] the candidates are shared across ranks.
         """
         with cli_errors():
-            from compressor.search import dist_env, search_checkpoint
+            from compressor.search_loop import dist_env, search_checkpoint
 
             options = {
                 "beta": beta,

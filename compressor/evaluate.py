@@ -98,4 +98,4 @@ def accuracy(
     return {f"top{k}": float(100.0 * correct[i].item() / total) for i, k in enumerate(ks)}
 
 
-from compressor.adaptive_bn import adaptive_bn, bn_modules  # noqa: E402,F401  (eagleeye helper; re-exported here)
+from compressor.bn import adaptive_bn, bn_modules  # noqa: E402,F401  (eagleeye helper; re-exported here)

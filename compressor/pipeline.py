@@ -495,7 +495,7 @@ def run(
         return _dry_run(ctx, trust_pickle=trust_pickle)
     ctx.world = int(os.environ.get("WORLD_SIZE", "1"))
     if ctx.world > 1:  # under torchrun: one process group for the search and DDP fine-tuning
-        from compressor.search import init_distributed
+        from compressor.search_loop import init_distributed
 
         ctx.rank, ctx.world = init_distributed(ctx.device)
         r.progress = progress and ctx.rank == 0
@@ -1071,7 +1071,7 @@ def _shared(ctx: _Context, value: Any) -> Any:
     """Rank 0's value on every rank under torchrun (identity in one process)."""
     if ctx.world <= 1:
         return value
-    from compressor.search import broadcast_object
+    from compressor.search_loop import broadcast_object
 
     return broadcast_object(value)
 

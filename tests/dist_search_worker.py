@@ -73,7 +73,7 @@ def run_tiny_search(candidates: int = 6, **options: Any) -> Any:
 
 def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2])
-    from compressor.search import dist_env, init_distributed, run_search
+    from compressor.search_loop import dist_env, init_distributed, run_search
 
     init_distributed("cpu")
     rank, world = dist_env()

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from compressor.adaptive_bn import adaptive_bn
+from compressor.bn import adaptive_bn
 from compressor.errors import DataError
 
 
@@ -139,7 +139,7 @@ def test_cuda_matches_cpu() -> None:
 
 def test_public_name_stays_the_function_after_importing_the_module() -> None:
     import compressor
-    import compressor.adaptive_bn  # noqa: F401  (binds the submodule on the package)
+    import compressor.bn  # noqa: F401
     from compressor.evaluate import adaptive_bn as via_evaluate
 
     assert via_evaluate is adaptive_bn

@@ -15,7 +15,7 @@ import pytest
 
 from compressor.errors import UsageError
 from compressor.io import read_jsonl
-from compressor.search import run_search, search_id
+from compressor.search_loop import run_search, search_id
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -224,7 +224,7 @@ def test_cli_search_dispatches_other_methods(tiny_ckpt: Path, tmp_path: Path) ->
 
 def test_compressor_search_stays_callable_after_importing_the_module() -> None:
     import compressor
-    import compressor.search as loop
+    import compressor.search_loop as loop
 
     assert callable(compressor.search) and loop.run_search is run_search
     with pytest.raises(UsageError, match="unknown method"):

@@ -10,7 +10,7 @@
    from the training split (:func:`compressor.evaluate.adaptive_bn`), then top-1 accuracy (full
    precision) on the cached search-validation split (``data.val``: evaluation transforms,
    never the test split, never training augmentation).
-3. Search: :func:`compressor.search.run_search` (candidate and/or time budget, every candidate
+3. Search: :func:`compressor.search_loop.run_search` (candidate and/or time budget, every candidate
    appended to ``candidates.jsonl`` as scored so a rerun resumes, sharded under torchrun).
 4. Optionally fine-tune the top-k candidates briefly and keep the best after fine-tuning.
 
@@ -215,7 +215,7 @@ class Scorer:
         self.device = device
 
     def build(self, plan: Any) -> Any:
-        from compressor.adaptive_bn import adaptive_bn
+        from compressor.bn import adaptive_bn
         from compressor.graph import slim
 
         sub = slim(self.model, plan, graph=self.graph)
@@ -263,7 +263,7 @@ def _resolve_data(data: Any, meta: dict[str, Any] | None) -> Any:
 def _device(device: Any) -> Any:
     import torch
 
-    from compressor.adaptive_bn import resolve_device
+    from compressor.bn import resolve_device
 
     dev = resolve_device(device)
     if dev.type == "cuda" and dev.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -310,7 +310,7 @@ def eagleeye(
     """
     import torch
 
-    from compressor.search import init_distributed, run_search, search_id
+    from compressor.search_loop import init_distributed, run_search, search_id
 
     if flops is None:
         raise UsageError("eagleeye needs a FLOPs target: pass --flops F (fraction of the original FLOPs, e.g. 0.5)")

@@ -7,8 +7,6 @@ that ranks sub-nets the way fine-tuning will. Re-exported from :mod:`compressor.
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Iterable
 from typing import Any
 
@@ -84,14 +82,3 @@ def adaptive_bn(
     if n == 0:
         raise DataError("adaptive_bn got no calibration batches; pass at least one batch of training images")
     return model
-
-
-# ``compressor.adaptive_bn(...)`` is the public function (DESIGN.md). Importing this submodule binds
-# it as the package attribute of the same name, which would shadow the lazily exported function;
-# the module is therefore callable and forwards to :func:`adaptive_bn`.
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return adaptive_bn(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -23,9 +23,7 @@ import hashlib
 import itertools
 import json
 import os
-import sys
 import time
-import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -419,19 +417,3 @@ def search_checkpoint(
     if out is not None and rank == 0:
         plan.save(out)
     return plan, summary
-
-
-# ---------------------------------------------------------------------------------------------
-# ``compressor.search(...)`` stays the public search function (DESIGN.md) even after this module
-# was imported: importing a submodule binds it as the package attribute of the same name, which
-# would shadow the lazily exported function. The module is therefore callable and forwards to
-# :func:`compressor.methods.search`.
-# ---------------------------------------------------------------------------------------------
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from compressor.methods import search
-
-        return search(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
