@@ -1061,12 +1061,14 @@ class ChannelGraph:
         a, b = counts_at(lo), counts_at(hi)
         ca, cb = self.cost_of_counts(a).macs, self.cost_of_counts(b).macs
         best = a if abs(ca - target) < abs(cb - target) else b
-        if multiple == 1:
-            best = self._refine(best, target, sizes={n: int(z) for n, z in zip(names, sizes)})
-        return best
+        step = {n: (multiple if multiple > 1 and z >= 2 * multiple else 1) for n, z in zip(names, sizes)}
+        return self._refine(best, target, sizes={n: int(z) for n, z in zip(names, sizes)}, step=step)
 
-    def _refine(self, counts: dict[str, int], target: float, *, sizes: dict[str, int], steps: int = 200) -> dict[str, int]:
-        """Nudge single groups by one channel while that brings MACs closer to ``target``.
+    def _refine(
+        self, counts: dict[str, int], target: float, *, sizes: dict[str, int], step: dict[str, int], steps: int = 200
+    ) -> dict[str, int]:
+        """Nudge single groups by one step (a channel, or the rounding multiple) while that brings
+        MACs closer to ``target``.
 
         A shared ratio moves in coarse steps on small networks; this closes the gap while
         keeping the shape (the least-pruned group loses, the most-pruned gains, first).
@@ -1080,8 +1082,8 @@ class ChannelGraph:
             order = sorted(counts, key=lambda n: counts[n] / sizes[n], reverse=over)
             moved = False
             for n in order:
-                k = counts[n] + (-1 if over else 1)
-                if not 1 <= k <= sizes[n]:
+                k = counts[n] + (-step[n] if over else step[n])
+                if not step[n] <= k <= sizes[n]:
                     continue
                 trial = {**counts, n: k}
                 c = self.cost_of_counts(trial).macs
