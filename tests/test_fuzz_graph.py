@@ -171,7 +171,7 @@ class CatGrouped(nn.Module):
 def test_a_plan_never_empties_one_producer_of_a_group(cls: type[nn.Module]) -> None:
     """Keeping one channel of a group that spans two producers: refused (UsageError) or exact."""
     from compressor.errors import UsageError
-    from compressor.graph import build_graph, slim
+    from compressor.graph import build_graph, count, slim
 
     torch.manual_seed(0)
     model = cls().eval()
@@ -187,5 +187,6 @@ def test_a_plan_never_empties_one_producer_of_a_group(cls: type[nn.Module]) -> N
                 continue  # refusing the plan, with a message, is fine
             assert all(0 not in p.shape for p in small.parameters()), (g.name, i, small)
             assert graph.verify(small, plan, inputs=[x]) < 1e-5, (g.name, i)
+            assert graph.cost(plan).macs == count(small, INPUT_SHAPE).macs, (g.name, i)
             checked += 1
     assert graph.prunable

@@ -181,41 +181,6 @@ def test_handlers_reject_wrong_module_type(mtype: type) -> None:
         h.slim(nn.ReLU(), rec, torch.ones(7, dtype=torch.bool))
 
 
-class CatDepthwise(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Conv2d(3, 2, 1), nn.Conv2d(3, 4, 1)
-        self.dw = nn.Conv2d(6, 6, 3, padding=1, groups=6)
-        self.fc = nn.Linear(6, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dw(torch.cat([self.a(x), self.b(x)], 1)).mean((2, 3)))
-
-
-class CatGrouped(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
-        self.g = nn.Conv2d(8, 4, 1, groups=2)
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.g(torch.cat([self.a(x), self.b(x)], 1)).mean((2, 3)))
-
-
-@pytest.mark.parametrize("net", [CatDepthwise, CatGrouped])
-def test_plan_never_empties_a_producer(net: type) -> None:
-    """Found by the fuzzer: keeping only one producer's channels of a group must not empty another."""
-    model = net().eval()
-    graph = build_graph(model, input_shape=SHAPE)
-    g = graph.group("a")
-    for kept in ([g.size - 1], [0]):
-        plan = graph.plan_from_counts({g.name: 1}, method="t", importance={g.name: np.eye(g.size)[kept[0]]})
-        small = slim(model, plan, graph=graph)
-        assert small.a.out_channels >= 1 and small.b.out_channels >= 1
-        assert graph.verify(small, plan) < 1e-5
-        assert graph.cost(plan).macs == count(small, SHAPE).macs
-
 
 def test_rejected_input_shape_is_usage_error() -> None:
     with pytest.raises(UsageError, match="rejects input shape"):
