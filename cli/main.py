@@ -32,7 +32,8 @@ _register_commands()
 
 
 def _sigterm_to_interrupt() -> None:
-    """SIGTERM (CI cancelling a job) unwinds like Ctrl-C: temp files are removed, finished artifacts stay."""
+    """SIGTERM (CI cancelling a job) and SIGINT unwind as KeyboardInterrupt: temp files are removed,
+    finished artifacts stay."""
     import signal
 
     def handler(signum: int, frame: object) -> None:
@@ -40,6 +41,9 @@ def _sigterm_to_interrupt() -> None:
 
     try:
         signal.signal(signal.SIGTERM, handler)
+        # a process started in the background by a non-interactive shell inherits SIGINT ignored;
+        # Ctrl-C (or a CI runner's SIGINT) must still interrupt cleanly
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     except ValueError:  # not in the main thread
         pass
 
