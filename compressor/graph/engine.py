@@ -14,7 +14,6 @@ understand freezes the labels it touches, with the reason, so it is never mis-sl
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import operator
@@ -71,7 +70,6 @@ _SPATIAL_FN = {
     torch.max_pool3d,
 }  # fmt: skip
 _NO_FLOPS = _UNARY | _BINARY | _SHAPE | _CAT | _SPLIT | _REDUCE | _SOFTMAX | {"getitem", "getattr", "size", "dim", "pad"}
-_NO_TENSOR = {"size", "dim", "numel", "getattr", "_assert", "ndimension", "nelement", "is_contiguous"}
 
 
 def _fn_name(node: fx.Node) -> str:
@@ -269,7 +267,7 @@ class _Pass:
     """Run a traced graph on real tensors while propagating id tensors beside them."""
 
     def __init__(
-        self, gm: fx.GraphModule, st: _Analysis, tag: str = "", count_flops: bool = False, fake: bool = False
+        self, gm: fx.GraphModule, st: _Analysis, tag: str = "", count_flops: bool = False
     ) -> None:
         self.gm = gm
         self.st = st
@@ -279,29 +277,21 @@ class _Pass:
         self.flops = 0
         self.taint: dict[fx.Node, list[tuple[torch.Tensor, int | None]]] = {}
         self.size_nodes: dict[fx.Node, torch.Tensor] = {}
-        self.fake_mode: Any = None
-        if fake:  # shapes without arithmetic: the analysis needs no values
-            from torch._subclasses.fake_tensor import FakeTensorMode
-
-            self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
 
     def _exec(self, fn: Any, *args: Any, count: bool = True, **kwargs: Any) -> Any:
-        """Run one model op (fake or real), counting its FLOPs; id-tensor ops are not counted.
+        """Run one model op, counting its FLOPs; id-tensor ops are not counted.
 
         Convolutions and linear layers are counted analytically by their handlers (the same
         formula as torch.utils.flop_counter), and ops that cannot multiply matrices are not
         counted at all, so the counter's per-op cost is paid only where it is needed.
         """
-        ctx = [self.fake_mode] if self.fake_mode is not None else []
-        if self.count_flops and count:
-            from torch.utils.flop_counter import FlopCounterMode
+        if not (self.count_flops and count):
+            return fn(*args, **kwargs)
+        from torch.utils.flop_counter import FlopCounterMode
 
-            ctx.append(FlopCounterMode(display=False))
-        with contextlib.ExitStack() as stack:
-            entered = [stack.enter_context(c) for c in ctx]
+        with FlopCounterMode(display=False) as fc:
             out = fn(*args, **kwargs)
-        if self.count_flops and count:
-            self.flops += entered[-1].get_total_flops()
+        self.flops += fc.get_total_flops()
         return out
 
     def run(self, *inputs: torch.Tensor) -> Any:
@@ -400,10 +390,7 @@ class _Pass:
                 x = node.args[0] if node.args else None
             if not isinstance(x, torch.Tensor):
                 return x, None
-            ids_x = st.fresh_frozen(x, "network input", key=f"{self.tag}input:{node.name}")
-            if self.fake_mode is not None:
-                x = self.fake_mode.from_tensor(x)
-            return x, ids_x
+            return x, st.fresh_frozen(x, "network input", key=f"{self.tag}input:{node.name}")
         if node.op == "get_attr":
             v = _fetch_attr(self.gm, str(node.target))
             if not isinstance(v, torch.Tensor):
@@ -732,7 +719,6 @@ class ChannelGraph:
         class_frozen = np.zeros(self.n_classes, dtype=bool)
         np.logical_or.at(class_frozen, cls, frozen_label)
         # classes of each group, ordered by their smallest label
-        order = np.argsort(cls, kind="stable")
         first_label = np.full(self.n_classes, n, dtype=np.int64)
         np.minimum.at(first_label, cls, np.arange(n))
         class_group = grp[first_label]
@@ -742,7 +728,6 @@ class ChannelGraph:
         by_group: dict[int, list[int]] = {}
         for c in np.argsort(first_label, kind="stable"):
             by_group.setdefault(int(class_group[c]), []).append(int(c))
-        del order
         group_order = sorted(producer_spaces, key=lambda g: min(first_label[by_group[g]]))
         used_names: set[str] = set()
         for g in group_order:
@@ -884,10 +869,6 @@ class ChannelGraph:
 
     def keep_labels(self, plan: Plan | dict[str, Sequence[int]]) -> torch.Tensor:
         return torch.from_numpy(self.keep_classes(plan)[self.label_class])
-
-    def _rank(self) -> dict[str, np.ndarray]:
-        imp = self.importance()
-        return {n: np.argsort(-v, kind="stable") for n, v in imp.items()}
 
     def plan_from_counts(
         self,
