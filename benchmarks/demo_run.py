@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,23 +23,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine_info import machine_info
+
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "examples" / "resnet_mnist.pt"
 RESULTS = ROOT / "benchmarks" / "results" / "demo_run.json"
 
 
 def machine(threads: int) -> dict[str, Any]:
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "torch_threads": threads,
-        "note": "2-core machine shared with other engineers' runs at the same time: timings are noisy upper bounds",
-    }
+    return machine_info(
+        "2-core machine, possibly shared with other runs at the same time: timings are noisy upper bounds",
+        torch_threads=threads,
+    )
 
 
 def run_one(method: str, out: Path, threads: int, extra: list[str]) -> dict[str, Any]:

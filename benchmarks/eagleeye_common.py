@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,22 +12,17 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
+from machine_info import machine_info  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEMO = ROOT / "examples" / "resnet_mnist.pt"
 
 
 def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "note": "2-core CPU shared with other engineers' test and benchmark runs while measuring; "
-        "timings are noisy and pessimistic",
-    }
+    return machine_info(
+        "2-core CPU shared with other engineers' test and benchmark runs while measuring; "
+        "timings are noisy and pessimistic"
+    )
 
 
 def load_demo(checkpoint: Path = DEMO) -> tuple[nn.Module, dict[str, Any], Any, Any]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from machine_info import machine_info  # noqa: E402
 
 from compressor import ap as apmod  # noqa: E402
 from compressor.io import atomic_write_json  # noqa: E402
@@ -52,20 +52,12 @@ def _commit() -> str | None:
 
 
 def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "load_average_at_start": list(os.getloadavg()),
-        "commit": _commit(),
-        "note": "2-core VM shared with ~7 other engineers' runs (load average above); every time is "
-        "wall clock under that load, ours and scikit-learn's measured back to back per group (best of 3 "
-        "for groups of <= 512 channels, one run above), one thread each (OMP_NUM_THREADS=1)",
-    }
+    return machine_info(
+        "2-core VM, possibly shared with other runs (load average above); wall-clock times, ours and "
+        "scikit-learn's measured back to back per group (best of 3 for groups of <= 512 channels, one run "
+        "above), one thread each (OMP_NUM_THREADS=1)",
+        commit=_commit(),
+    )
 
 
 def sklearn_ap(S: np.ndarray, pref: np.ndarray) -> tuple[np.ndarray, int]:

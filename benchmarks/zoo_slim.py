@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 import traceback
@@ -23,6 +22,8 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from machine_info import machine_info  # noqa: E402
 
 from compressor.graph import build_graph, calibrate_bn, count, slim  # noqa: E402
 
@@ -172,13 +173,9 @@ def main() -> None:
             summary["resnet50_speedup_vs_torch_pruning"] = summary["resnet50_224_torch_pruning_s"] / times[2]
     out = {
         "benchmark": "zoo_slim",
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "note": "2-core CPU VM; other jobs may have shared the CPU during this run",
-        },
+        "machine": machine_info(
+            "2-core CPU VM; other jobs may have shared the CPU during this run", torchvision=torchvision.__version__
+        ),
         "summary": summary,
         "results": results,
     }
