@@ -38,14 +38,33 @@ def machine(threads: int) -> dict[str, Any]:
 
 
 def run_one(method: str, out: Path, threads: int, extra: list[str]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "cli.main", "run", str(CHECKPOINT), "--target", "mobile", "--flops", "0.5",
-           "--method", method, "--out", str(out), "--json", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "compressor.cli.main",
+        "run",
+        str(CHECKPOINT),
+        "--target",
+        "mobile",
+        "--flops",
+        "0.5",
+        "--method",
+        method,
+        "--out",
+        str(out),
+        "--json",
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    rec: dict[str, Any] = {"method": method, "command": "compress " + " ".join(cmd[3:]), "exit_code": proc.returncode,
-                           "wall_s": round(wall, 1)}
+    rec: dict[str, Any] = {
+        "method": method,
+        "command": "compress " + " ".join(cmd[3:]),
+        "exit_code": proc.returncode,
+        "wall_s": round(wall, 1),
+    }
     rp = out / "report.json"
     if not rp.is_file():
         rec["error"] = proc.stderr[-2000:]
@@ -66,16 +85,22 @@ def run_one(method: str, out: Path, threads: int, extra: list[str]) -> dict[str,
     lo, lc = (o.get("latency") or {}).get("p50"), (c.get("latency") or {}).get("p50")
     if lo and lc:
         rec["latency_ratio_p50"] = round(lc / lo, 3)
-    rec["budgets"] = [{k: b.get(k) for k in ("name", "limit", "value", "passed")} for b in rep.get("budgets") or []]
+    rec["budgets"] = [
+        {k: b.get(k) for k in ("name", "limit", "value", "passed")} for b in rep.get("budgets") or []
+    ]
     rec["status"] = rep.get("status")
-    rec["settings"] = {k: (rep.get("settings") or {}).get(k) for k in ("epochs", "candidates", "calib_batches", "top_k")}
+    rec["settings"] = {
+        k: (rep.get("settings") or {}).get(k) for k in ("epochs", "candidates", "calib_batches", "top_k")
+    }
     return rec
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", default="eagleeye,epruner,l1-uniform")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared; 1 by default)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (the machine is shared; 1 by default)"
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("extra", nargs="*", help="extra flags passed to compress run (after --)")
     args = ap.parse_args()
@@ -87,11 +112,33 @@ def main() -> None:
             print(f"== compress run ... --method {m}", flush=True)
             rec = run_one(m, Path(tmp) / m, args.threads, args.extra)
             results.append(rec)
-            print(json.dumps({k: rec.get(k) for k in ("method", "exit_code", "wall_s", "stages_s", "flops_ratio",
-                                                      "acc_drop_points", "latency_ratio_p50")}, indent=1), flush=True)
-    payload = {"benchmark": "demo_run", "checkpoint": str(CHECKPOINT.relative_to(ROOT)), "target": "mobile",
-               "flops": 0.5, "machine": machine(args.threads), "results": results,
-               "goals": {"wall_s_max": 300, "acc_drop_points_max": 1.0}}
+            print(
+                json.dumps(
+                    {
+                        k: rec.get(k)
+                        for k in (
+                            "method",
+                            "exit_code",
+                            "wall_s",
+                            "stages_s",
+                            "flops_ratio",
+                            "acc_drop_points",
+                            "latency_ratio_p50",
+                        )
+                    },
+                    indent=1,
+                ),
+                flush=True,
+            )
+    payload = {
+        "benchmark": "demo_run",
+        "checkpoint": str(CHECKPOINT.relative_to(ROOT)),
+        "target": "mobile",
+        "flops": 0.5,
+        "machine": machine(args.threads),
+        "results": results,
+        "goals": {"wall_s_max": 300, "acc_drop_points_max": 1.0},
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")

@@ -37,7 +37,9 @@ def load_demo(checkpoint: Path = DEMO) -> tuple[nn.Module, dict[str, Any], Any, 
     return model.eval(), meta, data, graph
 
 
-def batches(dataset: Any, batch_size: int, n: int | None = None, *, shuffle: bool = False, seed: int = 0) -> list[Any]:
+def batches(
+    dataset: Any, batch_size: int, n: int | None = None, *, shuffle: bool = False, seed: int = 0
+) -> list[Any]:
     from compressor.methods.eagleeye import cache_batches
 
     return cache_batches(dataset, batch_size=batch_size, n_batches=n, shuffle=shuffle, seed=seed)
@@ -55,7 +57,9 @@ def top1(model: nn.Module, cached: list[Any]) -> float:
     return 100.0 * correct / total
 
 
-def short_finetune(model: nn.Module, train: list[Any], *, steps: int, lr: float = 0.01, seed: int = 0) -> nn.Module:
+def short_finetune(
+    model: nn.Module, train: list[Any], *, steps: int, lr: float = 0.01, seed: int = 0
+) -> nn.Module:
     """The same few SGD steps for every candidate: the same cached batches in the same order, SGD
     with nesterov momentum 0.9, weight decay 1e-4 (compressor.train.finetune's defaults), cosine lr."""
     torch.manual_seed(seed)

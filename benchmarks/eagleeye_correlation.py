@@ -40,7 +40,12 @@ def main() -> None:
 
     t_start = time.perf_counter()
     model, meta, data, graph = load_demo()
-    calib = [x for x, _ in batches(data.train_eval, args.batch_size, args.calib_batches, shuffle=True, seed=args.seed)]
+    calib = [
+        x
+        for x, _ in batches(
+            data.train_eval, args.batch_size, args.calib_batches, shuffle=True, seed=args.seed
+        )
+    ]
     val = batches(data.val, 256)
     test = batches(data.test, 256)
     # the fine-tune sees training augmentation, the same batches for every candidate
@@ -96,7 +101,8 @@ def main() -> None:
             "max": float(x.max()),
         }
     best_by = {
-        k: int(max(points, key=lambda p, k=k: (p[k], -p["index"]))["index"]) for k in ("acc_inherited_bn", "acc_adaptive_bn")
+        k: int(max(points, key=lambda p, k=k: (p[k], -p["index"]))["index"])
+        for k in ("acc_inherited_bn", "acc_adaptive_bn")
     }
     order = np.argsort(-ft, kind="stable")
     rank_of = {int(points[j]["index"]): r + 1 for r, j in enumerate(order)}
@@ -131,7 +137,12 @@ def main() -> None:
     out = RESULTS / "eagleeye_correlation.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     _plot(points, stats, RESULTS / "eagleeye_correlation.png", args.flops)
-    print(json.dumps({k: result[k] for k in ("spearman_vs_finetuned", "finetuned_rank_of_best_by", "seconds")}, indent=2))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("spearman_vs_finetuned", "finetuned_rank_of_best_by", "seconds")},
+            indent=2,
+        )
+    )
     print(f"wrote {out} and eagleeye_correlation.png")
 
 

@@ -41,8 +41,13 @@ def main() -> None:
     model, meta, data, graph = load_demo()
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    calib = cache_batches(data.train_eval, batch_size=args.batch_size, n_batches=args.calib_batches, shuffle=True,
-                          with_targets=False)
+    calib = cache_batches(
+        data.train_eval,
+        batch_size=args.batch_size,
+        n_batches=args.calib_batches,
+        shuffle=True,
+        with_targets=False,
+    )
     val = cache_batches(data.val, batch_size=256)
     cache_s = time.perf_counter() - t0
     n_calib = sum(len(x) for x in calib)
@@ -105,11 +110,21 @@ def main() -> None:
         b2 = bare(sub2)
         b = b1 if b1["total"] <= b2["total"] else b2
         cand = min(t["total"], t2["total"])
-        rows.append({"index": i, "phases": t, "phases_repeat": t2, "bare": b, "candidate_s": cand,
-                     "overhead": cand / b["total"]})
-        print(f"candidate {i:2d}: {cand * 1e3:7.1f} ms  bare forward {b['total'] * 1e3:7.1f} ms  "
-              f"overhead {cand / b['total']:.3f}x  (slim {t['slim'] * 1e3:.1f} ms, strategy {t['strategy'] * 1e3:.1f} ms)",
-              flush=True)
+        rows.append(
+            {
+                "index": i,
+                "phases": t,
+                "phases_repeat": t2,
+                "bare": b,
+                "candidate_s": cand,
+                "overhead": cand / b["total"],
+            }
+        )
+        print(
+            f"candidate {i:2d}: {cand * 1e3:7.1f} ms  bare forward {b['total'] * 1e3:7.1f} ms  "
+            f"overhead {cand / b['total']:.3f}x  (slim {t['slim'] * 1e3:.1f} ms, strategy {t['strategy'] * 1e3:.1f} ms)",
+            flush=True,
+        )
     over = [r["overhead"] for r in rows]
     per = [r["candidate_s"] for r in rows]
     summary = {
@@ -118,13 +133,17 @@ def main() -> None:
         "overhead_max": max(over),
         "candidate_seconds_median": statistics.median(per),
         "bare_forward_seconds_median": statistics.median(r["bare"]["total"] for r in rows),
-        "phase_medians_ms": {k: 1e3 * statistics.median(r["phases"][k] for r in rows) for k in rows[0]["phases"]},
+        "phase_medians_ms": {
+            k: 1e3 * statistics.median(r["phases"][k] for r in rows) for k in rows[0]["phases"]
+        },
         # work that is not a forward pass (strategy, plan, slimming): robust to the shared CPU's noise
-        "non_forward_ms_median": 1e3 * statistics.median(
+        "non_forward_ms_median": 1e3
+        * statistics.median(
             r["phases"]["strategy"] + r["phases"]["plan"] + r["phases"]["slim"] for r in rows
         ),
         "non_forward_fraction_median": statistics.median(
-            (r["phases"]["strategy"] + r["phases"]["plan"] + r["phases"]["slim"]) / r["phases"]["total"] for r in rows
+            (r["phases"]["strategy"] + r["phases"]["plan"] + r["phases"]["slim"]) / r["phases"]["total"]
+            for r in rows
         ),
         "goal_overhead": 1.3,
     }
@@ -142,8 +161,18 @@ def main() -> None:
     if args.search:
         t0 = time.perf_counter()
         model2, meta2, data2, graph2 = load_demo()
-        plan = eagleeye(model2, graph2, flops=args.flops, data=data2, seed=0, candidates=args.search,
-                        calib_batches=args.calib_batches, batch_size=args.batch_size, device="cpu", progress=False)
+        plan = eagleeye(
+            model2,
+            graph2,
+            flops=args.flops,
+            data=data2,
+            seed=0,
+            candidates=args.search,
+            calib_batches=args.calib_batches,
+            batch_size=args.batch_size,
+            device="cpu",
+            progress=False,
+        )
         total = time.perf_counter() - t0
         e2e = {
             "candidates": args.search,

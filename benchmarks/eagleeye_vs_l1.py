@@ -47,7 +47,14 @@ def main() -> None:
     t0 = time.perf_counter()
     plans = {
         "eagleeye": get_method("eagleeye")(
-            model, graph, flops=same_flops, data=data, seed=0, candidates=args.candidates, device="cpu", progress=False
+            model,
+            graph,
+            flops=same_flops,
+            data=data,
+            seed=0,
+            candidates=args.candidates,
+            device="cpu",
+            progress=False,
         ),
         "l1-uniform": l1,
     }
@@ -69,17 +76,34 @@ def main() -> None:
         tuned = []
         for seed in range(args.seeds):
             t0 = time.perf_counter()
-            res = finetune(slim(model, plan, graph=graph), data, epochs=args.epochs, seed=seed, device="cpu",
-                           progress=False)
-            tuned.append({"seed": seed, "test_top1": top1(res.model, test), "val_top1": res.best_acc,
-                          "seconds": time.perf_counter() - t0})
+            res = finetune(
+                slim(model, plan, graph=graph),
+                data,
+                epochs=args.epochs,
+                seed=seed,
+                device="cpu",
+                progress=False,
+            )
+            tuned.append(
+                {
+                    "seed": seed,
+                    "test_top1": top1(res.model, test),
+                    "val_top1": res.best_acc,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
         row["finetuned"] = tuned
         row["test_top1_finetuned_mean"] = sum(t["test_top1"] for t in tuned) / len(tuned)
         if name == "eagleeye":
-            row["search"] = {k: plan.info[k] for k in ("score", "candidate", "candidates_scored", "search_seconds")}
+            row["search"] = {
+                k: plan.info[k] for k in ("score", "candidate", "candidates_scored", "search_seconds")
+            }
         out[name] = row
-        print(f"{name:11s} flops {row['flops']:.4f}  slimmed {row['test_top1_slimmed']:6.2f}  adaptive BN "
-              f"{row['test_top1_adaptive_bn']:6.2f}  fine-tuned {row['test_top1_finetuned_mean']:6.2f}", flush=True)
+        print(
+            f"{name:11s} flops {row['flops']:.4f}  slimmed {row['test_top1_slimmed']:6.2f}  adaptive BN "
+            f"{row['test_top1_adaptive_bn']:6.2f}  fine-tuned {row['test_top1_finetuned_mean']:6.2f}",
+            flush=True,
+        )
 
     result = {
         "benchmark": "eagleeye_vs_l1",
@@ -103,7 +127,14 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "eagleeye_vs_l1.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("full_model_test_top1", "finetuned_difference_eagleeye_minus_l1", "seconds")}))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in ("full_model_test_top1", "finetuned_difference_eagleeye_minus_l1", "seconds")
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

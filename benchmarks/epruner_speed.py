@@ -46,7 +46,9 @@ def _commit() -> str | None:
     import subprocess
 
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -66,23 +68,38 @@ def sklearn_ap(S: np.ndarray, pref: np.ndarray) -> tuple[np.ndarray, int]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ap = AffinityPropagation(
-            affinity="precomputed", preference=pref, damping=0.5, max_iter=200, convergence_iter=15, random_state=0
+            affinity="precomputed",
+            preference=pref,
+            damping=0.5,
+            max_iter=200,
+            convergence_iter=15,
+            random_state=0,
         ).fit(S)
     return np.asarray(ap.cluster_centers_indices_, dtype=np.int64), int(ap.n_iter_)
 
 
-def group_vectors(model: torch.nn.Module, input_shape: tuple[int, ...]) -> tuple[list[tuple[str, torch.Tensor]], str]:
+def group_vectors(
+    model: torch.nn.Module, input_shape: tuple[int, ...]
+) -> tuple[list[tuple[str, torch.Tensor]], str]:
     try:
         from compressor.graph import build_graph
 
         g = build_graph(model, input_shape=input_shape)
-        return [(grp.name, g.channel_vectors(grp.name)) for grp in g.prunable], "graph.channel_vectors (coupled groups concatenated)"
+        return [
+            (grp.name, g.channel_vectors(grp.name)) for grp in g.prunable
+        ], "graph.channel_vectors (coupled groups concatenated)"
     except ImportError:
-        convs = [(n, m.weight.detach().flatten(1)) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+        convs = [
+            (n, m.weight.detach().flatten(1))
+            for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Conv2d)
+        ]
         return convs, "each Conv2d's weight.flatten(1) (channel graph not available)"
 
 
-def compare_ap(model: torch.nn.Module, input_shape: tuple[int, ...], betas: list[float], quick: bool) -> dict[str, Any]:
+def compare_ap(
+    model: torch.nn.Module, input_shape: tuple[int, ...], betas: list[float], quick: bool
+) -> dict[str, Any]:
     groups, source = group_vectors(model, input_shape)
     if quick:
         groups = [gv for gv in groups if gv[1].shape[0] <= 256][:6]
@@ -110,16 +127,26 @@ def compare_ap(model: torch.nn.Module, input_shape: tuple[int, ...], betas: list
             same = ours.exemplars.tolist() == sk_ex.tolist()
             rows.append(
                 {
-                    "group": name, "n": int(V.shape[0]), "dim": int(V.shape[1]),
-                    "ours_s": t_ours, "sklearn_s": t_sk, "speedup": t_sk / t_ours,
-                    "iterations": ours.n_iter, "sklearn_iterations": sk_it,
-                    "exemplars": ours.n_exemplars, "sklearn_exemplars": int(len(sk_ex)),
-                    "same_exemplars": same, "converged": ours.converged,
+                    "group": name,
+                    "n": int(V.shape[0]),
+                    "dim": int(V.shape[1]),
+                    "ours_s": t_ours,
+                    "sklearn_s": t_sk,
+                    "speedup": t_sk / t_ours,
+                    "iterations": ours.n_iter,
+                    "sklearn_iterations": sk_it,
+                    "exemplars": ours.n_exemplars,
+                    "sklearn_exemplars": int(len(sk_ex)),
+                    "same_exemplars": same,
+                    "converged": ours.converged,
                 }
             )
-            print(f"  beta {beta} {name:28s} n={V.shape[0]:5d} it={ours.n_iter:3d}/{sk_it:3d} "
-                  f"K={ours.n_exemplars:5d}/{len(sk_ex):5d} same={same} ours {t_ours * 1e3:8.1f} ms  "
-                  f"sklearn {t_sk * 1e3:8.1f} ms", flush=True)
+            print(
+                f"  beta {beta} {name:28s} n={V.shape[0]:5d} it={ours.n_iter:3d}/{sk_it:3d} "
+                f"K={ours.n_exemplars:5d}/{len(sk_ex):5d} same={same} ours {t_ours * 1e3:8.1f} ms  "
+                f"sklearn {t_sk * 1e3:8.1f} ms",
+                flush=True,
+            )
         tot_o, tot_s = sum(r["ours_s"] for r in rows), sum(r["sklearn_s"] for r in rows)
         out["by_beta"][str(beta)] = {
             "total_ours_s": tot_o,
@@ -131,8 +158,11 @@ def compare_ap(model: torch.nn.Module, input_shape: tuple[int, ...], betas: list
             "groups": rows,
             "n_groups": len(rows),
         }
-        print(f"  beta {beta}: total ours {tot_o:.2f} s, sklearn {tot_s:.2f} s, x{tot_s / tot_o:.2f}, "
-              f"same exemplars on {out['by_beta'][str(beta)]['groups_same']}/{len(rows)} groups", flush=True)
+        print(
+            f"  beta {beta}: total ours {tot_o:.2f} s, sklearn {tot_s:.2f} s, x{tot_s / tot_o:.2f}, "
+            f"same exemplars on {out['by_beta'][str(beta)]['groups_same']}/{len(rows)} groups",
+            flush=True,
+        )
     return out
 
 
@@ -184,7 +214,9 @@ def part_arch(quick: bool) -> dict[str, Any]:
         key = f"{target}" if coupled else f"{target}_no_residual_groups"
         out["targets"][key] = {
             "seconds": dt,
-            "groups": "every prunable group" if coupled else "groups with one producing layer (official: residual outputs never pruned)",
+            "groups": "every prunable group"
+            if coupled
+            else "groups with one producing layer (official: residual outputs never pruned)",
             "n_groups": len(info["exemplars"]),
             "beta": info["beta"],
             "flops": info["flops"],
@@ -198,8 +230,11 @@ def part_arch(quick: bool) -> dict[str, Any]:
             "iterations": info["iterations"],
             "not_converged": info["not_converged"],
         }
-        print(f"[arch] ResNet-50 at {target:.2f} FLOPs ({key}): {dt:.2f} s, beta {info['beta']:.5f}, "
-              f"kept {info['flops']:.4f}, {len(info['bisection'])} AP sweeps, {info['ap_runs']} AP runs", flush=True)
+        print(
+            f"[arch] ResNet-50 at {target:.2f} FLOPs ({key}): {dt:.2f} s, beta {info['beta']:.5f}, "
+            f"kept {info['flops']:.4f}, {len(info['bisection'])} AP sweeps, {info['ap_runs']} AP runs",
+            flush=True,
+        )
     return out
 
 
@@ -231,9 +266,13 @@ def part_demo(quick: bool) -> dict[str, Any]:
     recipe = {"epochs": 1 if quick else 3, "lr": 0.01, "batch_size": 64, "seed": 0}
     calib = list(itertools.islice(iter(make_loader(data.train_eval, 128, shuffle=True, seed=0)), 20))
     out: dict[str, Any] = {
-        "checkpoint": str(DEMO_CKPT.relative_to(ROOT)), "flops_target": 0.5, "finetune": recipe,
+        "checkpoint": str(DEMO_CKPT.relative_to(ROOT)),
+        "flops_target": 0.5,
+        "finetune": recipe,
         "adaptive_bn": "20 batches of 128 training images (evaluation transforms)",
-        "accuracy_on": "test split", "full_top1": accuracy(model, test)["top1"], "methods": {},
+        "accuracy_on": "test split",
+        "full_top1": accuracy(model, test)["top1"],
+        "methods": {},
     }
     method_opts: dict[str, dict[str, Any]] = {
         "epruner": {},
@@ -249,7 +288,11 @@ def part_demo(quick: bool) -> dict[str, Any]:
             plan = get_method(method)(copy.deepcopy(model), graph, flops=0.5, data=data, seed=0, **opts)
             t_search = time.perf_counter() - t0
             small = slim(model, plan, graph=graph)
-            r: dict[str, Any] = {"search_s": t_search, "flops": graph.cost(plan).macs / graph.full.macs, "options": opts}
+            r: dict[str, Any] = {
+                "search_s": t_search,
+                "flops": graph.cost(plan).macs / graph.full.macs,
+                "options": opts,
+            }
             if method == "epruner":
                 r["beta"] = plan.info["beta"]
             r["top1_slimmed"] = accuracy(small, test)["top1"]
@@ -262,7 +305,10 @@ def part_demo(quick: bool) -> dict[str, Any]:
             out["methods"][method] = r
             print(f"[demo] {method}: {r}", flush=True)
         except Exception as e:  # noqa: BLE001 - recorded, not hidden
-            out["methods"][method] = {"not_measured": f"{type(e).__name__}: {e}", "trace": traceback.format_exc(limit=3)}
+            out["methods"][method] = {
+                "not_measured": f"{type(e).__name__}: {e}",
+                "trace": traceback.format_exc(limit=3),
+            }
             print(f"[demo] {method}: not measured: {e}", flush=True)
     return out
 
@@ -280,7 +326,10 @@ def main() -> None:
         try:
             result[part] = fns[part](args.quick)
         except Exception as e:  # noqa: BLE001 - a part that cannot run is recorded as not measured
-            result[part] = {"not_measured": f"{type(e).__name__}: {e}", "trace": traceback.format_exc(limit=4)}
+            result[part] = {
+                "not_measured": f"{type(e).__name__}: {e}",
+                "trace": traceback.format_exc(limit=4),
+            }
             print(f"[{part}] not measured: {e}", flush=True)
         result[part]["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         result[part]["commit"] = result["machine"]["commit"]

@@ -5,7 +5,7 @@
 
 Writes benchmarks/results/fuzz_graph.json: networks generated / traced / slimmed / verified, frozen
 groups (by reason), failures by kind with the seeds that reproduce each
-(``python -c "from compressor.fuzz import reproduce; print(reproduce(SEED))"``), and timings.
+(``python -c "from compressor.testing.fuzz import reproduce; print(reproduce(SEED))"``), and timings.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     import torch
 
-    from compressor.fuzz import check_net
+    from compressor.testing.fuzz import check_net
 
     torch.set_num_threads(1)
     check_net(10_000_000, plans=1)  # warm up (imports, first trace)
@@ -113,9 +113,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             "what": "graph.cost(plan) (analytic MACs, params) == compressor.graph.count(slimmed model)",
         },
         "tolerance_rel": 1e-4,
-        "failures": {k: {"count": len(v), "seeds": v, "example": examples[k]} for k, v in sorted(failures.items())},
+        "failures": {
+            k: {"count": len(v), "seeds": v, "example": examples[k]} for k, v in sorted(failures.items())
+        },
         "failing_seeds": failing,
-        "reproduce": "python -c \"from compressor.fuzz import reproduce, check_net; print(reproduce(SEED)); "
+        "reproduce": 'python -c "from compressor.testing.fuzz import reproduce, check_net; print(reproduce(SEED)); '
         'print(check_net(SEED).failures)"',
         "op_counts": dict(ops.most_common()),
         "time_s": {

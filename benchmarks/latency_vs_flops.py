@@ -74,8 +74,9 @@ def slim_l1_uniform(model: nn.Module, shape: tuple[int, ...], flops: float, mult
     return slim(model, plan, input_shape=shape).eval()
 
 
-def bench_model(name: str, *, flops: float, multiples: list[int], target: Any, seconds: float,
-                tmp: Path) -> dict[str, Any]:
+def bench_model(
+    name: str, *, flops: float, multiples: list[int], target: Any, seconds: float, tmp: Path
+) -> dict[str, Any]:
     from compressor.export import export_onnx, measure_latency
     from compressor.models import build_model
 
@@ -91,30 +92,53 @@ def bench_model(name: str, *, flops: float, multiples: list[int], target: Any, s
     paths = []
     for key, m in variants.items():
         p = tmp / f"{name}_{key}.onnx"
-        export_onnx(m, p, input_shape=shape, opset=target.export.opset, dynamic_batch=target.export.dynamic_batch)
+        export_onnx(
+            m, p, input_shape=shape, opset=target.export.opset, dynamic_batch=target.export.dynamic_batch
+        )
         paths.append(p)
     from compressor.targets import load_target
 
     # (1) what the issue asks: wall-clock latency with the target's threads (capped to this machine)
-    wall = measure_latency(paths, target=target, input_shape=shape, time_budget_s=seconds, warmup=10)["models"]
+    wall = measure_latency(paths, target=target, input_shape=shape, time_budget_s=seconds, warmup=10)[
+        "models"
+    ]
     # (2) steady on a shared machine: one intra-op thread, CPU time of the thread that computes
     one = load_target(target, intra_op_threads=1)
-    cpu = measure_latency(paths, target=one, input_shape=shape, time_budget_s=seconds, warmup=5,
-                          clock="thread_cpu")["models"]
+    cpu = measure_latency(
+        paths, target=one, input_shape=shape, time_budget_s=seconds, warmup=5, clock="thread_cpu"
+    )["models"]
     base_macs = macs(model, shape)
-    out: dict[str, Any] = {"input_shape": list(shape), "arch": spec, "arch_kwargs": kwargs,
-                           "search_and_slim_seconds": round(slim_s, 2)}
+    out: dict[str, Any] = {
+        "input_shape": list(shape),
+        "arch": spec,
+        "arch_kwargs": kwargs,
+        "search_and_slim_seconds": round(slim_s, 2),
+    }
     for (key, m), w, c in zip(variants.items(), wall, cpu, strict=True):
         mm = macs(m, shape)
         widths = conv_widths(m)
         out[key] = {
-            "macs": mm, "params": params(m), "flops_ratio": round(mm / base_macs, 4),
-            "wall": {"p50_ms": w["p50"], "p90_ms": w["p90"], "mean_ms": w["mean"], "std_ms": w["std"],
-                     "min_ms": w["min"], "runs": w["runs"], "latency_ratio": round(w["p50"] / wall[0]["p50"], 4),
-                     # the fastest run is the least disturbed by other processes on a shared machine
-                     "latency_ratio_min": round(w["min"] / wall[0]["min"], 4)},
-            "cpu_1thread": {"p50_ms": c["p50"], "p90_ms": c["p90"], "std_ms": c["std"], "runs": c["runs"],
-                            "latency_ratio": round(c["p50"] / cpu[0]["p50"], 4)},
+            "macs": mm,
+            "params": params(m),
+            "flops_ratio": round(mm / base_macs, 4),
+            "wall": {
+                "p50_ms": w["p50"],
+                "p90_ms": w["p90"],
+                "mean_ms": w["mean"],
+                "std_ms": w["std"],
+                "min_ms": w["min"],
+                "runs": w["runs"],
+                "latency_ratio": round(w["p50"] / wall[0]["p50"], 4),
+                # the fastest run is the least disturbed by other processes on a shared machine
+                "latency_ratio_min": round(w["min"] / wall[0]["min"], 4),
+            },
+            "cpu_1thread": {
+                "p50_ms": c["p50"],
+                "p90_ms": c["p90"],
+                "std_ms": c["std"],
+                "runs": c["runs"],
+                "latency_ratio": round(c["p50"] / cpu[0]["p50"], 4),
+            },
             "conv_widths_multiple_of_8": round(sum(w_ % 8 == 0 for w_ in widths) / max(len(widths), 1), 3),
             "conv_widths_multiple_of_16": round(sum(w_ % 16 == 0 for w_ in widths) / max(len(widths), 1), 3),
         }
@@ -145,13 +169,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
     ap.add_argument("--flops", type=float, default=0.5, help="fraction of FLOPs kept (default 0.5)")
-    ap.add_argument("--multiples", default="8",
-                    help="comma-separated channel multiples of the rounded variants (default 8; e.g. 8,16)")
+    ap.add_argument(
+        "--multiples",
+        default="8",
+        help="comma-separated channel multiples of the rounded variants (default 8; e.g. 8,16)",
+    )
     ap.add_argument("--seconds", type=float, default=10.0, help="timed seconds per architecture (3 models)")
     ap.add_argument("--target", default="server", help="deploy target whose runtime settings are used")
     ap.add_argument("--threads", type=int, default=None, help="override the target's intra-op threads")
-    ap.add_argument("--shared", action=argparse.BooleanOptionalAction, default=True,
-                    help="say in the results that the machine was shared with other jobs")
+    ap.add_argument(
+        "--shared",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="say in the results that the machine was shared with other jobs",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latency_vs_flops.json"))
     args = ap.parse_args(argv)
 
@@ -172,17 +203,26 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="latency_vs_flops-") as tmp:
         for name in names:
             t0 = time.perf_counter()
-            r = bench_model(name, flops=args.flops, multiples=multiples, target=target, seconds=args.seconds,
-                            tmp=Path(tmp))
+            r = bench_model(
+                name,
+                flops=args.flops,
+                multiples=multiples,
+                target=target,
+                seconds=args.seconds,
+                tmp=Path(tmp),
+            )
             results[name] = r
             for key in ("slim", *(f"slim_x{m}" for m in multiples)):
                 v = r[key]
                 w, c = v["wall"], v["cpu_1thread"]
-                print(f"{name:13s} {key:8s} FLOPs {v['flops_ratio']:.3f} | wall p50 {r['original']['wall']['p50_ms']:.3f}"
-                      f" -> {w['p50_ms']:.3f} ms ratio {w['latency_ratio']:.3f} (min-ratio {w['latency_ratio_min']:.3f})"
-                      f" | 1-thread CPU p50 {r['original']['cpu_1thread']['p50_ms']:.3f} -> {c['p50_ms']:.3f} ms"
-                      f" ratio {c['latency_ratio']:.3f} {'ok' if v['goal_met_cpu_1thread'] else 'MISSED'}"
-                      f" ({time.perf_counter() - t0:.0f} s)", flush=True)
+                print(
+                    f"{name:13s} {key:8s} FLOPs {v['flops_ratio']:.3f} | wall p50 {r['original']['wall']['p50_ms']:.3f}"
+                    f" -> {w['p50_ms']:.3f} ms ratio {w['latency_ratio']:.3f} (min-ratio {w['latency_ratio_min']:.3f})"
+                    f" | 1-thread CPU p50 {r['original']['cpu_1thread']['p50_ms']:.3f} -> {c['p50_ms']:.3f} ms"
+                    f" ratio {c['latency_ratio']:.3f} {'ok' if v['goal_met_cpu_1thread'] else 'MISSED'}"
+                    f" ({time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
     doc = {
         "benchmark": "latency_vs_flops",
         "goal": f"latency ratio <= 0.6 at {args.flops:g} of the FLOPs (ideal {args.flops:g})",
@@ -191,18 +231,27 @@ def main(argv: list[str] | None = None) -> int:
         "channel_multiples": multiples,
         "latency": {
             "wall": f"ONNX Runtime wall-clock p50, batch 1, {machine_note(target)}; timed {args.seconds:g} s per "
-                    "architecture, original and slimmed models interleaved",
+            "architecture, original and slimmed models interleaved",
             "cpu_1thread": "ONNX Runtime with one intra-op thread (it then computes on the calling thread), CPU "
-                           "time of that thread per run (time.thread_time): leaves out pre-emption by other "
-                           "processes, so it is the steady figure on a shared machine",
+            "time of that thread per run (time.thread_time): leaves out pre-emption by other "
+            "processes, so it is the steady figure on a shared machine",
         },
         "target": target.to_dict(),
         "results": results,
         "machine": {
-            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": cpu_count(), "simd": _simd(), "load_average_1_5_15min_at_end": _loadavg(), "torch": torch.__version__, **versions(),
-            "note": ("shared with other jobs while measuring: absolute times are noisy, the interleaved "
-                     "ratios less so") if args.shared else "not shared",
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": cpu_count(),
+            "simd": _simd(),
+            "load_average_1_5_15min_at_end": _loadavg(),
+            "torch": torch.__version__,
+            **versions(),
+            "note": (
+                "shared with other jobs while measuring: absolute times are noisy, the interleaved "
+                "ratios less so"
+            )
+            if args.shared
+            else "not shared",
         },
     }
     atomic_write_json(args.out, doc)

@@ -69,7 +69,9 @@ def _torchrun(epochs: int, batch_size: int) -> dict[str, Any]:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
-            raise RuntimeError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+            raise RuntimeError(
+                f"torchrun failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+            )
         res = json.loads(out.read_text())
         res["wall_s_including_startup"] = wall
         return res
@@ -159,7 +161,10 @@ def main() -> int:
         "val_top1": accuracy(model, make_loader(data.val, 256))["top1"],
         "train_seconds_recorded": meta.get("train_seconds"),
     }
-    print(f"demo {demo['checkpoint']}: test top-1 {demo['test_top1']:.2f}%, val {demo['val_top1']:.2f}%", flush=True)
+    print(
+        f"demo {demo['checkpoint']}: test top-1 {demo['test_top1']:.2f}%, val {demo['val_top1']:.2f}%",
+        flush=True,
+    )
 
     # Alternate single-process and torchrun rounds so that both see the same (shared) machine load.
     singles: list[dict[str, Any]] = []
@@ -205,7 +210,11 @@ def main() -> int:
             "load_average_at_start": load_start,
             "load_average_at_end": list(os.getloadavg()),
         },
-        "model": {"arch": meta["arch"], "arch_kwargs": meta["arch_kwargs"], "input_shape": meta["input_shape"]},
+        "model": {
+            "arch": meta["arch"],
+            "arch_kwargs": meta["arch_kwargs"],
+            "input_shape": meta["input_shape"],
+        },
         "batch_size_per_process": args.batch_size,
         "single_process_1_thread": s1,
         "torchrun_2_processes_1_thread_each": s2,

@@ -77,7 +77,11 @@ def torch_pruning(model: torch.nn.Module, shape: tuple[int, ...]) -> dict:
     try:
         t0 = time.perf_counter()
         pruner = tp.pruner.MagnitudePruner(
-            model, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=0.3, ignored_layers=ignored
+            model,
+            x,
+            importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=0.3,
+            ignored_layers=ignored,
         )
         t1 = time.perf_counter()
         pruner.step()
@@ -85,7 +89,13 @@ def torch_pruning(model: torch.nn.Module, shape: tuple[int, ...]) -> dict:
         with torch.no_grad():
             model(x)
         macs, params = tp.utils.count_ops_and_params(model, x)
-        return {"ok": True, "build_s": t1 - t0, "prune_s": t2 - t1, "total_s": t2 - t0, "params_after": params}
+        return {
+            "ok": True,
+            "build_s": t1 - t0,
+            "prune_s": t2 - t1,
+            "total_s": t2 - t0,
+            "params_after": params,
+        }
     except Exception as e:  # Torch-Pruning fails on some models: that is what we measure
         return {"ok": False, "error": f"{type(e).__name__}: {str(e)[:200]}"}
 
@@ -102,7 +112,7 @@ def torch_pruning_subprocess(name: str, size: int, threads: int, timeout: float)
     for line in reversed(res.stdout.splitlines()):
         if line.startswith("{"):
             return json.loads(line)
-    return {"ok": False, "error": f"crashed (exit {res.returncode}): {res.stderr.strip().splitlines()[-1:] }"}
+    return {"ok": False, "error": f"crashed (exit {res.returncode}): {res.stderr.strip().splitlines()[-1:]}"}
 
 
 def main() -> None:
@@ -121,7 +131,9 @@ def main() -> None:
         model = torchvision.models.get_model(args.tp_one, weights=None).eval()
         print(json.dumps(torch_pruning(model, (1, 3, args.tp_size, args.tp_size))))
         return
-    names = args.models.split(",") if args.models else torchvision.models.list_models(module=torchvision.models)
+    names = (
+        args.models.split(",") if args.models else torchvision.models.list_models(module=torchvision.models)
+    )
     results = {}
     for name in names:
         s = input_size(name)
@@ -134,7 +146,11 @@ def main() -> None:
             ours(model, shape)  # warm-up (first-call overheads)
             row["ours"] = ours(model, shape)
         except Exception as e:
-            row["ours"] = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:300]}", "trace": traceback.format_exc()[-800:]}
+            row["ours"] = {
+                "ok": False,
+                "error": f"{type(e).__name__}: {str(e)[:300]}",
+                "trace": traceback.format_exc()[-800:],
+            }
         if not args.no_tp:
             row["torch_pruning"] = torch_pruning_subprocess(name, s, args.threads, args.tp_timeout)
         results[name] = row
@@ -174,7 +190,8 @@ def main() -> None:
     out = {
         "benchmark": "zoo_slim",
         "machine": machine_info(
-            "2-core CPU VM; other jobs may have shared the CPU during this run", torchvision=torchvision.__version__
+            "2-core CPU VM; other jobs may have shared the CPU during this run",
+            torchvision=torchvision.__version__,
         ),
         "summary": summary,
         "results": results,

@@ -29,7 +29,9 @@ def cli_errors() -> Iterator[None]:
         err_console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, soft_wrap=True)
         raise typer.Exit(code=e.exit_code) from None
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]: finished artifacts are kept; rerun the same command to resume")
+        err_console.print(
+            "[yellow]interrupted[/]: finished artifacts are kept; rerun the same command to resume"
+        )
         raise typer.Exit(code=130) from None
 
 
@@ -42,7 +44,9 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     try:
         shape = tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
     except ValueError:
-        raise UsageError(f"--input-shape {text!r} is not a comma-separated list of integers, e.g. 1,3,224,224") from None
+        raise UsageError(
+            f"--input-shape {text!r} is not a comma-separated list of integers, e.g. 1,3,224,224"
+        ) from None
     if len(shape) < 2 or any(s <= 0 for s in shape):
         raise UsageError(f"--input-shape {text!r} must have at least 2 positive dimensions, e.g. 1,3,224,224")
     return shape

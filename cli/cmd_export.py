@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-
-from cli._common import cli_errors, console, parse_shape, print_json
+from compressor.cli._common import cli_errors, console, parse_shape, print_json
 
 _TARGET_HELP = "Deploy target: a shipped name (see `compress targets`) or a path to your own .toml file."
 
@@ -19,18 +18,28 @@ def register(app: typer.Typer) -> None:
 
 
 def export_cmd(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint to export (compressor, torchvision reference or state_dict)."),
+    checkpoint: Path = typer.Argument(
+        ..., help="Checkpoint to export (compressor, torchvision reference or state_dict)."
+    ),
     target: str = typer.Option("mobile", "--target", "-t", help=_TARGET_HELP),
     output: Path = typer.Option(Path("model.onnx"), "--output", "-o", help="Where to write the ONNX file."),
     opset: int | None = typer.Option(None, help="ONNX opset (overrides the target's [export].opset)."),
     batch: int | None = typer.Option(None, help="Batch size (overrides the target's [input].batch)."),
     dynamic_batch: bool | None = typer.Option(
-        None, "--dynamic-batch/--static-batch", help="Symbolic or fixed batch dimension (overrides the target)."),
+        None,
+        "--dynamic-batch/--static-batch",
+        help="Symbolic or fixed batch dimension (overrides the target).",
+    ),
     input_shape: str | None = typer.Option(
-        None, help="Input shape C,H,W (beats the checkpoint's and the target's), e.g. 3,224,224."),
+        None, help="Input shape C,H,W (beats the checkpoint's and the target's), e.g. 3,224,224."
+    ),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify with onnxsim."),
-    arch: str | None = typer.Option(None, help="Architecture for a bare state_dict, e.g. torchvision.models:resnet18."),
-    trust_pickle: bool = typer.Option(False, help="Allow a pickled nn.Module checkpoint (runs code from the file)."),
+    arch: str | None = typer.Option(
+        None, help="Architecture for a bare state_dict, e.g. torchvision.models:resnet18."
+    ),
+    trust_pickle: bool = typer.Option(
+        False, help="Allow a pickled nn.Module checkpoint (runs code from the file)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the export result as JSON."),
 ) -> None:
     """Export a checkpoint to a simplified ONNX model for a deploy target."""
@@ -38,8 +47,15 @@ def export_cmd(
         from compressor.export import export_checkpoint
 
         res = export_checkpoint(
-            checkpoint, output, target=target, arch=arch, trust_pickle=trust_pickle,
-            input_shape=parse_shape(input_shape), simplify=simplify, opset=opset, batch=batch,
+            checkpoint,
+            output,
+            target=target,
+            arch=arch,
+            trust_pickle=trust_pickle,
+            input_shape=parse_shape(input_shape),
+            simplify=simplify,
+            opset=opset,
+            batch=batch,
             dynamic_batch=dynamic_batch,
         )
         if as_json:
@@ -47,9 +63,11 @@ def export_cmd(
             return
         sim = res.simplify.message if res.simplify else "not simplified (--no-simplify)"
         color = "green" if res.simplified or res.simplify is None else "yellow"
-        console.print(f"[bold]wrote[/] {res.path} ({res.size_bytes / 1024:.1f} KiB): opset {res.opset}, "
-                      f"input {res.input_name!r} {res.input_shape}{' (dynamic batch)' if res.dynamic_batch else ''}, "
-                      f"output {res.output_name!r}, {res.exporter} exporter")
+        console.print(
+            f"[bold]wrote[/] {res.path} ({res.size_bytes / 1024:.1f} KiB): opset {res.opset}, "
+            f"input {res.input_name!r} {res.input_shape}{' (dynamic batch)' if res.dynamic_batch else ''}, "
+            f"output {res.output_name!r}, {res.exporter} exporter"
+        )
         console.print(f"[{color}]{sim}[/]")
         for note in res.notes:
             console.print(f"[yellow]note:[/] {note}")
@@ -58,19 +76,30 @@ def export_cmd(
 
 def validate_cmd(
     model: Path = typer.Argument(..., help="The ONNX model to validate."),
-    reference: Path = typer.Option(..., "--reference", "-r", help="The PyTorch checkpoint the ONNX model was exported from."),
+    reference: Path = typer.Option(
+        ..., "--reference", "-r", help="The PyTorch checkpoint the ONNX model was exported from."
+    ),
     target: str = typer.Option("mobile", "--target", "-t", help=_TARGET_HELP),
     data: str | None = typer.Option(
-        None, help="Data spec whose test split is used: mnist5k, cifar10:DIR or imagefolder:DIR. "
-                   "Without it only random inputs and latency are checked."),
+        None,
+        help="Data spec whose test split is used: mnist5k, cifar10:DIR or imagefolder:DIR. "
+        "Without it only random inputs and latency are checked.",
+    ),
     original: Path | None = typer.Option(
-        None, help="The uncompressed checkpoint (or its .onnx): accuracy drop and latency side by side."),
+        None, help="The uncompressed checkpoint (or its .onnx): accuracy drop and latency side by side."
+    ),
     latency_ms: float | None = typer.Option(None, help="Latency budget in ms (overrides the target)."),
-    percentile: float | None = typer.Option(None, help="Latency percentile compared with the budget (overrides the target)."),
-    max_acc_drop: float | None = typer.Option(None, help="Allowed top-1 drop in points (overrides the target)."),
+    percentile: float | None = typer.Option(
+        None, help="Latency percentile compared with the budget (overrides the target)."
+    ),
+    max_acc_drop: float | None = typer.Option(
+        None, help="Allowed top-1 drop in points (overrides the target)."
+    ),
     threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads (overrides the target)."),
     opt_level: str | None = typer.Option(
-        None, help="ONNX Runtime graph optimisation level: disable, basic, extended, all (overrides the target)."),
+        None,
+        help="ONNX Runtime graph optimisation level: disable, basic, extended, all (overrides the target).",
+    ),
     provider: str | None = typer.Option(None, help="ONNX Runtime execution provider (overrides the target)."),
     atol: float = typer.Option(1e-4, help="Absolute tolerance of ONNX vs PyTorch outputs."),
     rtol: float = typer.Option(1e-3, help="Tolerance relative to the largest PyTorch output magnitude."),
@@ -78,9 +107,15 @@ def validate_cmd(
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure latency on ONNX Runtime."),
     latency_seconds: float = typer.Option(3.0, help="Time spent on timed runs (after warm-up)."),
     arch: str | None = typer.Option(None, help="Architecture for a bare state_dict reference."),
-    trust_pickle: bool = typer.Option(False, help="Allow pickled nn.Module checkpoints (runs code from the file)."),
+    trust_pickle: bool = typer.Option(
+        False, help="Allow pickled nn.Module checkpoints (runs code from the file)."
+    ),
     output: Path | None = typer.Option(
-        None, "--output", "-o", help="Where to write the JSON report (default: validation.json beside the model)."),
+        None,
+        "--output",
+        "-o",
+        help="Where to write the JSON report (default: validation.json beside the model).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
 ) -> None:
     """Validate an ONNX model on ONNX Runtime: numerics, accuracy, latency against a deploy target.
@@ -93,10 +128,23 @@ def validate_cmd(
         from compressor.io import atomic_write_json
 
         report = validate_checkpoint(
-            model, reference=reference, target=target, data=data, original=original, arch=arch,
-            trust_pickle=trust_pickle, atol=atol, rtol=rtol, max_batches=max_batches, latency=latency,
-            latency_budget_s=latency_seconds, latency_ms=latency_ms, percentile=percentile,
-            max_acc_drop=max_acc_drop, intra_op_threads=threads, graph_optimization_level=opt_level,
+            model,
+            reference=reference,
+            target=target,
+            data=data,
+            original=original,
+            arch=arch,
+            trust_pickle=trust_pickle,
+            atol=atol,
+            rtol=rtol,
+            max_batches=max_batches,
+            latency=latency,
+            latency_budget_s=latency_seconds,
+            latency_ms=latency_ms,
+            percentile=percentile,
+            max_acc_drop=max_acc_drop,
+            intra_op_threads=threads,
+            graph_optimization_level=opt_level,
             provider=provider,
         )
         out = output if output is not None else Path(model).parent / "validation.json"
@@ -124,13 +172,25 @@ def targets_cmd(
         from rich.table import Table
 
         table = Table(title="deploy targets (use --target NAME, or --target path/to/own.toml)")
-        for col in ("name", "FLOPs kept", "latency", "max acc drop", "runtime", "input", "export", "description"):
+        for col in (
+            "name",
+            "FLOPs kept",
+            "latency",
+            "max acc drop",
+            "runtime",
+            "input",
+            "export",
+            "description",
+        ):
             table.add_column(col, overflow="fold")
         for r in rows:
             lat = f"{r['latency_ms']:g} ms @ p{r['percentile']:g}" if r["latency_ms"] else "no budget"
             shape = "x".join(map(str, r["shape"])) if r["shape"] else "from checkpoint"
             table.add_row(
-                r["name"], f"{r['flops']:g}", lat, f"{r['max_acc_drop']:g} pt",
+                r["name"],
+                f"{r['flops']:g}",
+                lat,
+                f"{r['max_acc_drop']:g} pt",
                 f"{r['provider'].replace('ExecutionProvider', '')}, {r['intra_op_threads']} threads, "
                 f"opt {r['graph_optimization_level']}",
                 f"batch {r['batch']}, {shape}",
@@ -160,8 +220,14 @@ def print_report(d: dict[str, Any]) -> None:
     for col in ("check", "kind", "status", "value", "limit", "detail"):
         t.add_column(col, overflow="fold")
     for c in d["checks"]:
-        t.add_row(c["name"], c["kind"], f"[{style[c['status']]}]{c['status']}[/]", _fmt(c["value"], c["unit"]),
-                  _fmt(c["limit"], c["unit"]), c["detail"])
+        t.add_row(
+            c["name"],
+            c["kind"],
+            f"[{style[c['status']]}]{c['status']}[/]",
+            _fmt(c["value"], c["unit"]),
+            _fmt(c["limit"], c["unit"]),
+            c["detail"],
+        )
     console.print(t)
     acc = d.get("accuracy")
     if acc:
@@ -170,8 +236,11 @@ def print_report(d: dict[str, Any]) -> None:
         ks = sorted({k.split("_top")[1] for k in acc if "_top" in k})
         for k in ks:
             a.add_column(f"top-{k}", justify="right")
-        for key, label in (("onnx", "compressed, ONNX Runtime"), ("torch", "compressed, PyTorch"),
-                           ("original", "original")):
+        for key, label in (
+            ("onnx", "compressed, ONNX Runtime"),
+            ("torch", "compressed, PyTorch"),
+            ("original", "original"),
+        ):
             if f"{key}_top1" in acc:
                 a.add_row(label, *[_fmt(acc.get(f"{key}_top{k}")) for k in ks])
         console.print(a)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-
-from cli._common import cli_errors, console, print_json
+from compressor.cli._common import cli_errors, console, print_json
 
 
 def register(app: typer.Typer) -> None:
@@ -16,11 +15,16 @@ def register(app: typer.Typer) -> None:
 def finetune_cmd(
     checkpoint: Path = typer.Argument(..., help="Checkpoint to fine-tune (e.g. a slimmed model.pt)."),
     data: str | None = typer.Option(
-        None, help="Data spec: mnist5k, cifar10:DIR or imagefolder:DIR (default: the checkpoint's meta 'dataset')."),
-    epochs: int = typer.Option(..., "--epochs", "-e", min=1, help="Number of epochs (a rerun with the same -o resumes)."),
+        None,
+        help="Data spec: mnist5k, cifar10:DIR or imagefolder:DIR (default: the checkpoint's meta 'dataset').",
+    ),
+    epochs: int = typer.Option(
+        ..., "--epochs", "-e", min=1, help="Number of epochs (a rerun with the same -o resumes)."
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the fine-tuned checkpoint."),
     teacher: Path | None = typer.Option(
-        None, help="Checkpoint to distil from (usually the unpruned model): CE + KL on softened logits."),
+        None, help="Checkpoint to distil from (usually the unpruned model): CE + KL on softened logits."
+    ),
     lr: float = typer.Option(0.01, help="Peak learning rate of SGD (cosine schedule to 0)."),
     batch_size: int = typer.Option(64, help="Batch size (per process under torchrun)."),
     weight_decay: float = typer.Option(1e-4, help="Weight decay on conv/linear weights."),
@@ -32,8 +36,12 @@ def finetune_cmd(
     device: str = typer.Option("auto", help="auto, cpu or cuda (CUDA uses mixed precision)."),
     seed: int = typer.Option(0, help="Seed of initial shuffles and augmentations: same seed, same run."),
     workers: int = typer.Option(0, help="DataLoader worker processes."),
-    arch: str | None = typer.Option(None, help="Architecture for a bare state_dict, e.g. torchvision.models:resnet18."),
-    trust_pickle: bool = typer.Option(False, help="Allow a pickled nn.Module checkpoint (runs code from the file)."),
+    arch: str | None = typer.Option(
+        None, help="Architecture for a bare state_dict, e.g. torchvision.models:resnet18."
+    ),
+    trust_pickle: bool = typer.Option(
+        False, help="Allow a pickled nn.Module checkpoint (runs code from the file)."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the result (accuracies, history) as JSON."),
 ) -> None:

@@ -5,25 +5,35 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-
-from cli._common import cli_errors, console, parse_shape, print_json
+from compressor.cli._common import cli_errors, console, parse_shape, print_json
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def profile(
-        checkpoint: Annotated[str | None, typer.Argument(help="Checkpoint to profile (omit with --arch).")] = None,
-        arch: Annotated[str | None, typer.Option(help="Architecture: registered name, torchvision name or module:factory.")] = None,
-        input_shape: Annotated[str | None, typer.Option(help="Input shape with batch, e.g. 1,3,224,224.")] = None,
+        checkpoint: Annotated[
+            str | None, typer.Argument(help="Checkpoint to profile (omit with --arch).")
+        ] = None,
+        arch: Annotated[
+            str | None,
+            typer.Option(help="Architecture: registered name, torchvision name or module:factory."),
+        ] = None,
+        input_shape: Annotated[
+            str | None, typer.Option(help="Input shape with batch, e.g. 1,3,224,224.")
+        ] = None,
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
         layers: Annotated[int, typer.Option(help="Rows of the per-layer table to show (0: all).")] = 30,
-        trust_pickle: Annotated[bool, typer.Option(help="Allow loading a pickled nn.Module (runs code from the file).")] = False,
+        trust_pickle: Annotated[
+            bool, typer.Option(help="Allow loading a pickled nn.Module (runs code from the file).")
+        ] = False,
     ) -> None:
         """Count multiply-accumulates and parameters (total and per layer) and list channel groups."""
         with cli_errors():
             from compressor.api import profile as run_profile
 
-            res = run_profile(checkpoint, arch=arch, input_shape=parse_shape(input_shape), trust_pickle=trust_pickle)
+            res = run_profile(
+                checkpoint, arch=arch, input_shape=parse_shape(input_shape), trust_pickle=trust_pickle
+            )
             if json_out:
                 print_json(res)
                 return

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-
-from cli._common import cli_errors, console, parse_shape, print_json
+from compressor.cli._common import cli_errors, console, parse_shape, print_json
 
 
 def register(app: typer.Typer) -> None:
@@ -14,15 +13,28 @@ def register(app: typer.Typer) -> None:
     def prune(
         checkpoint: Annotated[str, typer.Argument(help="Checkpoint to prune.")],
         out: Annotated[str, typer.Option("-o", "--out", help="Where to write the slimmed checkpoint.")],
-        method: Annotated[str, typer.Option(help="Pruning method (see 'compress search --help').")] = "l1-uniform",
-        flops: Annotated[float, typer.Option(help="Fraction of the original FLOPs to keep, in (0, 1].")] = 0.5,
-        plan: Annotated[str | None, typer.Option(help="Apply this plan.json (from 'compress search') instead of a method.")] = None,
+        method: Annotated[
+            str, typer.Option(help="Pruning method (see 'compress search --help').")
+        ] = "l1-uniform",
+        flops: Annotated[
+            float, typer.Option(help="Fraction of the original FLOPs to keep, in (0, 1].")
+        ] = 0.5,
+        plan: Annotated[
+            str | None,
+            typer.Option(help="Apply this plan.json (from 'compress search') instead of a method."),
+        ] = None,
         arch: Annotated[str | None, typer.Option(help="Architecture for a bare state_dict.")] = None,
-        input_shape: Annotated[str | None, typer.Option(help="Input shape with batch, e.g. 1,3,224,224.")] = None,
-        multiple: Annotated[int, typer.Option(help="Round kept widths to this channel multiple (l1-uniform).")] = 1,
+        input_shape: Annotated[
+            str | None, typer.Option(help="Input shape with batch, e.g. 1,3,224,224.")
+        ] = None,
+        multiple: Annotated[
+            int, typer.Option(help="Round kept widths to this channel multiple (l1-uniform).")
+        ] = 1,
         verify: Annotated[bool, typer.Option(help="Check the slim model equals the masked original.")] = True,
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-        trust_pickle: Annotated[bool, typer.Option(help="Allow loading a pickled nn.Module (runs code from the file).")] = False,
+        trust_pickle: Annotated[
+            bool, typer.Option(help="Allow loading a pickled nn.Module (runs code from the file).")
+        ] = False,
     ) -> None:
         """Physically slim a model: fewer channels, smaller weights, same architecture code."""
         with cli_errors():

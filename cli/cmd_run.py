@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import typer
-
-from cli._common import cli_errors, console, err_console, print_json
+from compressor.cli._common import cli_errors, console, err_console, print_json
 
 
 def register(app: typer.Typer) -> None:
@@ -28,7 +27,10 @@ def register(app: typer.Typer) -> None:
             None, "--latency-ms", help="Latency budget in ms on ONNX Runtime (default: the target's)."
         ),
         method: str = typer.Option(
-            None, "--method", "-m", help="A registered pruning method (eagleeye, epruner, l1-uniform, ...; default eagleeye); an unknown name lists them."
+            None,
+            "--method",
+            "-m",
+            help="A registered pruning method (eagleeye, epruner, l1-uniform, ...; default eagleeye); an unknown name lists them.",
         ),
         data: str = typer.Option(
             None,
@@ -39,7 +41,9 @@ def register(app: typer.Typer) -> None:
             None, "--epochs", help="Fine-tuning epochs (default 10; 0 skips fine-tuning)."
         ),
         lr: float = typer.Option(
-            None, "--lr", help="Fine-tuning learning rate (default: the checkpoint's training lr scaled to the batch, else 0.01)."
+            None,
+            "--lr",
+            help="Fine-tuning learning rate (default: the checkpoint's training lr scaled to the batch, else 0.01).",
         ),
         device: str = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (default auto)."),
         seed: int = typer.Option(None, "--seed", help="Random seed (default 0)."),
@@ -47,7 +51,9 @@ def register(app: typer.Typer) -> None:
             None, "--candidates", help="EagleEye: candidates to score (default 20)."
         ),
         top_k: int = typer.Option(
-            None, "--top-k", help="EagleEye: fine-tune the top-k 1 epoch each and keep the best (default 3; 1 = best score)."
+            None,
+            "--top-k",
+            help="EagleEye: fine-tune the top-k 1 epoch each and keep the best (default 3; 1 = best score).",
         ),
         max_acc_drop: float = typer.Option(
             None, "--max-acc-drop", help="Largest allowed top-1 drop in points (default: the target's)."

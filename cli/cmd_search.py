@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-
-from cli._common import cli_errors, console, parse_shape, print_json
+from compressor.cli._common import cli_errors, console, parse_shape, print_json
 
 
 def _check_method(value: str) -> str:
@@ -23,31 +22,77 @@ def _check_method(value: str) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("search")
     def search(
-        checkpoint: Path = typer.Argument(..., help="Trained checkpoint (compressor, torchvision reference, or state_dict with --arch)."),
+        checkpoint: Path = typer.Argument(
+            ..., help="Trained checkpoint (compressor, torchvision reference, or state_dict with --arch)."
+        ),
         method: str = typer.Option(
-            "eagleeye", "--method", "-m", callback=_check_method, metavar="METHOD",
+            "eagleeye",
+            "--method",
+            "-m",
+            callback=_check_method,
+            metavar="METHOD",
             help="A registered pruning method (eagleeye, epruner, l1-uniform, ...); an unknown name lists them.",
         ),
-        flops: float | None = typer.Option(None, "--flops", help="Fraction of the original FLOPs (MACs) to keep, in (0, 1], e.g. 0.5."),
-        beta: float | None = typer.Option(None, "--beta", help="epruner: the preference factor, instead of --flops."),
-        data: str | None = typer.Option(None, "--data", help="mnist5k | cifar10:DIR | imagefolder:DIR (default: the checkpoint's dataset, for methods that need data)."),
-        candidates: int | None = typer.Option(None, "--candidates", help="eagleeye: number of candidates to score (default 100 when no --time-budget)."),
-        time_budget: float | None = typer.Option(None, "--time-budget", help="eagleeye: seconds of search (stops after the candidate in progress)."),
-        calib_batches: int | None = typer.Option(None, "--calib-batches", help="eagleeye: training batches for adaptive BN (default 50)."),
-        batch_size: int | None = typer.Option(None, "--batch-size", help="eagleeye: calibration batch size (default 64)."),
-        top_k: int | None = typer.Option(None, "--top-k", help="eagleeye: fine-tune the best K briefly and keep the best after fine-tuning (default 1: no fine-tune)."),
-        finetune_epochs: int | None = typer.Option(None, "--finetune-epochs", help="eagleeye: epochs of each top-k fine-tune (default 1)."),
-        ratio_max: float | None = typer.Option(None, "--ratio-max", help="eagleeye: R, largest pruning ratio drawn per group (default from the paper's settings for the FLOPs target)."),
-        tolerance: float | None = typer.Option(None, "--tolerance", help="Relative tolerance on the FLOPs target (default 0.01 = 1%)."),
+        flops: float | None = typer.Option(
+            None, "--flops", help="Fraction of the original FLOPs (MACs) to keep, in (0, 1], e.g. 0.5."
+        ),
+        beta: float | None = typer.Option(
+            None, "--beta", help="epruner: the preference factor, instead of --flops."
+        ),
+        data: str | None = typer.Option(
+            None,
+            "--data",
+            help="mnist5k | cifar10:DIR | imagefolder:DIR (default: the checkpoint's dataset, for methods that need data).",
+        ),
+        candidates: int | None = typer.Option(
+            None,
+            "--candidates",
+            help="eagleeye: number of candidates to score (default 100 when no --time-budget).",
+        ),
+        time_budget: float | None = typer.Option(
+            None, "--time-budget", help="eagleeye: seconds of search (stops after the candidate in progress)."
+        ),
+        calib_batches: int | None = typer.Option(
+            None, "--calib-batches", help="eagleeye: training batches for adaptive BN (default 50)."
+        ),
+        batch_size: int | None = typer.Option(
+            None, "--batch-size", help="eagleeye: calibration batch size (default 64)."
+        ),
+        top_k: int | None = typer.Option(
+            None,
+            "--top-k",
+            help="eagleeye: fine-tune the best K briefly and keep the best after fine-tuning (default 1: no fine-tune).",
+        ),
+        finetune_epochs: int | None = typer.Option(
+            None, "--finetune-epochs", help="eagleeye: epochs of each top-k fine-tune (default 1)."
+        ),
+        ratio_max: float | None = typer.Option(
+            None,
+            "--ratio-max",
+            help="eagleeye: R, largest pruning ratio drawn per group (default from the paper's settings for the FLOPs target).",
+        ),
+        tolerance: float | None = typer.Option(
+            None, "--tolerance", help="Relative tolerance on the FLOPs target (default 0.01 = 1%)."
+        ),
         seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same candidates and plan."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
         out: Path = typer.Option(Path("plan.json"), "--output", "-o", help="Where to write the plan (JSON)."),
         candidates_file: Path | None = typer.Option(
-            None, "--candidates-file", help="Scored candidates, appended as scored; a rerun resumes (default: <plan stem>.candidates.jsonl beside the plan)."
+            None,
+            "--candidates-file",
+            help="Scored candidates, appended as scored; a rerun resumes (default: <plan stem>.candidates.jsonl beside the plan).",
         ),
-        arch: str | None = typer.Option(None, "--arch", help="Architecture for a bare state_dict (name or package.module:factory)."),
-        input_shape: str | None = typer.Option(None, "--input-shape", help="Input shape with batch, e.g. 1,3,224,224 (default: from the checkpoint)."),
-        trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a pickled whole nn.Module (runs code from the file)."),
+        arch: str | None = typer.Option(
+            None, "--arch", help="Architecture for a bare state_dict (name or package.module:factory)."
+        ),
+        input_shape: str | None = typer.Option(
+            None,
+            "--input-shape",
+            help="Input shape with batch, e.g. 1,3,224,224 (default: from the checkpoint).",
+        ),
+        trust_pickle: bool = typer.Option(
+            False, "--trust-pickle", help="Allow a pickled whole nn.Module (runs code from the file)."
+        ),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:

@@ -8,9 +8,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+import compressor.cli as cli
 import typer
-
-import cli
 
 app = typer.Typer(
     name="compress",
@@ -25,7 +24,7 @@ app = typer.Typer(
 def _register_commands() -> None:
     names = sorted(m.name for m in pkgutil.iter_modules(cli.__path__) if m.name.startswith("cmd_"))
     for name in names:
-        importlib.import_module(f"cli.{name}").register(app)
+        importlib.import_module(f"compressor.cli.{name}").register(app)
 
 
 _register_commands()

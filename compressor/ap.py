@@ -163,9 +163,13 @@ def _finish(S: torch.Tensor, E: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
         T = torch.zeros((int(u.numel()), int(M.numel())), dtype=S.dtype, device=dev)
         T.index_add_(0, cm, sub)  # rows in ascending order == numpy's axis-0 sum order on CPU
         score = T[cm, torch.arange(int(M.numel()), device=dev)]
-        best = torch.full((int(u.numel()),), -torch.inf, dtype=S.dtype, device=dev).scatter_reduce(0, cm, score, "amax")
+        best = torch.full((int(u.numel()),), -torch.inf, dtype=S.dtype, device=dev).scatter_reduce(
+            0, cm, score, "amax"
+        )
         cand = torch.where(score == best[cm], M, torch.full_like(M, n))
-        new = torch.full((int(u.numel()),), n, dtype=torch.long, device=dev).scatter_reduce(0, cm, cand, "amin")
+        new = torch.full((int(u.numel()),), n, dtype=torch.long, device=dev).scatter_reduce(
+            0, cm, cand, "amin"
+        )
         ex = ex.clone()
         ex[u] = new
         c = _assign(S, ex)
@@ -193,8 +197,20 @@ def _degenerate(Sb: torch.Tensor, pb: torch.Tensor, all_equal: bool | None = Non
     if bool((pb == pb[0]).all()) and (_all_off_diagonal_equal(Sb) if all_equal is None else all_equal):
         if float(pb[0]) > float(Sb[0, n - 1]):
             ex = torch.arange(n, device=dev)
-            return APResult(ex, ex.clone(), 0, True, "all similarities and preferences equal and the preference is higher: every point is an exemplar")
-        return APResult(torch.zeros(1, dtype=torch.long, device=dev), torch.zeros(n, dtype=torch.long, device=dev), 0, True, "all similarities and preferences equal and the preference is not higher: one exemplar (the first point)")
+            return APResult(
+                ex,
+                ex.clone(),
+                0,
+                True,
+                "all similarities and preferences equal and the preference is higher: every point is an exemplar",
+            )
+        return APResult(
+            torch.zeros(1, dtype=torch.long, device=dev),
+            torch.zeros(n, dtype=torch.long, device=dev),
+            0,
+            True,
+            "all similarities and preferences equal and the preference is not higher: one exemplar (the first point)",
+        )
     return None
 
 
@@ -334,9 +350,13 @@ def _iterate(
         conv = converged_at[pid]
         if bool(Eb.any()):
             ex, lab = _finish(Sn[j], Eb)
-            fb = None if conv else (
-                f"did not converge in {max_iter} iterations; kept the {int(ex.numel())} exemplars "
-                "of the last iteration (as scikit-learn does)"
+            fb = (
+                None
+                if conv
+                else (
+                    f"did not converge in {max_iter} iterations; kept the {int(ex.numel())} exemplars "
+                    "of the last iteration (as scikit-learn does)"
+                )
             )
         else:
             m = medoid_of(pid)
@@ -387,8 +407,15 @@ def affinity_propagation_batch(
         Sn.diagonal(dim1=1, dim2=2).copy_(pref[todo])
         tmp = _add_noise(Sn, _noise(n, random_state, S.device, dtype))
         results.update(
-            _iterate(Sn, todo, lambda pid: _medoid(S[pid]), damping=damping, max_iter=max_iter,
-                     convergence_iter=convergence_iter, tmp=tmp)
+            _iterate(
+                Sn,
+                todo,
+                lambda pid: _medoid(S[pid]),
+                damping=damping,
+                max_iter=max_iter,
+                convergence_iter=convergence_iter,
+                tmp=tmp,
+            )
         )
     return [results[b] for b in range(B)]
 
@@ -446,8 +473,14 @@ class APProblem:
                 Sn = self._base.expand(len(todo), self.n, self.n).clone()
                 Sn.diagonal(dim1=1, dim2=2).copy_(diag)
             results.update(
-                _iterate(Sn, todo, lambda pid: _medoid(self.S), damping=damping, max_iter=max_iter,
-                         convergence_iter=convergence_iter)
+                _iterate(
+                    Sn,
+                    todo,
+                    lambda pid: _medoid(self.S),
+                    damping=damping,
+                    max_iter=max_iter,
+                    convergence_iter=convergence_iter,
+                )
             )
         return [results[b] for b in range(B)]
 
@@ -482,8 +515,13 @@ def affinity_propagation(
     if isinstance(p, torch.Tensor) and p.dim() == 1:
         p = p[None]
     return affinity_propagation_batch(
-        S[None], p, damping=damping, max_iter=max_iter, convergence_iter=convergence_iter,
-        random_state=random_state, dtype=dtype,
+        S[None],
+        p,
+        damping=damping,
+        max_iter=max_iter,
+        convergence_iter=convergence_iter,
+        random_state=random_state,
+        dtype=dtype,
     )[0]
 
 

@@ -11,7 +11,9 @@ import torch.nn as nn
 from compressor.errors import UsageError
 
 
-def input_shape_for(meta: dict[str, Any] | None, input_shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
+def input_shape_for(
+    meta: dict[str, Any] | None, input_shape: tuple[int, ...] | None = None
+) -> tuple[int, ...]:
     """The model's input shape with batch 1: the flag, else the checkpoint's meta, else ImageNet's."""
     if input_shape is not None:
         return tuple(input_shape)

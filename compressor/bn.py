@@ -41,9 +41,7 @@ def bn_modules(model: nn.Module) -> list[_BatchNorm]:
 
 
 @torch.no_grad()
-def adaptive_bn(
-    model: nn.Module, batches: Iterable[Any], *, device: str | torch.device = "cpu"
-) -> nn.Module:
+def adaptive_bn(model: nn.Module, batches: Iterable[Any], *, device: str | torch.device = "cpu") -> nn.Module:
     """Recompute the running statistics of every BatchNorm of ``model`` from ``batches``, in place.
 
     Resets the running mean/variance, sets ``momentum=None`` (cumulative average, so the result is

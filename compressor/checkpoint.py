@@ -44,7 +44,9 @@ def _describe_bytes(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(512)
     if path.suffix.lower() == ".onnx":
-        return "it looks like an ONNX model; compressor needs the PyTorch checkpoint the ONNX file was made from"
+        return (
+            "it looks like an ONNX model; compressor needs the PyTorch checkpoint the ONNX file was made from"
+        )
     if head.startswith(b"PK"):
         return "it is a zip archive but not one written by torch.save (no data.pkl), or it is truncated"
     if head.startswith(b"\x80"):
@@ -67,7 +69,9 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
         unsupported = re.search(r"GLOBAL ([\w.]+)", msg)
         names = f"it references {unsupported.group(1)}" if unsupported else "it references Python classes"
         if not unsupported and "allowlist" not in msg and "safe_globals" not in msg:
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {_describe_bytes(path)}") from None
+            raise CheckpointError(
+                f"{path} is not a readable PyTorch checkpoint: {_describe_bytes(path)}"
+            ) from None
         if trust_pickle:
             try:
                 return torch.load(path, map_location="cpu", weights_only=False)
@@ -138,13 +142,17 @@ def _file_kwargs(p: Path, kwargs: Any) -> dict[str, Any]:
     if kwargs is None:
         return {}
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-        raise CheckpointError(f"{p}: 'arch_kwargs' must be a dict of keyword arguments, not {type(kwargs).__name__}")
+        raise CheckpointError(
+            f"{p}: 'arch_kwargs' must be a dict of keyword arguments, not {type(kwargs).__name__}"
+        )
     return {k: v for k, v in kwargs.items() if k not in _DROP_KWARGS}
 
 
 def _check_widths(p: Path, widths: Any) -> dict[str, dict[str, Any]]:
     if not isinstance(widths, dict):
-        raise CheckpointError(f"{p}: 'widths' must be a dict of module name -> attributes, not {type(widths).__name__}")
+        raise CheckpointError(
+            f"{p}: 'widths' must be a dict of module name -> attributes, not {type(widths).__name__}"
+        )
     for name, attrs in widths.items():
         if not isinstance(name, str) or not isinstance(attrs, dict):
             raise CheckpointError(f"{p}: malformed 'widths' entry for module {name!r}")
@@ -159,8 +167,10 @@ def _check_widths(p: Path, widths: Any) -> dict[str, dict[str, Any]]:
 
 
 def _is_state_dict(obj: Any) -> TypeGuard[dict[str, torch.Tensor]]:
-    return isinstance(obj, dict) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, dict)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
 
 
@@ -243,7 +253,9 @@ def load_checkpoint(
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         raw_meta = obj.get("meta") or {}
         if not isinstance(raw_meta, dict):
-            raise CheckpointError(f"{p}: compressor checkpoint whose 'meta' is a {type(raw_meta).__name__}, not a dict")
+            raise CheckpointError(
+                f"{p}: compressor checkpoint whose 'meta' is a {type(raw_meta).__name__}, not a dict"
+            )
         meta = dict(raw_meta)
         ck_arch = obj.get("arch")
         if not isinstance(ck_arch, str) or not ck_arch.strip():
@@ -270,7 +282,9 @@ def load_checkpoint(
 
     if isinstance(obj, dict) and "model" in obj and _is_state_dict(obj["model"]):
         args = obj.get("args")
-        named: Any = arch or getattr(args, "model", None) or (args.get("model") if isinstance(args, dict) else None)
+        named: Any = (
+            arch or getattr(args, "model", None) or (args.get("model") if isinstance(args, dict) else None)
+        )
         if not named or not isinstance(named, str):
             raise CheckpointError(
                 f"{p} looks like a torchvision reference-script checkpoint but does not say its model; pass --arch"
@@ -303,7 +317,9 @@ def load_checkpoint(
 def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], *, meta: dict[str, Any]) -> Path:
     """Save ``model`` as architecture + widths + state_dict (format 1), atomically."""
     if not meta or not meta.get("arch"):
-        raise UsageError("save_checkpoint needs meta['arch'] (an import path such as 'torchvision.models:resnet18')")
+        raise UsageError(
+            "save_checkpoint needs meta['arch'] (an import path such as 'torchvision.models:resnet18')"
+        )
     meta = copy.deepcopy(dict(meta))
     arch = canonical_arch(meta.pop("arch"))
     kwargs = meta.pop("arch_kwargs", None) or {}

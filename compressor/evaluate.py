@@ -25,7 +25,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto")
+        raise UsageError(
+            f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto"
+        )
     try:
         return torch.device(name)
     except RuntimeError:
@@ -70,7 +72,9 @@ def accuracy(
             if isinstance(out, (tuple, list)):
                 out = out[0]
             if out.ndim != 2:
-                raise DataError(f"the model returned outputs of shape {tuple(out.shape)}; expected (batch, classes)")
+                raise DataError(
+                    f"the model returned outputs of shape {tuple(out.shape)}; expected (batch, classes)"
+                )
             if int(y.max()) >= out.shape[1]:
                 raise DataError(
                     f"label {int(y.max())} is out of range for a model with {out.shape[1]} outputs; "

@@ -24,7 +24,9 @@ def ensure_parent(path: str | os.PathLike[str]) -> Path:
             f"cannot write {str(path)!r}: {str(path.parent)!r} is not a folder (a file is in the way)"
         ) from None
     except OSError as e:
-        raise UsageError(f"cannot create the folder {str(path.parent)!r} for {path.name!r}: {e.strerror or e}") from None
+        raise UsageError(
+            f"cannot create the folder {str(path.parent)!r} for {path.name!r}: {e.strerror or e}"
+        ) from None
     if not os.access(path.parent, os.W_OK):
         raise UsageError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} is not writable")
     return path

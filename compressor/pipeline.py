@@ -43,7 +43,15 @@ from compressor.errors import BudgetError, CompressorError, UsageError, Validati
 from compressor.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 
 STAGES = ("load", "profile", "search", "slim", "finetune", "export", "validate", "report")
-ARTIFACTS = ("model.onnx", "model.pt", "plan.json", "candidates.jsonl", "report.json", "report.html", "test_data_set_0")
+ARTIFACTS = (
+    "model.onnx",
+    "model.pt",
+    "plan.json",
+    "candidates.jsonl",
+    "report.json",
+    "report.html",
+    "test_data_set_0",
+)
 STATE_DIR = ".state"
 RUN_STATE_FORMAT = "compressor.run-state/1"
 
@@ -96,9 +104,26 @@ CONFIG_KEYS: dict[str, tuple[type, ...]] = {
 
 #: Settings that define what a run produces (its fingerprint); the device and out folder do not.
 FINGERPRINT_KEYS = (
-    "target", "flops", "latency_ms", "percentile", "max_acc_drop", "method", "data", "epochs", "seed",
-    "candidates", "calib_batches", "top_k", "batch_size", "lr", "distill", "latency_candidates",
-    "flops_tolerance", "arch", "method_options", "channel_multiple",
+    "target",
+    "flops",
+    "latency_ms",
+    "percentile",
+    "max_acc_drop",
+    "method",
+    "data",
+    "epochs",
+    "seed",
+    "candidates",
+    "calib_batches",
+    "top_k",
+    "batch_size",
+    "lr",
+    "distill",
+    "latency_candidates",
+    "flops_tolerance",
+    "arch",
+    "method_options",
+    "channel_multiple",
 )
 
 
@@ -167,7 +192,9 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return raw
 
 
-def resolve_settings(checkpoint: str | os.PathLike[str], flags: dict[str, Any], config: str | os.PathLike[str] | None) -> tuple[Settings, Any]:
+def resolve_settings(
+    checkpoint: str | os.PathLike[str], flags: dict[str, Any], config: str | os.PathLike[str] | None
+) -> tuple[Settings, Any]:
     """Merge target < config < flags (``None`` flags are "not given"). Returns (settings, target)."""
     from compressor.methods import check_flops, list_methods
     from compressor.targets import list_targets, load_target
@@ -177,7 +204,9 @@ def resolve_settings(checkpoint: str | os.PathLike[str], flags: dict[str, Any], 
     merged: dict[str, Any] = {**cfg, **given}
     target_name = merged.get("target")
     if not target_name:
-        raise UsageError(f"no deploy target: pass --target NAME (valid: {', '.join(list_targets())}) or a .toml path")
+        raise UsageError(
+            f"no deploy target: pass --target NAME (valid: {', '.join(list_targets())}) or a .toml path"
+        )
     overrides = {k: merged[k] for k in ("flops", "latency_ms", "percentile", "max_acc_drop") if k in merged}
     if "flops" in overrides:
         check_flops(overrides["flops"])
@@ -219,8 +248,14 @@ def resolve_settings(checkpoint: str | os.PathLike[str], flags: dict[str, Any], 
         batch=int(target.input.batch),
         method_options=dict(merged.get("method_options") or {}),
     )
-    for key, lo in (("epochs", 0), ("candidates", 1), ("calib_batches", 1), ("top_k", 1), ("batch_size", 1),
-                    ("latency_candidates", 1)):
+    for key, lo in (
+        ("epochs", 0),
+        ("candidates", 1),
+        ("calib_batches", 1),
+        ("top_k", 1),
+        ("batch_size", 1),
+        ("latency_candidates", 1),
+    ):
         v = getattr(s, key)
         if v < lo:
             raise UsageError(f"--{key.replace('_', '-')} {v} must be at least {lo}")
@@ -339,15 +374,20 @@ def _prepare_out(out: Path, fingerprint: dict[str, Any], *, force: bool, run: _R
             old = {}
         if old != fingerprint:
             was, now = _flat(old), _flat(fingerprint)
-            diff = [f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(was) | set(now))
-                    if was.get(k) != now.get(k)]
+            diff = [
+                f"{k}: {was.get(k)!r} -> {now.get(k)!r}"
+                for k in sorted(set(was) | set(now))
+                if was.get(k) != now.get(k)
+            ]
             diff = diff[:6] + (["..."] if len(diff) > 6 else [])
             raise UsageError(
                 f"{out} holds the artifacts of a run with different settings ({'; '.join(diff) or 'unreadable state'}); "
                 "pick a new --out, or pass --force to discard them and start over"
             )
         if present:
-            run.note(f"resuming in {out}: found {', '.join(present)} from an earlier run with the same settings")
+            run.note(
+                f"resuming in {out}: found {', '.join(present)} from an earlier run with the same settings"
+            )
     elif present:
         raise UsageError(
             f"{out} already holds {', '.join(present)} not written by 'compress run' with a known fingerprint; "
@@ -382,16 +422,24 @@ def _top1(acc: Any) -> float | None:
     return None if v is None else float(v)
 
 
-def _export(model: Any, path: Path, s: Settings, target: Any, shape: tuple[int, ...], *, simplify: bool = True) -> Any:
+def _export(
+    model: Any, path: Path, s: Settings, target: Any, shape: tuple[int, ...], *, simplify: bool = True
+) -> Any:
     from compressor.export import export_onnx
 
     return export_onnx(
-        model, path, input_shape=(s.batch, *shape), opset=int(target.export.opset),
-        dynamic_batch=bool(target.export.dynamic_batch), simplify=simplify,
+        model,
+        path,
+        input_shape=(s.batch, *shape),
+        opset=int(target.export.opset),
+        dynamic_batch=bool(target.export.dynamic_batch),
+        simplify=simplify,
     )
 
 
-def _latency(paths: list[Path], target: Any, shape: tuple[int, ...], *, time_budget_s: float = 3.0) -> list[dict[str, Any]]:
+def _latency(
+    paths: list[Path], target: Any, shape: tuple[int, ...], *, time_budget_s: float = 3.0
+) -> list[dict[str, Any]]:
     """Latency of several ONNX files timed interleaved (so machine load falls on all alike), with samples."""
     import numpy as np
 
@@ -416,8 +464,12 @@ def _latency(paths: list[Path], target: Any, shape: tuple[int, ...], *, time_bud
     out = []
     for p, t, info in zip(paths, times, infos, strict=True):
         r = summarize(t, target.budget.percentile)
-        r.update(path=str(p), session=info.to_dict(), measured_on=machine_note(target),
-                 samples=[round(float(v), 4) for v in t])
+        r.update(
+            path=str(p),
+            session=info.to_dict(),
+            measured_on=machine_note(target),
+            samples=[round(float(v), 4) for v in t],
+        )
         out.append(r)
     return out
 
@@ -482,10 +534,25 @@ def run(
     if ck.is_dir():
         raise UsageError(f"checkpoint {str(ck)!r} is a directory, not a file")
     if not ck.is_file():
-        raise UsageError(f"checkpoint {str(ck)!r} does not exist" + ("" if ck.suffix else " (expected a .pt file)"))
-    flags = {"target": target, "flops": flops, "latency_ms": latency_ms, "method": method, "data": data,
-             "epochs": epochs, "device": device, "seed": seed, "out": None if out is None else str(out),
-             "candidates": candidates, "top_k": top_k, "lr": lr, "max_acc_drop": max_acc_drop, "arch": arch}
+        raise UsageError(
+            f"checkpoint {str(ck)!r} does not exist" + ("" if ck.suffix else " (expected a .pt file)")
+        )
+    flags = {
+        "target": target,
+        "flops": flops,
+        "latency_ms": latency_ms,
+        "method": method,
+        "data": data,
+        "epochs": epochs,
+        "device": device,
+        "seed": seed,
+        "out": None if out is None else str(out),
+        "candidates": candidates,
+        "top_k": top_k,
+        "lr": lr,
+        "max_acc_drop": max_acc_drop,
+        "arch": arch,
+    }
     s, tgt = resolve_settings(ck, flags, config)
     r = _Run(console, progress)
     ctx = _Context(s=s, target=tgt, run=r, out=Path(s.out), command=command or _command_line(ck, s))
@@ -502,8 +569,11 @@ def run(
     err = None
     if ctx.rank == 0:
         try:
-            fp = {"checkpoint_sha256": ctx.ck_sha, **s.fingerprint(),
-                  "target_settings": tgt.to_dict() if hasattr(tgt, "to_dict") else None}
+            fp = {
+                "checkpoint_sha256": ctx.ck_sha,
+                **s.fingerprint(),
+                "target_settings": tgt.to_dict() if hasattr(tgt, "to_dict") else None,
+            }
             _prepare_out(ctx.out, fp, force=force, run=r)
         except UsageError as e:
             err = str(e)
@@ -573,8 +643,10 @@ def _load(ctx: _Context, *, trust_pickle: bool) -> None:
         ctx.lr = _finetune_lr(s, ctx.meta)
         ctx.graph = build_graph(ctx.model, input_shape=(1, *ctx.shape))
         n_pr = len(ctx.graph.prunable)
-        st["note"] = f"{ctx.meta.get('arch', type(ctx.model).__name__)}, input {list(ctx.shape)}, data {s.data}, " \
-                     f"{len(ctx.graph.groups)} channel groups ({n_pr} prunable)"
+        st["note"] = (
+            f"{ctx.meta.get('arch', type(ctx.model).__name__)}, input {list(ctx.shape)}, data {s.data}, "
+            f"{len(ctx.graph.groups)} channel groups ({n_pr} prunable)"
+        )
 
 
 def _finetune_lr(s: Settings, meta: dict[str, Any]) -> float:
@@ -609,20 +681,37 @@ def _profile(ctx: _Context) -> None:
         _export(ctx.model, onnx_path, ctx.s, ctx.target, ctx.shape, simplify=True)
         v = _run_validate(ctx, onnx_path, ctx.model, write_test_data=False)
         acc = v.accuracy or {}
-        ctx.original.update(top1=acc.get("torch_top1"), top1_ort=acc.get("onnx_top1"), top5=acc.get("torch_top5"),
-                            test_images=acc.get("samples"))
+        ctx.original.update(
+            top1=acc.get("torch_top1"),
+            top1_ort=acc.get("onnx_top1"),
+            top5=acc.get("torch_top5"),
+            test_images=acc.get("samples"),
+        )
         atomic_write_json(cache, ctx.original)
-        st["note"] = f"{ctx.original['macs'] / 1e6:.2f} M MACs, {ctx.original['params'] / 1e3:.1f} k params, " \
-                     f"top-1 {ctx.original['top1']:.2f}% (ONNX Runtime {ctx.original['top1_ort']:.2f}%)"
+        st["note"] = (
+            f"{ctx.original['macs'] / 1e6:.2f} M MACs, {ctx.original['params'] / 1e3:.1f} k params, "
+            f"top-1 {ctx.original['top1']:.2f}% (ONNX Runtime {ctx.original['top1_ort']:.2f}%)"
+        )
 
 
-def _run_validate(ctx: _Context, onnx_path: Path, model: Any, *, write_test_data: bool, original_top1: float | None = None) -> Any:
+def _run_validate(
+    ctx: _Context, onnx_path: Path, model: Any, *, write_test_data: bool, original_top1: float | None = None
+) -> Any:
     """compressor.export.validate without its latency pass (the pipeline times original and
     compressed itself, interleaved, keeping the samples for the report's histogram)."""
     from compressor.export import validate
 
-    return validate(onnx_path, model, target=ctx.target, data=ctx.bundle, original_accuracy=original_top1,
-                    batch_size=256, latency=False, write_test_data=write_test_data, seed=ctx.s.seed)
+    return validate(
+        onnx_path,
+        model,
+        target=ctx.target,
+        data=ctx.bundle,
+        original_accuracy=original_top1,
+        batch_size=256,
+        latency=False,
+        write_test_data=write_test_data,
+        seed=ctx.s.seed,
+    )
 
 
 def _accuracy(ctx: _Context, model: Any) -> Any:
@@ -668,9 +757,15 @@ def _candidate_plans(ctx: _Context, best_plan: Any) -> Iterator[tuple[dict[str, 
 def _record_candidate(ctx: _Context, plan: Any, index: int, flops_target: float) -> dict[str, Any]:
     """Append a deterministic method's plan to candidates.jsonl (EagleEye's search writes its own)."""
     cost = ctx.graph.cost(plan)
-    rec = {"index": index, "method": ctx.s.method, "flops_target": flops_target,
-           "flops": cost.macs / ctx.graph.full.macs, "macs": int(cost.macs), "params": int(cost.params),
-           "counts": {g: len(k) for g, k in plan.groups.items()}}
+    rec = {
+        "index": index,
+        "method": ctx.s.method,
+        "flops_target": flops_target,
+        "flops": cost.macs / ctx.graph.full.macs,
+        "macs": int(cost.macs),
+        "params": int(cost.params),
+        "counts": {g: len(k) for g, k in plan.groups.items()},
+    }
     append_jsonl(ctx.out / "candidates.jsonl", rec)
     return rec
 
@@ -680,13 +775,22 @@ def _plan_from_record(ctx: _Context, rec: dict[str, Any]) -> Any:
     if rec.get("groups"):
         from compressor.plan import Plan
 
-        return Plan(method=ctx.s.method, groups={k: list(v) for k, v in rec["groups"].items()},
-                    group_sizes={k: gr.size for gr in g.groups for k in [gr.name] if k in rec["groups"]},
-                    seed=ctx.s.seed, input_shape=[1, *ctx.shape], flops_target=ctx.s.flops)
+        return Plan(
+            method=ctx.s.method,
+            groups={k: list(v) for k, v in rec["groups"].items()},
+            group_sizes={k: gr.size for gr in g.groups for k in [gr.name] if k in rec["groups"]},
+            seed=ctx.s.seed,
+            input_shape=[1, *ctx.shape],
+            flops_target=ctx.s.flops,
+        )
     if rec.get("counts"):
-        return g.plan_from_counts({k: int(v) for k, v in rec["counts"].items()}, method=ctx.s.method, seed=ctx.s.seed)
+        return g.plan_from_counts(
+            {k: int(v) for k, v in rec["counts"].items()}, method=ctx.s.method, seed=ctx.s.seed
+        )
     if rec.get("ratios"):
-        return g.plan_from_ratios({k: float(v) for k, v in rec["ratios"].items()}, method=ctx.s.method, seed=ctx.s.seed)
+        return g.plan_from_ratios(
+            {k: float(v) for k, v in rec["ratios"].items()}, method=ctx.s.method, seed=ctx.s.seed
+        )
     return None
 
 
@@ -697,19 +801,31 @@ def _method_options(ctx: _Context) -> dict[str, Any]:
     from compressor.methods import get_method
 
     s = ctx.s
-    opts: dict[str, Any] = {"candidates": s.candidates, "calib_batches": s.calib_batches, "top_k": s.top_k,
-                            "batch_size": s.batch_size, "candidates_file": str(ctx.out / "candidates.jsonl"),
-                            "device": ctx.device, "progress": ctx.run.progress, "meta": ctx.meta}
+    opts: dict[str, Any] = {
+        "candidates": s.candidates,
+        "calib_batches": s.calib_batches,
+        "top_k": s.top_k,
+        "batch_size": s.batch_size,
+        "candidates_file": str(ctx.out / "candidates.jsonl"),
+        "device": ctx.device,
+        "progress": ctx.run.progress,
+        "meta": ctx.meta,
+    }
     if s.channel_multiple > 1:
         opts["multiple"] = s.channel_multiple
     # only the options the method names (methods reject unknown ones); the config's
     # [method_options] go through as given
-    params = {n for n, p in inspect.signature(get_method(s.method)).parameters.items()
-              if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    params = {
+        n
+        for n, p in inspect.signature(get_method(s.method)).parameters.items()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    }
     if "multiple" in opts and "multiple" not in params and not ctx.multiple_noted:
         ctx.multiple_noted = True
-        ctx.run.note(f"method {s.method!r} does not round kept widths to the target's channel multiple "
-                     f"({s.channel_multiple})")
+        ctx.run.note(
+            f"method {s.method!r} does not round kept widths to the target's channel multiple "
+            f"({s.channel_multiple})"
+        )
     opts = {k: v for k, v in opts.items() if k in params}
     opts.update(s.method_options)
     return opts
@@ -719,8 +835,16 @@ def _method_plan(ctx: _Context, flops: float) -> Any:
     from compressor.methods import search
 
     data = ctx.bundle if ctx.s.method == "eagleeye" else None
-    return search(ctx.model, method=ctx.s.method, flops=flops, data=data, graph=ctx.graph,
-                  input_shape=(1, *ctx.shape), seed=ctx.s.seed, **_method_options(ctx))
+    return search(
+        ctx.model,
+        method=ctx.s.method,
+        flops=flops,
+        data=data,
+        graph=ctx.graph,
+        input_shape=(1, *ctx.shape),
+        seed=ctx.s.seed,
+        **_method_options(ctx),
+    )
 
 
 def _search(ctx: _Context) -> None:
@@ -741,7 +865,9 @@ def _search(ctx: _Context) -> None:
             n = len(read_jsonl(cand_path))
             ctx.run.note(f"resuming the search: {n} candidates already scored in candidates.jsonl")
             st["status"] = "resumed"
-        elif cand_path.is_file() and ctx.rank == 0:  # deterministic methods recompute their few plans in seconds
+        elif (
+            cand_path.is_file() and ctx.rank == 0
+        ):  # deterministic methods recompute their few plans in seconds
             cand_path.unlink()
         plan = _method_plan(ctx, s.flops)  # every rank: a search shards its candidates under torchrun
         if ctx.rank != 0:  # rank 0 times candidates on ONNX Runtime and writes the plan
@@ -766,7 +892,9 @@ def _search(ctx: _Context) -> None:
         ctx.plan = plan
         _shared(ctx, plan.to_dict())
         n = len(read_jsonl(cand_path))
-        st["note"] = f"{s.method}: {n} candidate{'s' if n != 1 else ''} in candidates.jsonl, chosen #{plan.info.get('candidate')}"
+        st["note"] = (
+            f"{s.method}: {n} candidate{'s' if n != 1 else ''} in candidates.jsonl, chosen #{plan.info.get('candidate')}"
+        )
 
 
 def _jsonable_info(info: Any) -> Any:
@@ -787,8 +915,10 @@ def _latency_select(ctx: _Context, best_plan: Any) -> tuple[Any, list[dict[str, 
     assert s.latency_ms is not None
     full = ctx.graph.full.macs
     checked: list[dict[str, Any]] = []
-    ctx.run.say(f"  timing up to {s.latency_candidates} candidates against the latency budget "
-                f"p{s.percentile:g} <= {s.latency_ms:g} ms (ONNX Runtime, target {s.target!r})")
+    ctx.run.say(
+        f"  timing up to {s.latency_candidates} candidates against the latency budget "
+        f"p{s.percentile:g} <= {s.latency_ms:g} ms (ONNX Runtime, target {s.target!r})"
+    )
     path = ctx.state / "candidate.onnx"
     for rec, plan in itertools.islice(_candidate_plans(ctx, best_plan), s.latency_candidates):
         small = slim(ctx.model, plan, graph=ctx.graph)
@@ -796,21 +926,34 @@ def _latency_select(ctx: _Context, best_plan: Any) -> tuple[Any, list[dict[str, 
         lat = _latency([path], ctx.target, ctx.shape, time_budget_s=1.5)[0]
         v = _at_percentile(lat, s.percentile)
         fits = v <= s.latency_ms
-        row = {"id": rec.get("index"), "flops": ctx.graph.cost(plan).macs / full, "score": rec.get("score"),
-               "latency_ms": round(v, 4), "p50": lat["p50"], "fits": fits}
+        row = {
+            "id": rec.get("index"),
+            "flops": ctx.graph.cost(plan).macs / full,
+            "score": rec.get("score"),
+            "latency_ms": round(v, 4),
+            "p50": lat["p50"],
+            "fits": fits,
+        }
         checked.append(row)
-        ctx.run.say(f"    candidate #{row['id']}: FLOPs {row['flops']:.3f}, p{s.percentile:g} {v:.3f} ms "
-                    + ("[green]fits[/]" if fits else "[red]over budget[/]"))
+        ctx.run.say(
+            f"    candidate #{row['id']}: FLOPs {row['flops']:.3f}, p{s.percentile:g} {v:.3f} ms "
+            + ("[green]fits[/]" if fits else "[red]over budget[/]")
+        )
         if fits:
             path.unlink(missing_ok=True)
             return plan, checked
     path.unlink(missing_ok=True)
     best = min(checked, key=lambda c: c["latency_ms"]) if checked else None
     ctx.search = {"latency_checked": checked}
-    msg = (f"latency budget not met: p{s.percentile:g} <= {s.latency_ms:g} ms on ONNX Runtime (target {s.target!r}); "
-           + (f"the fastest of {len(checked)} candidates reached {best['latency_ms']:.3f} ms at FLOPs {best['flops']:.3f}"
-              if best else "no candidate could be timed")
-           + "; lower --flops, raise --latency-ms, or use a faster target runtime")
+    msg = (
+        f"latency budget not met: p{s.percentile:g} <= {s.latency_ms:g} ms on ONNX Runtime (target {s.target!r}); "
+        + (
+            f"the fastest of {len(checked)} candidates reached {best['latency_ms']:.3f} ms at FLOPs {best['flops']:.3f}"
+            if best
+            else "no candidate could be timed"
+        )
+        + "; lower --flops, raise --latency-ms, or use a faster target runtime"
+    )
     raise _BudgetStop(msg)
 
 
@@ -833,18 +976,37 @@ def _slim_and_finetune(ctx: _Context) -> Any:
     with ctx.run.stage("slim") as st:
         small = slim(ctx.model, ctx.plan, graph=ctx.graph)
         err = float(ctx.graph.verify(small, ctx.plan))
-        ctx.checks.append({"name": "slimmed == masked original (max abs diff)", "limit": 1e-3, "value": err,
-                           "passed": err <= 1e-3, "detail": "proves the physical slimming removed exactly the pruned channels"})
+        ctx.checks.append(
+            {
+                "name": "slimmed == masked original (max abs diff)",
+                "limit": 1e-3,
+                "value": err,
+                "passed": err <= 1e-3,
+                "detail": "proves the physical slimming removed exactly the pruned channels",
+            }
+        )
         acc = _accuracy(ctx, small)
         ctx.compressed["top1_after_slim"] = _top1(acc)
-        st["note"] = f"equivalence error {err:.1e}, top-1 right after slimming {ctx.compressed['top1_after_slim']:.2f}%"
+        st["note"] = (
+            f"equivalence error {err:.1e}, top-1 right after slimming {ctx.compressed['top1_after_slim']:.2f}%"
+        )
 
     # the original's training record (accuracy, recipe) moves under compressed_from: it is not this model's
     own = ("accuracy", "finetune", "train_seconds", "train_threads", "trained_by")
-    meta = {**{k: v for k, v in ctx.meta.items() if k not in own},
-            "compressed_from": {"checkpoint": s.checkpoint, "sha256": ctx.ck_sha,
-                                **{k: ctx.meta[k] for k in own if k in ctx.meta}},
-            "compressed_by": {"command": ctx.command, "method": s.method, "flops_target": s.flops, "target": s.target}}
+    meta = {
+        **{k: v for k, v in ctx.meta.items() if k not in own},
+        "compressed_from": {
+            "checkpoint": s.checkpoint,
+            "sha256": ctx.ck_sha,
+            **{k: ctx.meta[k] for k in own if k in ctx.meta},
+        },
+        "compressed_by": {
+            "command": ctx.command,
+            "method": s.method,
+            "flops_target": s.flops,
+            "target": s.target,
+        },
+    }
     with ctx.run.stage("finetune") as st:
         if s.epochs == 0:
             if ctx.rank == 0:
@@ -861,12 +1023,25 @@ def _slim_and_finetune(ctx: _Context) -> Any:
         from compressor.train import finetune, state_path
 
         if state_path(model_path).is_file():
-            ctx.run.note(f"resuming the fine-tune from the last completed epoch in {state_path(model_path).name}")
+            ctx.run.note(
+                f"resuming the fine-tune from the last completed epoch in {state_path(model_path).name}"
+            )
             st["status"] = "resumed"
 
-        res = finetune(small, ctx.bundle, epochs=s.epochs, out=model_path, meta=meta, lr=ctx.lr, batch_size=s.batch_size,
-                       device=ctx.device, seed=s.seed, teacher=ctx.model if s.distill else None, progress=ctx.run.progress,
-                       keep_state=False)
+        res = finetune(
+            small,
+            ctx.bundle,
+            epochs=s.epochs,
+            out=model_path,
+            meta=meta,
+            lr=ctx.lr,
+            batch_size=s.batch_size,
+            device=ctx.device,
+            seed=s.seed,
+            teacher=ctx.model if s.distill else None,
+            progress=ctx.run.progress,
+            keep_state=False,
+        )
         if ctx.rank == 0:
             atomic_write_text(done_flag, "done\n")
         model = res.model.cpu().eval()
@@ -889,31 +1064,53 @@ def _export_and_validate(ctx: _Context, model: Any) -> None:
         ctx.export_info = res.to_dict() if hasattr(res, "to_dict") else {}
         sim = ctx.export_info.get("simplify") or {}
         st["note"] = f"opset {ctx.export_info.get('opset')}, " + (
-            f"simplified {sim.get('nodes_before')} -> {sim.get('nodes_after')} nodes" if ctx.export_info.get("simplified")
-            else f"not simplified ({sim.get('message') or 'onnxsim off'})")
+            f"simplified {sim.get('nodes_before')} -> {sim.get('nodes_after')} nodes"
+            if ctx.export_info.get("simplified")
+            else f"not simplified ({sim.get('message') or 'onnxsim off'})"
+        )
     with ctx.run.stage("validate") as st:
         cost = count(model, input_shape=(1, *ctx.shape))
         ctx.compressed.update(macs=int(cost.macs), params=int(cost.params))
-        v = _run_validate(ctx, onnx_path, model, write_test_data=True, original_top1=ctx.original.get("top1_ort"))
+        v = _run_validate(
+            ctx, onnx_path, model, write_test_data=True, original_top1=ctx.original.get("top1_ort")
+        )
         acc = v.accuracy or {}
-        ctx.compressed.update(top1=acc.get("torch_top1"), top1_ort=acc.get("onnx_top1"), top5=acc.get("torch_top5"))
+        ctx.compressed.update(
+            top1=acc.get("torch_top1"), top1_ort=acc.get("onnx_top1"), top5=acc.get("torch_top5")
+        )
         d = v.to_dict()
-        ctx.validation = {"numerics": d.get("numerics"), "accuracy": d.get("accuracy"),
-                          "test_data_set": d.get("test_data_set"), "seconds": d.get("seconds")}
+        ctx.validation = {
+            "numerics": d.get("numerics"),
+            "accuracy": d.get("accuracy"),
+            "test_data_set": d.get("test_data_set"),
+            "seconds": d.get("seconds"),
+        }
         for c in v.checks:
             if c.kind == "validation":
-                ctx.checks.append({"name": {"numerics": "ONNX Runtime vs PyTorch outputs (max abs diff)",
-                                            "accuracy_agreement": "top-1 ONNX Runtime vs PyTorch (points)"}.get(c.name, c.name),
-                                   "limit": c.limit, "value": c.value,
-                                   "passed": None if c.status == "skipped" else c.status == "pass", "detail": c.detail})
+                ctx.checks.append(
+                    {
+                        "name": {
+                            "numerics": "ONNX Runtime vs PyTorch outputs (max abs diff)",
+                            "accuracy_agreement": "top-1 ONNX Runtime vs PyTorch (points)",
+                        }.get(c.name, c.name),
+                        "limit": c.limit,
+                        "value": c.value,
+                        "passed": None if c.status == "skipped" else c.status == "pass",
+                        "detail": c.detail,
+                    }
+                )
         lats = _latency([ctx.state / "original.onnx", onnx_path], ctx.target, ctx.shape)
         ctx.original["latency"], ctx.compressed["latency"] = lats
         ctx.validation["latency_measured_on"] = lats[1].get("measured_on")
         mad = (d.get("numerics") or {}).get("random", {}).get("max_abs_diff")
-        st["note"] = (f"ONNX vs PyTorch max abs diff {mad:.2g}, " if mad is not None else "") + \
-            f"top-1 {ctx.compressed['top1_ort']:.2f}% on ONNX Runtime, latency p50 {lats[0]['p50']:.3f} -> {lats[1]['p50']:.3f} ms"
+        st["note"] = (
+            (f"ONNX vs PyTorch max abs diff {mad:.2g}, " if mad is not None else "")
+            + f"top-1 {ctx.compressed['top1_ort']:.2f}% on ONNX Runtime, latency p50 {lats[0]['p50']:.3f} -> {lats[1]['p50']:.3f} ms"
+        )
         if any(c.kind == "validation" and c.status == "fail" for c in v.checks):
-            ctx.run.note(f"the ONNX model failed validation; kept for inspection at {onnx_path}, not published")
+            ctx.run.note(
+                f"the ONNX model failed validation; kept for inspection at {onnx_path}, not published"
+            )
         else:
             _publish(ctx, onnx_path)
 
@@ -930,7 +1127,9 @@ def _publish(ctx: _Context, onnx_path: Path) -> None:
     ctx.export_info["path"] = str(ctx.out / "model.onnx")
     if isinstance(ctx.validation.get("test_data_set"), dict):
         ctx.validation["test_data_set"]["folder"] = str(ctx.out / "test_data_set_0")
-        ctx.validation["test_data_set"]["files"] = [str(ctx.out / "test_data_set_0" / f) for f in ("input_0.pb", "output_0.pb")]
+        ctx.validation["test_data_set"]["files"] = [
+            str(ctx.out / "test_data_set_0" / f) for f in ("input_0.pb", "output_0.pb")
+        ]
 
 
 # --------------------------------------------------------------------------------- the report
@@ -941,9 +1140,15 @@ def _budgets(ctx: _Context) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if c.get("macs") is not None and o.get("macs"):
         v = c["macs"] / o["macs"]
-        out.append({"name": "FLOPs kept (fraction)", "limit": s.flops, "value": round(v, 4),
-                    "passed": v <= s.flops * (1 + s.flops_tolerance) + 1e-9,
-                    "detail": f"compressed MACs / original MACs; {s.flops_tolerance:.0%} tolerance"})
+        out.append(
+            {
+                "name": "FLOPs kept (fraction)",
+                "limit": s.flops,
+                "value": round(v, 4),
+                "passed": v <= s.flops * (1 + s.flops_tolerance) + 1e-9,
+                "detail": f"compressed MACs / original MACs; {s.flops_tolerance:.0%} tolerance",
+            }
+        )
     lat = c.get("latency")
     if s.latency_ms is not None:
         detail = f"ONNX Runtime, target {s.target!r} runtime settings, batch {s.batch}, on this machine"
@@ -952,14 +1157,28 @@ def _budgets(ctx: _Context) -> list[dict[str, Any]]:
         if v is None and checked:  # stopped at the search: the fastest candidate timed
             v = min(float(r["latency_ms"]) for r in checked)
             detail = f"fastest of {len(checked)} candidates timed; " + detail
-        out.append({"name": f"latency p{s.percentile:g} (ms)", "limit": s.latency_ms, "value": v,
-                    "passed": None if v is None else v <= s.latency_ms, "detail": detail})
+        out.append(
+            {
+                "name": f"latency p{s.percentile:g} (ms)",
+                "limit": s.latency_ms,
+                "value": v,
+                "passed": None if v is None else v <= s.latency_ms,
+                "detail": detail,
+            }
+        )
     ref = o.get("top1_ort") if o.get("top1_ort") is not None else o.get("top1")
     new = c.get("top1_ort") if c.get("top1_ort") is not None else c.get("top1")
     if ref is not None and new is not None:
         drop = round(ref - new, 4)
-        out.append({"name": "accuracy drop (top-1 points)", "limit": s.max_acc_drop, "value": drop,
-                    "passed": drop <= s.max_acc_drop + 1e-9, "detail": "original vs compressed, test split, ONNX Runtime"})
+        out.append(
+            {
+                "name": "accuracy drop (top-1 points)",
+                "limit": s.max_acc_drop,
+                "value": drop,
+                "passed": drop <= s.max_acc_drop + 1e-9,
+                "detail": "original vs compressed, test split, ONNX Runtime",
+            }
+        )
     return out
 
 
@@ -973,8 +1192,15 @@ def _layers(ctx: _Context) -> list[dict[str, Any]]:
     rows = []
     for gr in ctx.graph.groups:
         kept = ctx.plan.kept(gr.name) if ctx.plan is not None and gr.name in ctx.plan.groups else gr.size
-        rows.append({"name": gr.name, "before": int(gr.size), "after": int(kept), "frozen": bool(gr.frozen),
-                     "reason": getattr(gr, "reason", None)})
+        rows.append(
+            {
+                "name": gr.name,
+                "before": int(gr.size),
+                "after": int(kept),
+                "frozen": bool(gr.frozen),
+                "reason": getattr(gr, "reason", None),
+            }
+        )
     return rows
 
 
@@ -988,32 +1214,56 @@ def _search_section(ctx: _Context) -> dict[str, Any]:
         f = _val(r, "flops_ratio", "flops")
         if f is not None and f > 1.5:  # absolute MACs
             f = f / full
-        cands.append({"id": r.get("index"), "flops": f, "score": r.get("score"),
-                      "chosen": chosen is not None and r.get("index") == chosen})
+        cands.append(
+            {
+                "id": r.get("index"),
+                "flops": f,
+                "score": r.get("score"),
+                "chosen": chosen is not None and r.get("index") == chosen,
+            }
+        )
     info = (ctx.plan.info or {}) if ctx.plan is not None else {}
     topk = []
     for t in info.get("finetuned") or []:
         if isinstance(t, dict):
-            topk.append({"id": t.get("index"), "score": t.get("score"),
-                         "finetuned": _val(t, "finetuned", "finetuned_acc", "ft_acc"), "chosen": t.get("index") == chosen})
+            topk.append(
+                {
+                    "id": t.get("index"),
+                    "score": t.get("score"),
+                    "finetuned": _val(t, "finetuned", "finetuned_acc", "ft_acc"),
+                    "chosen": t.get("index") == chosen,
+                }
+            )
     summary = f"{s.method}: {len(cands)} candidate{'s' if len(cands) != 1 else ''} evaluated"
     if s.method == "eagleeye" and info.get("score") is not None:
         nb = info.get("calib_batches")
-        summary += (f", scored by top-1 after adaptive BN ({nb} calibration batch{'es' if nb != 1 else ''}) on "
-                    f"{info.get('val_images')} search-validation images; chosen #{chosen} (score {info['score']:.2f}%")
+        summary += (
+            f", scored by top-1 after adaptive BN ({nb} calibration batch{'es' if nb != 1 else ''}) on "
+            f"{info.get('val_images')} search-validation images; chosen #{chosen} (score {info['score']:.2f}%"
+        )
         ep = info.get("finetune_epochs")
-        summary += (f", the best of the top {len(topk)} after {ep} epoch{'s' if ep != 1 else ''} of fine-tuning each)"
-                    if topk else ", the best score)")
+        summary += (
+            f", the best of the top {len(topk)} after {ep} epoch{'s' if ep != 1 else ''} of fine-tuning each)"
+            if topk
+            else ", the best score)"
+        )
     elif s.method == "epruner" and info.get("beta") is not None:
-        summary += (f"; Affinity Propagation exemplars with beta {info['beta']:.4g}"
-                    + (" (given)" if info.get("beta_given") else " (found by bisection on the FLOPs target)"))
+        summary += f"; Affinity Propagation exemplars with beta {info['beta']:.4g}" + (
+            " (given)" if info.get("beta_given") else " (found by bisection on the FLOPs target)"
+        )
     chk = ctx.search.get("latency_checked") or []
     if chk:
         summary += f"; {len(chk)} timed against the latency budget"
-    return {"method": s.method, "summary": summary + ".", "candidates": cands, "chosen": chosen, "topk": topk,
-            "latency_checked": ctx.search.get("latency_checked") or [],
-            "score_label": "adaptive-BN top-1, search-val (%)" if s.method == "eagleeye" else "score",
-            "info": _jsonable_info({k: v for k, v in info.items() if k not in ("pipeline", "finetuned")})}
+    return {
+        "method": s.method,
+        "summary": summary + ".",
+        "candidates": cands,
+        "chosen": chosen,
+        "topk": topk,
+        "latency_checked": ctx.search.get("latency_checked") or [],
+        "score_label": "adaptive-BN top-1, search-val (%)" if s.method == "eagleeye" else "score",
+        "info": _jsonable_info({k: v for k, v in info.items() if k not in ("pipeline", "finetuned")}),
+    }
 
 
 def _build_report(ctx: _Context, status: str, exit_code: int, message: str) -> dict[str, Any]:
@@ -1059,7 +1309,9 @@ def _finish(ctx: _Context, status: str, exit_code: int, message: str) -> dict[st
 
     with ctx.run.stage("report"):
         report = _build_report(ctx, status, exit_code, message)
-        report["artifacts"].update({"report.json": str(ctx.out / "report.json"), "report.html": str(ctx.out / "report.html")})
+        report["artifacts"].update(
+            {"report.json": str(ctx.out / "report.json"), "report.html": str(ctx.out / "report.html")}
+        )
         write_report(report, ctx.out)
     # the report's own stage time is known only now: rewrite report.json with it (cheap)
     report["stages"] = ctx.run.stages
@@ -1110,7 +1362,8 @@ def _full_run(ctx: _Context, *, trust_pickle: bool) -> dict[str, Any]:
         raise _with_report(ValidationError(f"{msg}; report: {ctx.out / 'report.html'}"), report)
     if failed_budgets:
         msg = "budget not met: " + "; ".join(
-            f"{b['name']} reached {b['value']} (limit {b['limit']})" for b in failed_budgets)
+            f"{b['name']} reached {b['value']} (limit {b['limit']})" for b in failed_budgets
+        )
         report = _finish(ctx, "budget_not_met", 3, msg)
         raise _with_report(BudgetError(f"{msg}; report: {ctx.out / 'report.html'}"), report)
     return _finish(ctx, "passed", 0, "all budgets and checks passed")
@@ -1159,12 +1412,21 @@ def _dry_run(ctx: _Context, *, trust_pickle: bool) -> dict[str, Any]:
     est["report"] = 0.5
     what = {
         "profile": f"FLOPs, params, top-1 on PyTorch and ONNX Runtime over {n_test} test images",
-        "search": (f"eagleeye: {s.candidates} candidates at {s.flops:g} FLOPs, adaptive BN on {s.calib_batches} "
-                   f"batches, scored on {n_val} images" if s.method == "eagleeye" else f"{s.method} at {s.flops:g} FLOPs")
-        + (f"; up to {s.latency_candidates} timed against p{s.percentile:g} <= {s.latency_ms:g} ms"
-           if s.latency_ms is not None else ""),
+        "search": (
+            f"eagleeye: {s.candidates} candidates at {s.flops:g} FLOPs, adaptive BN on {s.calib_batches} "
+            f"batches, scored on {n_val} images"
+            if s.method == "eagleeye"
+            else f"{s.method} at {s.flops:g} FLOPs"
+        )
+        + (
+            f"; up to {s.latency_candidates} timed against p{s.percentile:g} <= {s.latency_ms:g} ms"
+            if s.latency_ms is not None
+            else ""
+        ),
         "slim": "physical slimming, equivalence check",
-        "finetune": f"{s.epochs} epochs on {n_train} images, batch {s.batch_size}, lr {ctx.lr:g}" if s.epochs else "skipped",
+        "finetune": f"{s.epochs} epochs on {n_train} images, batch {s.batch_size}, lr {ctx.lr:g}"
+        if s.epochs
+        else "skipped",
         "export": f"ONNX opset {ctx.target.export.opset}, onnxsim",
         "validate": "numerics, top-1 PyTorch vs ONNX Runtime, latency original vs compressed",
         "report": "report.json, report.html",
@@ -1172,7 +1434,9 @@ def _dry_run(ctx: _Context, *, trust_pickle: bool) -> dict[str, Any]:
     plan = [{"name": k, "estimate_s": round(v, 1), "what": what.get(k, "")} for k, v in est.items()]
     total = sum(est.values())
     report = {
-        "status": "dry_run", "exit_code": 0, "command": ctx.command,
+        "status": "dry_run",
+        "exit_code": 0,
+        "command": ctx.command,
         "message": f"would take about {total / 60:.1f} min on this machine (device {ctx.device}); writes nothing now",
         "checkpoint": {"path": s.checkpoint, "sha256": ctx.ck_sha, "arch": ctx.meta.get("arch")},
         "settings": {**s.to_dict(), "device_used": ctx.device},
@@ -1180,7 +1444,9 @@ def _dry_run(ctx: _Context, *, trust_pickle: bool) -> dict[str, Any]:
         "original": ctx.original,
         "data": {"train": n_train, "val": n_val, "test": n_test},
         "groups": {"total": len(ctx.graph.groups), "prunable": len(ctx.graph.prunable)},
-        "plan": plan, "estimate_s": round(total, 1), "stages": ctx.run.stages,
+        "plan": plan,
+        "estimate_s": round(total, 1),
+        "stages": ctx.run.stages,
         "would_resume": [a for a in ARTIFACTS if (ctx.out / a).exists()],
     }
     return report
@@ -1201,8 +1467,10 @@ def estimate_table(report: dict[str, Any]) -> Any:
     t.add_row("[bold]total[/]", "", f"[bold]{report.get('estimate_s', 0):.0f} s[/]")
     o = report.get("original") or {}
     g = report.get("groups") or {}
-    head = Text(f"{report.get('checkpoint', {}).get('path')}: {o.get('macs', 0) / 1e6:.2f} M MACs, "
-                f"{o.get('params', 0) / 1e3:.1f} k params, {g.get('total')} channel groups ({g.get('prunable')} prunable)")
+    head = Text(
+        f"{report.get('checkpoint', {}).get('path')}: {o.get('macs', 0) / 1e6:.2f} M MACs, "
+        f"{o.get('params', 0) / 1e3:.1f} k params, {g.get('total')} channel groups ({g.get('prunable')} prunable)"
+    )
     return Group(head, t, Text(str(report.get("message", ""))))
 
 

@@ -178,11 +178,37 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             return f"{b - a:+.2f}{unit}"
         return "–"
 
-    rows.append(("FLOPs (MACs)", fmt_count(o.get("macs")), fmt_count(c.get("macs")), ratio_txt(o.get("macs"), c.get("macs"))))
-    rows.append(("Parameters", fmt_count(o.get("params")), fmt_count(c.get("params")), ratio_txt(o.get("params"), c.get("params"))))
-    rows.append(("Top-1 accuracy, PyTorch (%)", fmt_num(o.get("top1")), fmt_num(c.get("top1")), diff_txt(o.get("top1"), c.get("top1"))))
     rows.append(
-        ("Top-1 accuracy, ONNX Runtime (%)", fmt_num(o.get("top1_ort")), fmt_num(c.get("top1_ort")), diff_txt(o.get("top1_ort"), c.get("top1_ort")))
+        (
+            "FLOPs (MACs)",
+            fmt_count(o.get("macs")),
+            fmt_count(c.get("macs")),
+            ratio_txt(o.get("macs"), c.get("macs")),
+        )
+    )
+    rows.append(
+        (
+            "Parameters",
+            fmt_count(o.get("params")),
+            fmt_count(c.get("params")),
+            ratio_txt(o.get("params"), c.get("params")),
+        )
+    )
+    rows.append(
+        (
+            "Top-1 accuracy, PyTorch (%)",
+            fmt_num(o.get("top1")),
+            fmt_num(c.get("top1")),
+            diff_txt(o.get("top1"), c.get("top1")),
+        )
+    )
+    rows.append(
+        (
+            "Top-1 accuracy, ONNX Runtime (%)",
+            fmt_num(o.get("top1_ort")),
+            fmt_num(c.get("top1_ort")),
+            diff_txt(o.get("top1_ort"), c.get("top1_ort")),
+        )
     )
     for q in ("p50", "p90"):
         a, b = _get(o, "latency", q), _get(c, "latency", q)
@@ -274,8 +300,14 @@ def _tick_label(v: float) -> str:
 class _Axes:
     """A linear x/y frame inside an SVG of size (w, h)."""
 
-    def __init__(self, w: int, h: int, xlim: tuple[float, float], ylim: tuple[float, float],
-                 margin: tuple[int, int, int, int] = (20, 20, 48, 60)) -> None:
+    def __init__(
+        self,
+        w: int,
+        h: int,
+        xlim: tuple[float, float],
+        ylim: tuple[float, float],
+        margin: tuple[int, int, int, int] = (20, 20, 48, 60),
+    ) -> None:
         self.w, self.h = w, h
         self.top, self.right, self.bottom, self.left = margin
         self.xticks = nice_ticks(*xlim)
@@ -297,11 +329,17 @@ class _Axes:
         p: list[str] = []
         for t in self.yticks:
             y = self.py(t)
-            p.append(f'<line x1="{self.left}" x2="{self.w - self.right}" y1="{y:.1f}" y2="{y:.1f}" stroke="{C_GRID}"/>')
-            p.append(f'<text x="{self.left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{_tick_label(t)}</text>')
+            p.append(
+                f'<line x1="{self.left}" x2="{self.w - self.right}" y1="{y:.1f}" y2="{y:.1f}" stroke="{C_GRID}"/>'
+            )
+            p.append(
+                f'<text x="{self.left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{_tick_label(t)}</text>'
+            )
         for t in self.xticks:
             x = self.px(t)
-            p.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{self.top}" y2="{self.h - self.bottom}" stroke="{C_GRID}"/>')
+            p.append(
+                f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{self.top}" y2="{self.h - self.bottom}" stroke="{C_GRID}"/>'
+            )
             p.append(
                 f'<text x="{x:.1f}" y="{self.h - self.bottom + 16}" text-anchor="middle" font-size="11">{_tick_label(t)}</text>'
             )
@@ -336,9 +374,13 @@ def _legend(x: float, y: float, items: Sequence[tuple[str, str, str]]) -> list[s
         if shape == "dot":
             p.append(f'<circle cx="{x + 5}" cy="{y - 4}" r="4.5" fill="{colour}" fill-opacity="0.7"/>')
         elif shape == "ring":
-            p.append(f'<circle cx="{x + 5}" cy="{y - 4}" r="6" fill="none" stroke="{colour}" stroke-width="2.5"/>')
+            p.append(
+                f'<circle cx="{x + 5}" cy="{y - 4}" r="6" fill="none" stroke="{colour}" stroke-width="2.5"/>'
+            )
         elif shape == "line":
-            p.append(f'<line x1="{x}" x2="{x + 12}" y1="{y - 4}" y2="{y - 4}" stroke="{colour}" stroke-width="2" stroke-dasharray="5 3"/>')
+            p.append(
+                f'<line x1="{x}" x2="{x + 12}" y1="{y - 4}" y2="{y - 4}" stroke="{colour}" stroke-width="2" stroke-dasharray="5 3"/>'
+            )
         else:
             p.append(f'<rect x="{x}" y="{y - 10}" width="12" height="12" fill="{colour}"/>')
         p.append(f'<text x="{x + 17}" y="{y}" font-size="12">{_e(label)}</text>')
@@ -363,26 +405,34 @@ def svg_layers(layers: Sequence[dict[str, Any]], width: int = 900) -> str:
             continue
         x = left + t * scale
         p.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top - 4}" y2="{h - 30}" stroke="{C_GRID}"/>')
-        p.append(f'<text x="{x:.1f}" y="{h - 16}" text-anchor="middle" font-size="11">{_tick_label(t)}</text>')
+        p.append(
+            f'<text x="{x:.1f}" y="{h - 16}" text-anchor="middle" font-size="11">{_tick_label(t)}</text>'
+        )
     for i, r in enumerate(rows):
         y = top + i * (bar_h + gap)
         name = str(r.get("name"))
-        short = name if len(name) * 7 <= label_w else "…" + name[-(label_w // 7 - 1):]
+        short = name if len(name) * 7 <= label_w else "…" + name[-(label_w // 7 - 1) :]
         before = float(r["before"])
         after = float(r.get("after", before) if r.get("after") is not None else before)
         frozen = bool(r.get("frozen"))
         p.append(
             f'<text x="{label_w}" y="{y + bar_h - 3}" text-anchor="end" font-size="11"><title>{_e(name)}</title>{_e(short)}</text>'
         )
-        p.append(f'<rect x="{left}" y="{y}" width="{before * scale:.1f}" height="{bar_h}" fill="{C_BEFORE}"/>')
+        p.append(
+            f'<rect x="{left}" y="{y}" width="{before * scale:.1f}" height="{bar_h}" fill="{C_BEFORE}"/>'
+        )
         if frozen:
             p.append(
                 f'<rect x="{left}" y="{y}" width="{before * scale:.1f}" height="{bar_h}" fill="none" stroke="#888" stroke-dasharray="3 2"/>'
             )
         else:
-            p.append(f'<rect x="{left}" y="{y}" width="{after * scale:.1f}" height="{bar_h}" fill="{C_AFTER}"/>')
+            p.append(
+                f'<rect x="{left}" y="{y}" width="{after * scale:.1f}" height="{bar_h}" fill="{C_AFTER}"/>'
+            )
         txt = f"{int(after)}/{int(before)}" + (" frozen" if frozen else "")
-        p.append(f'<text x="{left + before * scale + 6:.1f}" y="{y + bar_h - 3}" font-size="11">{_e(txt)}</text>')
+        p.append(
+            f'<text x="{left + before * scale + 6:.1f}" y="{y + bar_h - 3}" font-size="11">{_e(txt)}</text>'
+        )
     p.append(
         f'<text x="{(left + width - right) / 2:.1f}" y="{h - 2}" text-anchor="middle" font-size="12">channels</text>'
     )
@@ -414,14 +464,20 @@ def svg_scatter(
     yr = (min(ys), max(ys))
     xpad = (xr[1] - xr[0]) * 0.05 or 0.05 * (abs(xr[0]) or 1)
     ypad = (yr[1] - yr[0]) * 0.05 or 0.05 * (abs(yr[0]) or 1)
-    ax = _Axes(width, height, (xr[0] - xpad, xr[1] + xpad), (yr[0] - ypad, yr[1] + ypad), margin=(34, 20, 48, 64))
+    ax = _Axes(
+        width, height, (xr[0] - xpad, xr[1] + xpad), (yr[0] - ypad, yr[1] + ypad), margin=(34, 20, 48, 64)
+    )
     p = ax.frame(xlabel, ylabel)
     if vline:
         x = ax.px(vline[0])
-        p.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{ax.top}" y2="{height - ax.bottom}" stroke="#555" stroke-dasharray="5 3"/>')
+        p.append(
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{ax.top}" y2="{height - ax.bottom}" stroke="#555" stroke-dasharray="5 3"/>'
+        )
     for i, (x, y) in enumerate(pts):
         tip = f"<title>{_e(labels[i])}</title>" if labels and i < len(labels) else ""
-        p.append(f'<circle cx="{ax.px(x):.1f}" cy="{ax.py(y):.1f}" r="4" fill="{colour}" fill-opacity="0.55">{tip}</circle>')
+        p.append(
+            f'<circle cx="{ax.px(x):.1f}" cy="{ax.py(y):.1f}" r="4" fill="{colour}" fill-opacity="0.55">{tip}</circle>'
+        )
     for x, y in highlight:
         if _finite(x) and _finite(y):
             p.append(
@@ -436,14 +492,21 @@ def svg_scatter(
     return _svg(width, height, p, title)
 
 
-def svg_latency(dists: Sequence[tuple[str, Sequence[float], str]], *, budget: float | None = None,
-                budget_label: str = "budget", width: int = 900, height: int = 300) -> str:
+def svg_latency(
+    dists: Sequence[tuple[str, Sequence[float], str]],
+    *,
+    budget: float | None = None,
+    budget_label: str = "budget",
+    width: int = 900,
+    height: int = 300,
+) -> str:
     """Overlaid histograms of latency samples (ms), one per model, with p50 marks and the budget."""
     dists = [(n, [float(v) for v in s if _finite(v)], c) for n, s, c in dists]
     dists = [d for d in dists if d[1]]
     if not dists:
         return ""
     allv = sorted(v for _, s, _ in dists for v in s)
+
     # the range covers the bulk of the runs (a few stalls on a shared machine would squash the
     # histogram); runs beyond it are counted in the caption, and a budget far off scale is an arrow
     def q(f: float) -> float:
@@ -484,7 +547,9 @@ def svg_latency(dists: Sequence[tuple[str, Sequence[float], str]], *, budget: fl
             )
         med = sorted(s)[len(s) // 2]
         xm = ax.px(med)
-        p.append(f'<line x1="{xm:.1f}" x2="{xm:.1f}" y1="{ax.top}" y2="{ax.py(0):.1f}" stroke="{c}" stroke-width="2"/>')
+        p.append(
+            f'<line x1="{xm:.1f}" x2="{xm:.1f}" y1="{ax.top}" y2="{ax.py(0):.1f}" stroke="{c}" stroke-width="2"/>'
+        )
     leg = [(f"{n} (line: p50)", c, "rect") for n, _, c, _ in hists]
     if budget is not None and _finite(budget):
         xb = ax.px(budget)
@@ -495,11 +560,15 @@ def svg_latency(dists: Sequence[tuple[str, Sequence[float], str]], *, budget: fl
     if budget_off is not None:
         y = ax.top + 14
         xr = width - ax.right - 6
-        p.append(f'<text x="{xr}" y="{y}" text-anchor="end" font-size="12" fill="{C_CHOSEN}">'
-                 f'{_e(budget_label)} → ({_e(_tick_label(budget_off))} ms, off scale)</text>')
+        p.append(
+            f'<text x="{xr}" y="{y}" text-anchor="end" font-size="12" fill="{C_CHOSEN}">'
+            f"{_e(budget_label)} → ({_e(_tick_label(budget_off))} ms, off scale)</text>"
+        )
     if hidden:
-        p.append(f'<text x="{width - ax.right - 6}" y="{ax.top + 30}" text-anchor="end" font-size="11" fill="#555">'
-                 f'{hidden} slowest runs (above {_e(_tick_label(hi))} ms) not shown</text>')
+        p.append(
+            f'<text x="{width - ax.right - 6}" y="{ax.top + 30}" text-anchor="end" font-size="11" fill="#555">'
+            f"{hidden} slowest runs (above {_e(_tick_label(hi))} ms) not shown</text>"
+        )
     p += _legend(ax.left, 20, leg)
     return _svg(width, height, p, "latency distributions")
 
@@ -533,9 +602,15 @@ footer{margin-top:30px;font-size:12px;color:#777}
 
 def _status_badge(report: dict[str, Any]) -> str:
     st = str(report.get("status", "unknown"))
-    cls = {"passed": "ok", "budget_not_met": "warn", "validation_failed": "bad", "dry_run": "dim"}.get(st, "dim")
-    label = {"passed": "all budgets and checks passed", "budget_not_met": "budget not met",
-             "validation_failed": "validation failed", "dry_run": "dry run"}.get(st, st)
+    cls = {"passed": "ok", "budget_not_met": "warn", "validation_failed": "bad", "dry_run": "dim"}.get(
+        st, "dim"
+    )
+    label = {
+        "passed": "all budgets and checks passed",
+        "budget_not_met": "budget not met",
+        "validation_failed": "validation failed",
+        "dry_run": "dry run",
+    }.get(st, st)
     code = report.get("exit_code")
     code_txt = f" · exit code {code}" if code is not None else ""
     return f'<span class="badge {cls}">{_e(label)}{_e(code_txt)}</span>'
@@ -545,7 +620,9 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], num_cols: Sequenc
     """Cells are already-escaped HTML."""
     h = "".join(f'<th class="{"num" if i in num_cols else ""}">{c}</th>' for i, c in enumerate(head))
     body = "".join(
-        "<tr>" + "".join(f'<td class="{"num" if i in num_cols else ""}">{c}</td>' for i, c in enumerate(r)) + "</tr>"
+        "<tr>"
+        + "".join(f'<td class="{"num" if i in num_cols else ""}">{c}</td>' for i, c in enumerate(r))
+        + "</tr>"
         for r in rows
     )
     return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
@@ -561,10 +638,16 @@ def _pf(ok: Any) -> str:
 
 def _search_plots(search: dict[str, Any], settings: dict[str, Any]) -> str:
     parts: list[str] = []
-    cands = [c for c in (search.get("candidates") or []) if _finite(c.get("flops")) and _finite(c.get("score"))]
+    cands = [
+        c for c in (search.get("candidates") or []) if _finite(c.get("flops")) and _finite(c.get("score"))
+    ]
     chosen_id = search.get("chosen")
     if cands:
-        chosen = [(c["flops"], c["score"]) for c in cands if c.get("chosen") or (chosen_id is not None and c.get("id") == chosen_id)]
+        chosen = [
+            (c["flops"], c["score"])
+            for c in cands
+            if c.get("chosen") or (chosen_id is not None and c.get("id") == chosen_id)
+        ]
         tgt = settings.get("flops")
         svg = svg_scatter(
             [(c["flops"], c["score"]) for c in cands],
@@ -581,7 +664,11 @@ def _search_plots(search: dict[str, Any], settings: dict[str, Any]) -> str:
         )
     topk = [t for t in (search.get("topk") or []) if _finite(t.get("score")) and _finite(t.get("finetuned"))]
     if topk:
-        chosen = [(t["score"], t["finetuned"]) for t in topk if t.get("chosen") or (chosen_id is not None and t.get("id") == chosen_id)]
+        chosen = [
+            (t["score"], t["finetuned"])
+            for t in topk
+            if t.get("chosen") or (chosen_id is not None and t.get("id") == chosen_id)
+        ]
         svg = svg_scatter(
             [(t["score"], t["finetuned"]) for t in topk],
             xlabel="adaptive-BN score (%)",
@@ -607,12 +694,13 @@ def render_html(report: dict[str, Any]) -> str:
     ck = report.get("checkpoint") or {}
     out: list[str] = []
     title = f"compress run · {ck.get('path') or ''}"
-    out.append(f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>")
+    out.append(f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>')
     out.append('<meta name="viewport" content="width=device-width, initial-scale=1">')
     out.append(f"<style>{_CSS}</style></head><body><main>")
     out.append(f"<h1>compress run report {_status_badge(report)}</h1>")
     bits = [
-        f"model <code>{_e(ck.get('path', '?'))}</code>" + (f" ({_e(ck.get('arch'))})" if ck.get("arch") else ""),
+        f"model <code>{_e(ck.get('path', '?'))}</code>"
+        + (f" ({_e(ck.get('arch'))})" if ck.get("arch") else ""),
         f"target <b>{_e(s.get('target', '?'))}</b>",
         f"method <b>{_e(s.get('method', '?'))}</b>",
     ]
@@ -626,8 +714,13 @@ def render_html(report: dict[str, Any]) -> str:
 
     # Summary
     out.append("<h2>Before and after</h2>")
-    out.append(_table(["", "original", "compressed", "change"],
-                      [[_e(a), _e(b), _e(cc), _e(d)] for a, b, cc, d in summary_rows(report)], num_cols=(1, 2, 3)))
+    out.append(
+        _table(
+            ["", "original", "compressed", "change"],
+            [[_e(a), _e(b), _e(cc), _e(d)] for a, b, cc, d in summary_rows(report)],
+            num_cols=(1, 2, 3),
+        )
+    )
     lat = c.get("latency") or o.get("latency") or {}
     if lat:
         rt = report.get("target") or {}
@@ -639,7 +732,11 @@ def render_html(report: dict[str, Any]) -> str:
             f'<div class="cap">Latency measured on this machine ({_e(_get(report, "versions", "platform") or "?")}) '
             f"with ONNX Runtime and the target's runtime settings{_e(rtxt)}, batch {_e(s.get('batch', 1))}, "
             f"{_e(lat.get('runs', '?'))} timed runs after warm-up"
-            + (f", {_e(used)} intra-op thread(s) used here" if (used := _get(lat, "session", "intra_op_threads_used")) else "")
+            + (
+                f", {_e(used)} intra-op thread(s) used here"
+                if (used := _get(lat, "session", "intra_op_threads_used"))
+                else ""
+            )
             + "; original and compressed timed interleaved.</div>"
         )
 
@@ -647,13 +744,15 @@ def render_html(report: dict[str, Any]) -> str:
     rows = []
     for item in list(report.get("budgets") or []) + list(report.get("checks") or []):
         unit = item.get("unit") or ""
-        rows.append([
-            _e(item.get("name")),
-            _e(_limit_txt(item) + unit),
-            _e(fmt_value(item.get("value")) + unit),
-            _pf(item.get("passed")),
-            _e(item.get("detail") or ""),
-        ])
+        rows.append(
+            [
+                _e(item.get("name")),
+                _e(_limit_txt(item) + unit),
+                _e(fmt_value(item.get("value")) + unit),
+                _pf(item.get("passed")),
+                _e(item.get("detail") or ""),
+            ]
+        )
     if rows:
         out.append("<h2>Budgets and checks</h2>")
         out.append(_table(["", "limit", "reached", "result", "detail"], rows, num_cols=(1, 2)))
@@ -682,34 +781,56 @@ def render_html(report: dict[str, Any]) -> str:
         svg = svg_latency(
             [("original", ol or [], C_ORIG), ("compressed", cl or [], C_COMP)],
             budget=budget if _finite(budget) else None,
-            budget_label=f"budget p{pct:g} ≤ {budget:g} ms" if _finite(pct) and _finite(budget) else "latency budget",
+            budget_label=f"budget p{pct:g} ≤ {budget:g} ms"
+            if _finite(pct) and _finite(budget)
+            else "latency budget",
         )
         out.append("<h2>Latency</h2>")
         out.append(f'<div class="fig">{svg}</div>')
     lc = search.get("latency_checked") or []
     if lc:
         out.append("<h3>Candidates measured against the latency budget</h3>")
-        out.append(_table(
-            ["candidate", "FLOPs kept", "score", "latency (ms)", "fits"],
-            [[_e(f"#{r.get('id')}"), _e(fmt_num(r.get("flops"), 4)), _e(fmt_num(r.get("score"))),
-              _e(fmt_num(r.get("latency_ms"), 3)), _pf(r.get("fits"))] for r in lc],
-            num_cols=(1, 2, 3),
-        ))
+        out.append(
+            _table(
+                ["candidate", "FLOPs kept", "score", "latency (ms)", "fits"],
+                [
+                    [
+                        _e(f"#{r.get('id')}"),
+                        _e(fmt_num(r.get("flops"), 4)),
+                        _e(fmt_num(r.get("score"))),
+                        _e(fmt_num(r.get("latency_ms"), 3)),
+                        _pf(r.get("fits")),
+                    ]
+                    for r in lc
+                ],
+                num_cols=(1, 2, 3),
+            )
+        )
 
     # Stages
     stages = report.get("stages") or []
     if stages:
         total = sum(float(st.get("seconds") or 0) for st in stages)
         out.append("<h2>Stages</h2>")
-        out.append(_table(
-            ["stage", "seconds", "status", "note"],
-            [[_e(st.get("name")), _e(f"{float(st.get('seconds') or 0):.2f}"), _e(st.get("status", "")), _e(st.get("note") or "")]
-             for st in stages] + [["<b>total</b>", f"<b>{total:.2f}</b>", "", ""]],
-            num_cols=(1,),
-        ))
+        out.append(
+            _table(
+                ["stage", "seconds", "status", "note"],
+                [
+                    [
+                        _e(st.get("name")),
+                        _e(f"{float(st.get('seconds') or 0):.2f}"),
+                        _e(st.get("status", "")),
+                        _e(st.get("note") or ""),
+                    ]
+                    for st in stages
+                ]
+                + [["<b>total</b>", f"<b>{total:.2f}</b>", "", ""]],
+                num_cols=(1,),
+            )
+        )
     notes = report.get("notes") or []
     if notes:
-        out.append("<h2>Notes</h2><ul class=\"notes\">" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
+        out.append('<h2>Notes</h2><ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
 
     # Settings, artifacts, versions
     out.append("<h2>Settings and environment</h2>")

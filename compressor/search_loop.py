@@ -168,9 +168,7 @@ def _pending(done: set[int], candidates: int | None) -> Iterator[int]:
     return (i for i in it if i not in done)
 
 
-def _read_own_records(
-    path: Path, search_key: str | None, candidates: int | None
-) -> list[dict[str, Any]]:
+def _read_own_records(path: Path, search_key: str | None, candidates: int | None) -> list[dict[str, Any]]:
     out = []
     for r in read_jsonl(path):
         if r.get("search") != search_key:
@@ -205,7 +203,9 @@ def run_search(
     a file written by a different search is refused rather than silently mixed in.
     """
     if candidates is None and time_budget is None:
-        raise UsageError("give a budget: a number of candidates (--candidates N) and/or seconds (--time-budget S)")
+        raise UsageError(
+            "give a budget: a number of candidates (--candidates N) and/or seconds (--time-budget S)"
+        )
     if candidates is not None and candidates < 1:
         raise UsageError(f"--candidates {candidates} must be at least 1")
     if time_budget is not None and time_budget <= 0:
@@ -298,7 +298,9 @@ def run_search(
 # ---------------------------------------------------------------------------------------------
 # checkpoint -> plan (what `compress search` runs; any registered method)
 # ---------------------------------------------------------------------------------------------
-def method_options(method: str, explicit: dict[str, Any], implicit: dict[str, Any] | None = None) -> dict[str, Any]:
+def method_options(
+    method: str, explicit: dict[str, Any], implicit: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The options to pass to ``method``: every ``explicit`` one that is set (not None), which the
     method must accept (else :class:`UsageError` naming the flag and the method's options), plus
     each ``implicit`` one that the method's signature names (progress, meta, device...)."""
@@ -310,7 +312,8 @@ def method_options(method: str, explicit: dict[str, Any], implicit: dict[str, An
     params = inspect.signature(fn).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     own = sorted(
-        k for k, p in params.items()
+        k
+        for k, p in params.items()
         if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("flops", "data", "seed", "meta", "progress")
     )
     out: dict[str, Any] = {}
@@ -319,7 +322,9 @@ def method_options(method: str, explicit: dict[str, Any], implicit: dict[str, An
             continue
         if not (takes_any or k in params):
             flags = ", ".join("--" + o.replace("_", "-") for o in own) or "(none)"
-            raise UsageError(f"--{k.replace('_', '-')} is not an option of method {method!r}; its options: {flags}")
+            raise UsageError(
+                f"--{k.replace('_', '-')} is not an option of method {method!r}; its options: {flags}"
+            )
         out[k] = v
     for k, v in (implicit or {}).items():
         if v is not None and k in params and k not in out:
@@ -382,8 +387,12 @@ def search_checkpoint(
         method,
         options,
         # "auto" leaves the method's own default device (each method resolves it its own way)
-        {"device": None if device == "auto" else device, "candidates_file": candidates_file, "progress": progress,
-         "meta": meta},
+        {
+            "device": None if device == "auto" else device,
+            "candidates_file": candidates_file,
+            "progress": progress,
+            "meta": meta,
+        },
     )
     load_seconds = time.perf_counter() - t0
     graph = build_graph(model, input_shape=tuple(input_shape))

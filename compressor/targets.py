@@ -41,7 +41,7 @@ OPT_LEVELS = ("disable", "basic", "extended", "all")
 #: Opsets the exporter is allowed to target (torch's TorchScript exporter stops at 20).
 MIN_OPSET, MAX_OPSET = 11, 20
 
-_PACKAGE = "deploy_targets"
+_PACKAGE = "compressor.deploy_targets"
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,9 @@ def _read(spec: str) -> tuple[str, str, str]:
     if _looks_like_path(spec):
         path = Path(spec).expanduser()
         if not path.is_file():
-            raise UsageError(f"target file {str(path)!r} does not exist; shipped targets: {', '.join(list_targets())}")
+            raise UsageError(
+                f"target file {str(path)!r} does not exist; shipped targets: {', '.join(list_targets())}"
+            )
         return path.stem, str(path), path.read_text(encoding="utf-8")
     names = list_targets()
     if spec not in names:
@@ -192,8 +194,10 @@ def _coerce(where: str, key: str, value: Any) -> Any:
         "intra_op_threads": lambda v: _is_int(v) and v >= 0,
         "graph_optimization_level": lambda v: isinstance(v, str) and v in OPT_LEVELS,
         "batch": lambda v: _is_int(v) and v >= 1,
-        "shape": lambda v: v is None or (isinstance(v, (list, tuple)) and len(v) == 3
-                                         and all(_is_int(s) and s > 0 for s in v)),
+        "shape": lambda v: (
+            v is None
+            or (isinstance(v, (list, tuple)) and len(v) == 3 and all(_is_int(s) and s > 0 for s in v))
+        ),
         "opset": lambda v: _is_int(v) and MIN_OPSET <= v <= MAX_OPSET,
         "channel_multiple": lambda v: _is_int(v) and v >= 1,
         "dynamic_batch": lambda v: isinstance(v, bool),
@@ -213,7 +217,9 @@ def _build(name: str, source: str, raw: dict[str, Any], overrides: dict[str, Any
     for key, value in raw.items():
         if key in _TABLES:
             if not isinstance(value, dict):
-                raise UsageError(f"{where}: {key!r} must be a table [{key}]; valid top-level entries: {valid_top}")
+                raise UsageError(
+                    f"{where}: {key!r} must be a table [{key}]; valid top-level entries: {valid_top}"
+                )
         elif key not in _TOP_KEYS:
             raise UsageError(f"{where}: unknown key {key!r}; valid top-level entries: {valid_top}")
     description = raw.get("description", "")
@@ -229,8 +235,9 @@ def _build(name: str, source: str, raw: dict[str, Any], overrides: dict[str, Any
         if _looks_like_path(base) and source and not Path(base).is_absolute():
             base = str(Path(source).parent / base)
         parent = _load(base, {}, _depth + 1).to_dict()
-        base_values = {t: {k: _coerce(f"{where} base", k, v) for k, v in _drop_none(parent[t]).items()}
-                       for t in _TABLES}
+        base_values = {
+            t: {k: _coerce(f"{where} base", k, v) for k, v in _drop_none(parent[t]).items()} for t in _TABLES
+        }
         description = description or parent["description"]
 
     bad = sorted(set(overrides) - set(OVERRIDES))

@@ -157,7 +157,9 @@ def _check_outputs(model: nn.Module, data: DataBundle, device: torch.device, wha
     finally:
         model.train(was)
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        raise DataError(f"the {what} returned {getattr(out, 'shape', type(out).__name__)}; expected (batch, classes) logits")
+        raise DataError(
+            f"the {what} returned {getattr(out, 'shape', type(out).__name__)}; expected (batch, classes) logits"
+        )
     if out.shape[1] != data.num_classes:
         raise DataError(
             f"the {what} predicts {out.shape[1]} classes but dataset {data.name!r} has {data.num_classes}; "
@@ -189,7 +191,9 @@ def _load_state(path: Path) -> dict[str, Any]:
     except Exception as e:
         raise UsageError(f"cannot read the fine-tuning state {path} ({e}); delete it to start over") from None
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        raise UsageError(f"{path} is not a fine-tuning state this version understands; delete it to start over")
+        raise UsageError(
+            f"{path} is not a fine-tuning state this version understands; delete it to start over"
+        )
     return state
 
 
@@ -210,7 +214,9 @@ class _Bar:
                 TextColumn("[bold]epoch {task.fields[epoch]}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:5.1f}%  {task.fields[ips]:6.0f} img/s"),
+                TextColumn(
+                    "loss {task.fields[loss]:.4f}  acc {task.fields[acc]:5.1f}%  {task.fields[ips]:6.0f} img/s"
+                ),
                 TimeElapsedColumn(),
                 console=Console(stderr=True),
             )
@@ -285,7 +291,9 @@ def finetune(
 
         ensure_parent(out)  # an impossible output path fails now, not after the first epoch
     if not 0.0 <= kd_alpha <= 1.0 or kd_temperature <= 0:
-        raise UsageError(f"kd_alpha must be in [0, 1] and kd_temperature > 0, got {kd_alpha}, {kd_temperature}")
+        raise UsageError(
+            f"kd_alpha must be in [0, 1] and kd_temperature > 0, got {kd_alpha}, {kd_temperature}"
+        )
     if out is not None and not (meta or {}).get("arch"):
         raise UsageError(
             "finetune(out=...) writes a compressor checkpoint and needs meta['arch'] (use the meta that "
@@ -361,7 +369,9 @@ def _finetune(
     val_loader = make_loader(data.val, eval_batch_size, distributed=world > 1, num_workers=num_workers)
     steps = len(train_loader)
     if steps == 0:
-        raise DataError(f"the train split of {data.name!r} ({n_train} images) gives no batch of size {batch_size}")
+        raise DataError(
+            f"the train split of {data.name!r} ({n_train} images) gives no batch of size {batch_size}"
+        )
 
     optimizer = torch.optim.SGD(
         _param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0
@@ -415,7 +425,9 @@ def _finetune(
 
     with _Bar(progress and d.main) as bar:
         if start:
-            bar.log(f"resuming {out} after epoch {start}/{epochs} (best val {best_acc:.2f}% at epoch {best_epoch})")
+            bar.log(
+                f"resuming {out} after epoch {start}/{epochs} (best val {best_acc:.2f}% at epoch {best_epoch})"
+            )
         for epoch in range(start, epochs):
             # Per-epoch seeding: a resumed run draws the same shuffles and augmentations.
             torch.manual_seed(seed + 1_000_003 * (epoch + 1) + 7919 * d.rank)
@@ -439,7 +451,9 @@ def _finetune(
                     if teacher is not None:
                         with torch.no_grad():
                             t_logits = teacher(x)
-                        loss = (1.0 - kd_alpha) * loss + kd_alpha * distill_loss(logits, t_logits, kd_temperature)
+                        loss = (1.0 - kd_alpha) * loss + kd_alpha * distill_loss(
+                            logits, t_logits, kd_temperature
+                        )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -516,8 +530,12 @@ def _finetune(
             save_checkpoint(model, out_path, meta=m)
             if spath is not None:
                 if keep_state:
-                    final = _load_state(spath) if spath.exists() else {"version": STATE_VERSION, "config": config}
-                    final.update(done=True, epoch=epochs, best_acc=best_acc, best_epoch=best_epoch, history=history)
+                    final = (
+                        _load_state(spath) if spath.exists() else {"version": STATE_VERSION, "config": config}
+                    )
+                    final.update(
+                        done=True, epoch=epochs, best_acc=best_acc, best_epoch=best_epoch, history=history
+                    )
                     final.setdefault("best_model", best_state)
                     _save_state(spath, final)
                 elif spath.exists():

@@ -44,7 +44,11 @@ def main() -> int:
     torch.manual_seed(args.seed)
     data = load_data("mnist5k")
     model = build_model(ARCH, **ARCH_KWARGS)
-    meta = {"arch": canonical_arch(ARCH), "arch_kwargs": dict(ARCH_KWARGS), "trained_by": "examples/train_baseline.py"}
+    meta = {
+        "arch": canonical_arch(ARCH),
+        "arch_kwargs": dict(ARCH_KWARGS),
+        "trained_by": "examples/train_baseline.py",
+    }
     t0 = time.perf_counter()
     res = finetune(
         model, data, epochs=args.epochs, out=args.output, meta=meta, lr=args.lr, weight_decay=5e-4,

@@ -32,7 +32,9 @@ class TinyNet(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12), nn.ReLU())
         self.a = nn.Sequential(nn.Conv2d(12, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
         self.b = nn.Sequential(nn.Conv2d(16, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12))
-        self.c = nn.Sequential(nn.Conv2d(12, 20, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(20), nn.ReLU())
+        self.c = nn.Sequential(
+            nn.Conv2d(12, 20, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(20), nn.ReLU()
+        )
         self.head = nn.Linear(20, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,8 +58,15 @@ def tiny_setup(n_train: int = 96, n_val: int = 64) -> tuple[nn.Module, Any, Any]
         return TensorDataset(protos[y] + 0.8 * torch.randn(n, 3, 16, 16, generator=g), y)
 
     train = split(n_train)
-    data = SimpleNamespace(name="synthetic", num_classes=4, input_shape=(3, 16, 16), train=train,
-                           train_eval=train, val=split(n_val), test=split(n_val))
+    data = SimpleNamespace(
+        name="synthetic",
+        num_classes=4,
+        input_shape=(3, 16, 16),
+        train=train,
+        train_eval=train,
+        val=split(n_val),
+        test=split(n_val),
+    )
     graph = build_graph(model, input_shape=(1, 3, 16, 16))
     return model, graph, data
 
@@ -66,7 +75,9 @@ def run_tiny_search(candidates: int = 6, **options: Any) -> Any:
     from compressor.methods.eagleeye import eagleeye
 
     model, graph, data = tiny_setup()
-    opts: dict[str, Any] = dict(candidates=candidates, calib_batches=2, batch_size=16, device="cpu", progress=False)
+    opts: dict[str, Any] = dict(
+        candidates=candidates, calib_batches=2, batch_size=16, device="cpu", progress=False
+    )
     opts.update(options)
     return eagleeye(model, graph, flops=0.5, data=data, seed=3, **opts)
 

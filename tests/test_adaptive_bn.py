@@ -51,7 +51,9 @@ def test_statistics_are_the_average_over_the_batches() -> None:
 
 def test_single_batch_gives_exact_statistics_for_1d_and_3d() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv3d(2, 4, 1), nn.BatchNorm3d(4), nn.Flatten(), nn.Linear(4 * 27, 5), nn.BatchNorm1d(5))
+    model = nn.Sequential(
+        nn.Conv3d(2, 4, 1), nn.BatchNorm3d(4), nn.Flatten(), nn.Linear(4 * 27, 5), nn.BatchNorm1d(5)
+    )
     x = torch.randn(7, 2, 3, 3, 3)
     adaptive_bn(model, [x])
     h3 = model[0](x).detach()

@@ -18,8 +18,11 @@ def sk_ap(S: np.ndarray, pref: float | np.ndarray, **kw: int | float) -> tuple[n
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ap = sklearn_cluster.AffinityPropagation(
-            affinity="precomputed", preference=pref, damping=kw.get("damping", 0.5),
-            max_iter=int(kw.get("max_iter", 200)), convergence_iter=int(kw.get("convergence_iter", 15)),
+            affinity="precomputed",
+            preference=pref,
+            damping=kw.get("damping", 0.5),
+            max_iter=int(kw.get("max_iter", 200)),
+            convergence_iter=int(kw.get("convergence_iter", 15)),
             random_state=0,
         ).fit(S.copy())
     return np.asarray(ap.cluster_centers_indices_, dtype=np.int64), np.asarray(ap.labels_), int(ap.n_iter_)
@@ -80,7 +83,9 @@ def test_matches_sklearn_larger_filters(n: int) -> None:
     # conv-like filters: a few families plus noise, similarity from the same helper EPruner uses
     g = torch.Generator().manual_seed(n)
     centers = torch.randn(7, 3 * 3 * 16, generator=g, dtype=torch.float64)
-    W = centers[torch.randint(0, 7, (n,), generator=g)] + 0.3 * torch.randn(n, 144, generator=g, dtype=torch.float64)
+    W = centers[torch.randint(0, 7, (n,), generator=g)] + 0.3 * torch.randn(
+        n, 144, generator=g, dtype=torch.float64
+    )
     S = neg_sq_distances(W).numpy()
     for beta in (0.5, 0.75, 1.5):
         assert_same(S, beta * np.median(S, axis=0))
@@ -120,7 +125,10 @@ def test_problem_reused_over_preferences_matches_single_runs(seed: int) -> None:
 def test_more_beta_fewer_exemplars() -> None:
     S, _ = case(7)
     med = np.median(S, axis=0)
-    counts = [affinity_propagation(torch.from_numpy(S), torch.from_numpy(b * med)).n_exemplars for b in (0.2, 1.0, 5.0)]
+    counts = [
+        affinity_propagation(torch.from_numpy(S), torch.from_numpy(b * med)).n_exemplars
+        for b in (0.2, 1.0, 5.0)
+    ]
     assert counts[0] >= counts[1] >= counts[2] >= 1
     assert counts[0] > counts[2]
 
@@ -189,7 +197,7 @@ def test_float32_input_is_computed_in_float64() -> None:
 def test_neg_sq_distances() -> None:
     X = torch.randn(9, 5, dtype=torch.float64)
     S = neg_sq_distances(X)
-    assert torch.allclose(S, -torch.cdist(X, X) ** 2, atol=1e-10)
+    assert torch.allclose(S, -(torch.cdist(X, X) ** 2), atol=1e-10)
     assert torch.equal(S, S.T) and torch.all(S.diagonal() == 0) and torch.all(S <= 0)
 
 
@@ -218,6 +226,8 @@ def test_cuda_matches_cpu() -> None:
     for seed in range(8):
         S, pref = case(seed)
         cpu = affinity_propagation(torch.from_numpy(S), torch.as_tensor(np.asarray(pref, dtype=np.float64)))
-        gpu = affinity_propagation(torch.from_numpy(S).cuda(), torch.as_tensor(np.asarray(pref, dtype=np.float64)).cuda())
+        gpu = affinity_propagation(
+            torch.from_numpy(S).cuda(), torch.as_tensor(np.asarray(pref, dtype=np.float64)).cuda()
+        )
         assert gpu.exemplars.is_cuda
         assert gpu.exemplars.cpu().tolist() == cpu.exemplars.tolist()

@@ -53,7 +53,14 @@ def make_hostile(path: Path, target: Path, kind: str) -> Path:
     else:
         raise ValueError(kind)
     # Hidden inside an otherwise plausible compressor checkpoint.
-    obj = {"format": FORMAT, "arch": TV_ARCH, "arch_kwargs": {}, "widths": None, "state_dict": {}, "meta": payload}
+    obj = {
+        "format": FORMAT,
+        "arch": TV_ARCH,
+        "arch_kwargs": {},
+        "widths": None,
+        "state_dict": {},
+        "meta": payload,
+    }
     torch.save(obj, path)
     return path
 
@@ -138,7 +145,7 @@ def _compressor_ckpt(path: Path, arch: str, arch_kwargs: Any, extra: dict[str, A
         # Helpers inside compressor are not models: calling them with arguments from a file writes files.
         ("compressor.io:atomic_write_text", {"path": "{target}", "text": "owned"}),
         ("compressor.models:build_model", {"spec": "os:system", "command": "touch {target}"}),
-        ("compressor.fuzz:load_source", {"source": "open('{target}', 'w')", "name": "pwned_module"}),
+        ("compressor.testing.fuzz:load_source", {"source": "open('{target}', 'w')", "name": "pwned_module"}),
         ("torchvision.models:get_model", {"name": "os:system"}),
     ],
 )
@@ -146,7 +153,13 @@ def test_untrusted_arch_is_refused(tmp_path: Path, arch: str, kwargs: dict[str, 
     target = tmp_path / "pwned"
 
     def fill(v: Any) -> Any:
-        return [fill(i) for i in v] if isinstance(v, list) else v.format(target=target) if isinstance(v, str) else v
+        return (
+            [fill(i) for i in v]
+            if isinstance(v, list)
+            else v.format(target=target)
+            if isinstance(v, str)
+            else v
+        )
 
     ck = _compressor_ckpt(tmp_path / "arch.pt", arch, {k: fill(v) for k, v in kwargs.items()})
     with pytest.raises(CheckpointError) as e:
@@ -199,7 +212,10 @@ BAD_FILES = {
     "truncated_tail": (lambda d, good: _write(d / "trunc2.pt", good[:-20]), "truncated"),
     "text": (lambda d, good: _write(d / "notes.pt", b"this is not a checkpoint\n"), "text file"),
     "json": (lambda d, good: _write(d / "plan.pt", b'{"format": "compressor.plan/1"}'), "JSON"),
-    "random_bytes": (lambda d, good: _write(d / "rand.pt", os.urandom(4096)), "not a readable PyTorch checkpoint"),
+    "random_bytes": (
+        lambda d, good: _write(d / "rand.pt", os.urandom(4096)),
+        "not a readable PyTorch checkpoint",
+    ),
     "zip_not_torch": (lambda d, good: _zip(d / "z.pt"), "zip archive"),
     "onnx": (lambda d, good: _write(d / "model.onnx", b"\x08\x07\x12\x07pytorch"), "ONNX"),
     "list": (lambda d, good: _save(d / "list.pt", [1, 2, 3]), "holds a list"),
@@ -281,7 +297,9 @@ def test_save_is_atomic_and_never_a_pickle(tmp_path: Path) -> None:
     from torchvision.models import squeezenet1_1
 
     net = squeezenet1_1(num_classes=3).eval()
-    out = save_checkpoint(net, tmp_path / "sub" / "m.pt", meta={"arch": "squeezenet1_1", "arch_kwargs": {"num_classes": 3}})
+    out = save_checkpoint(
+        net, tmp_path / "sub" / "m.pt", meta={"arch": "squeezenet1_1", "arch_kwargs": {"num_classes": 3}}
+    )
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.pt"]  # no temp file left
     obj = torch.load(out, weights_only=True)  # loads with the restricted unpickler: no code objects inside
     assert obj["format"] == FORMAT and obj["arch"] == TV_ARCH

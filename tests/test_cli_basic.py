@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import torch
+from compressor.cli.main import app
 from typer.testing import CliRunner
 
-from cli.main import app
 from compressor.checkpoint import load_checkpoint, save_checkpoint
 from tests.nets import Residual
 
@@ -17,7 +17,7 @@ runner = CliRunner()
 
 
 def test_help_imports_no_torch() -> None:
-    code = "import sys, cli.main; sys.exit(1 if 'torch' in sys.modules else 0)"
+    code = "import sys, compressor.cli.main; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -30,7 +30,9 @@ def test_help_lists_commands() -> None:
 def _ckpt(tmp_path):
     model = Residual().eval()
     path = tmp_path / "m.pt"
-    save_checkpoint(model, path, meta={"arch": "tests.nets:Residual", "input_shape": [3, 16, 16], "num_classes": 5})
+    save_checkpoint(
+        model, path, meta={"arch": "tests.nets:Residual", "input_shape": [3, 16, 16], "num_classes": 5}
+    )
     return model, path
 
 
@@ -50,7 +52,9 @@ def test_profile_json(tmp_path) -> None:
 def test_prune_roundtrip(tmp_path) -> None:
     model, path = _ckpt(tmp_path)
     out = tmp_path / "slim.pt"
-    res = runner.invoke(app, ["prune", str(path), "--arch", "tests.nets:Residual", "--flops", "0.5", "-o", str(out), "--json"])
+    res = runner.invoke(
+        app, ["prune", str(path), "--arch", "tests.nets:Residual", "--flops", "0.5", "-o", str(out), "--json"]
+    )
     assert res.exit_code == 0, res.output
     d = json.loads(res.output)
     assert abs(d["flops_ratio"] - 0.5) < 0.05
@@ -71,6 +75,9 @@ def test_exit_codes(tmp_path) -> None:
     res = runner.invoke(app, ["profile", "--arch", "no_such_net"])
     assert res.exit_code == 2 and "unknown architecture" in res.output
     _, path = _ckpt(tmp_path)
-    res = runner.invoke(app, ["prune", str(path), "--arch", "tests.nets:Residual", "--flops", "1.5", "-o", str(tmp_path / "y.pt")])
+    res = runner.invoke(
+        app,
+        ["prune", str(path), "--arch", "tests.nets:Residual", "--flops", "1.5", "-o", str(tmp_path / "y.pt")],
+    )
     assert res.exit_code == 2 and "outside (0, 1]" in res.output
     assert not (tmp_path / "y.pt").exists()

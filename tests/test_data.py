@@ -36,8 +36,15 @@ def test_mnist5k_splits(mnist: DataBundle) -> None:
     assert mnist.num_classes == 10 and mnist.input_shape == (1, 28, 28)
     assert np.bincount(_labels(mnist.test)).tolist() == [50] * 10  # stratified
     # no image is in two splits: compare raw pixels
-    rows = {split: {bytes(img.numpy()) for img in getattr(mnist, split).images} for split in ("train", "val", "test")}
-    assert not rows["train"] & rows["val"] and not rows["train"] & rows["test"] and not rows["val"] & rows["test"]
+    rows = {
+        split: {bytes(img.numpy()) for img in getattr(mnist, split).images}
+        for split in ("train", "val", "test")
+    }
+    assert (
+        not rows["train"] & rows["val"]
+        and not rows["train"] & rows["test"]
+        and not rows["val"] & rows["test"]
+    )
 
 
 def test_mnist5k_is_deterministic_and_normalised(mnist: DataBundle) -> None:

@@ -129,7 +129,9 @@ def _fixtures():  # type: ignore[no-untyped-def]
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("dist_search_worker", Path(__file__).parent / "dist_search_worker.py")
+    spec = importlib.util.spec_from_file_location(
+        "dist_search_worker", Path(__file__).parent / "dist_search_worker.py"
+    )
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -160,8 +162,19 @@ def test_search_returns_a_plan_at_the_flops_target(tmp_path) -> None:  # type: i
     fx = _fixtures()
     model, graph, data = fx.tiny_setup()
     f = tmp_path / "c.jsonl"
-    plan = eagleeye(model, graph, flops=0.5, data=_Guarded(data), seed=3, candidates=5, calib_batches=2,
-                    batch_size=16, device="cpu", progress=False, candidates_file=f)
+    plan = eagleeye(
+        model,
+        graph,
+        flops=0.5,
+        data=_Guarded(data),
+        seed=3,
+        candidates=5,
+        calib_batches=2,
+        batch_size=16,
+        device="cpu",
+        progress=False,
+        candidates_file=f,
+    )
     assert plan.method == "eagleeye" and plan.seed == 3 and plan.flops_target == 0.5
     assert set(plan.groups) <= {g.name for g in graph.prunable}
     assert abs(graph.cost(plan).macs / graph.full.macs - 0.5) <= 0.005

@@ -41,7 +41,9 @@ class FakeGraph:
         for i in range(n_groups):
             n, d, k = 24 + 8 * i, 9 * (i + 2), 3 + i
             centers = torch.randn(k, d, generator=g) * 2
-            v = centers[torch.randint(0, k, (n,), generator=g)] + torch.rand(1, generator=g) * torch.randn(n, d, generator=g)
+            v = centers[torch.randint(0, k, (n,), generator=g)] + torch.rand(1, generator=g) * torch.randn(
+                n, d, generator=g
+            )
             self.vectors[f"g{i}"] = v
             self.per_channel[f"g{i}"] = 1000 * (i + 1)
         self.prunable = [FakeGroup(name, v.shape[0]) for name, v in self.vectors.items()]
@@ -64,7 +66,9 @@ class FakeGraph:
 def sk_exemplars(S: np.ndarray, pref: float | np.ndarray) -> list[int]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ap = sklearn_cluster.AffinityPropagation(affinity="precomputed", preference=pref, random_state=0).fit(S)
+        ap = sklearn_cluster.AffinityPropagation(affinity="precomputed", preference=pref, random_state=0).fit(
+            S
+        )
     return [int(i) for i in ap.cluster_centers_indices_]
 
 
@@ -204,7 +208,9 @@ class TinyRes(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
         self.c1 = nn.Sequential(nn.Conv2d(16, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24), nn.ReLU())
         self.c2 = nn.Sequential(nn.Conv2d(24, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16))
-        self.c3 = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.c3 = nn.Sequential(
+            nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU()
+        )
         self.fc = nn.Linear(32, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

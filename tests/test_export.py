@@ -31,9 +31,15 @@ SHAPE = (1, 16, 16)
 def tiny_net(width: int = 8, classes: int = 10, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     m = nn.Sequential(
-        nn.Conv2d(SHAPE[0], width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.Conv2d(width, width, 3, padding=1, stride=2), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes),
+        nn.Conv2d(SHAPE[0], width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1, stride=2),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, classes),
     )
     for mod in m.modules():  # non-trivial BN statistics so folding is exercised
         if isinstance(mod, nn.BatchNorm2d):
@@ -67,12 +73,16 @@ def test_export_names_shapes_versions_and_matches_torch(tmp_path: Path, dynamic:
     assert res.input_name == "input" and res.output_name == "logits"
     assert set(res.versions) == {"torch", "onnx", "onnxruntime", "onnxsim"}
     assert res.versions["onnxruntime"] == ort.__version__
-    assert res.simplified and res.simplify is not None and res.simplify.nodes_after <= res.simplify.nodes_before
+    assert (
+        res.simplified and res.simplify is not None and res.simplify.nodes_after <= res.simplify.nodes_before
+    )
     proto = onnx.load(res.path)
     onnx.checker.check_model(proto)
     assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [13]
     props = {p.key: p.value for p in proto.metadata_props}
-    assert props["compressor.opset"] == "13" and props["compressor.onnxsim_version"] == res.versions["onnxsim"]
+    assert (
+        props["compressor.opset"] == "13" and props["compressor.onnxsim_version"] == res.versions["onnxsim"]
+    )
     assert proto.producer_name == "compressor"
     dim0 = proto.graph.input[0].type.tensor_type.shape.dim[0]
     if dynamic:
@@ -101,7 +111,9 @@ def test_export_for_target_uses_target_options_and_shape_sources(tmp_path: Path)
         resolve_input_shape(t, {})
 
 
-def test_simplification_failure_keeps_unsimplified_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_simplification_failure_keeps_unsimplified_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import onnxsim
 
     path = tmp_path / "m.onnx"
@@ -145,12 +157,17 @@ def test_validate_passes_and_writes_replayable_test_data(tmp_path: Path) -> None
     path = tmp_path / "model.onnx"
     export_onnx(model, path, input_shape=(1, *SHAPE))
     data = labelled_by(model)
-    rep = validate(path, model, target=fast(), data=data, original=tiny_net(width=16, seed=3),
-                   latency_budget_s=0.2)
+    rep = validate(
+        path, model, target=fast(), data=data, original=tiny_net(width=16, seed=3), latency_budget_s=0.2
+    )
     assert rep.passed and rep.exit_code == 0, rep.to_dict()["checks"]
     rep.raise_for_status()
     assert {c.name: c.status for c in rep.checks} == {
-        "numerics": "pass", "accuracy_agreement": "pass", "accuracy_drop": "pass", "latency": "pass"}
+        "numerics": "pass",
+        "accuracy_agreement": "pass",
+        "accuracy_drop": "pass",
+        "latency": "pass",
+    }
     acc = rep.accuracy
     assert acc is not None and acc["samples"] == len(data)
     assert acc["onnx_top1"] == acc["torch_top1"] == 100.0 and "onnx_top5" in acc
@@ -192,15 +209,24 @@ def test_accuracy_drop_beyond_allowance_is_a_budget_failure(tmp_path: Path) -> N
     path = tmp_path / "model.onnx"
     export_onnx(compressed, path, input_shape=(1, *SHAPE))
     data = DataLoader(labelled_by(original, n=80), batch_size=32)  # original scores 100%
-    rep = validate(path, compressed, target=fast(max_acc_drop=1.0), data=data, original=original, latency=False)
+    rep = validate(
+        path, compressed, target=fast(max_acc_drop=1.0), data=data, original=original, latency=False
+    )
     drop = rep.check("accuracy_drop")
     assert drop.status == "fail" and drop.value is not None and drop.value > 1.0 and drop.limit == 1.0
     assert rep.check("numerics").status == "pass" and rep.exit_code == 3
     with pytest.raises(BudgetError, match="accuracy_drop"):
         rep.raise_for_status()
     # given as a number instead of a model, the same verdict
-    rep2 = validate(path, compressed, target=fast(max_acc_drop=1.0), data=data, original_accuracy=100.0,
-                    latency=False, write_test_data=False)
+    rep2 = validate(
+        path,
+        compressed,
+        target=fast(max_acc_drop=1.0),
+        data=data,
+        original_accuracy=100.0,
+        latency=False,
+        write_test_data=False,
+    )
     assert rep2.check("accuracy_drop").status == "fail"
 
 
@@ -270,7 +296,9 @@ def test_top5_only_with_more_than_five_classes(tmp_path: Path) -> None:
     model = tiny_net(classes=4)
     path = tmp_path / "model.onnx"
     export_onnx(model, path, input_shape=(1, *SHAPE))
-    rep = validate(path, model, target=fast(), data=labelled_by(model, n=20), latency=False, write_test_data=False)
+    rep = validate(
+        path, model, target=fast(), data=labelled_by(model, n=20), latency=False, write_test_data=False
+    )
     assert rep.accuracy is not None and "onnx_top1" in rep.accuracy and "onnx_top5" not in rep.accuracy
 
 
@@ -287,9 +315,19 @@ def save_demo(path: Path, seed: int, **kw: int) -> Path:
     torch.manual_seed(seed)
     args = {**DEMO, **kw}
     m = build_model("resnet_cifar", **args).eval()
-    return save_checkpoint(m, path, meta={"arch": "resnet_cifar", "arch_kwargs": args, "dataset": "mnist5k",
-                                          "input_shape": [1, 28, 28], "num_classes": 10,
-                                          "mean": [0.1307], "std": [0.3081]})
+    return save_checkpoint(
+        m,
+        path,
+        meta={
+            "arch": "resnet_cifar",
+            "arch_kwargs": args,
+            "dataset": "mnist5k",
+            "input_shape": [1, 28, 28],
+            "num_classes": 10,
+            "mean": [0.1307],
+            "std": [0.3081],
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -298,9 +336,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_cli_export_and_validate(tmp_path: Path, checkpoint: Path) -> None:
+    from compressor.cli.main import app
     from typer.testing import CliRunner
-
-    from cli.main import app
 
     runner = CliRunner()
     onnx_path = tmp_path / "out" / "model.onnx"
@@ -311,8 +348,20 @@ def test_cli_export_and_validate(tmp_path: Path, checkpoint: Path) -> None:
     assert onnx_path.is_file()
 
     report = tmp_path / "report.json"
-    args = ["validate", str(onnx_path), "--reference", str(checkpoint), "--target", "mobile", "--threads", "1",
-            "--latency-seconds", "0.2", "-o", str(report)]
+    args = [
+        "validate",
+        str(onnx_path),
+        "--reference",
+        str(checkpoint),
+        "--target",
+        "mobile",
+        "--threads",
+        "1",
+        "--latency-seconds",
+        "0.2",
+        "-o",
+        str(report),
+    ]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     d = json.loads(report.read_text())
@@ -331,32 +380,53 @@ def test_cli_export_and_validate(tmp_path: Path, checkpoint: Path) -> None:
 
 
 def test_cli_validate_wrong_reference_exits_4(tmp_path: Path, checkpoint: Path) -> None:
+    from compressor.cli.main import app
     from typer.testing import CliRunner
-
-    from cli.main import app
 
     other = save_demo(tmp_path / "other.pt", 1)
     onnx_path = tmp_path / "model.onnx"
     runner = CliRunner()
-    assert runner.invoke(app, ["export", str(checkpoint), "-t", "server", "-o", str(onnx_path)]).exit_code == 0
-    r = runner.invoke(app, ["validate", str(onnx_path), "--reference", str(other), "-t", "server", "--no-latency"])
+    assert (
+        runner.invoke(app, ["export", str(checkpoint), "-t", "server", "-o", str(onnx_path)]).exit_code == 0
+    )
+    r = runner.invoke(
+        app, ["validate", str(onnx_path), "--reference", str(other), "-t", "server", "--no-latency"]
+    )
     assert r.exit_code == 4, r.output
     assert (tmp_path / "validation.json").is_file()
 
 
 def test_cli_validate_on_mnist_with_original(tmp_path: Path, checkpoint: Path) -> None:
     """The demo flow: real MNIST test split, the original beside the compressed model."""
+    from compressor.cli.main import app
     from typer.testing import CliRunner
-
-    from cli.main import app
 
     original = save_demo(tmp_path / "original.pt", 2, width=8)
     onnx_path = tmp_path / "model.onnx"
     runner = CliRunner()
     assert runner.invoke(app, ["export", str(checkpoint), "-t", "edge", "-o", str(onnx_path)]).exit_code == 0
-    r = runner.invoke(app, ["validate", str(onnx_path), "--reference", str(checkpoint), "-t", "edge",
-                            "--data", "mnist5k", "--original", str(original), "--threads", "1",
-                            "--max-acc-drop", "100", "--latency-seconds", "0.3", "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "validate",
+            str(onnx_path),
+            "--reference",
+            str(checkpoint),
+            "-t",
+            "edge",
+            "--data",
+            "mnist5k",
+            "--original",
+            str(original),
+            "--threads",
+            "1",
+            "--max-acc-drop",
+            "100",
+            "--latency-seconds",
+            "0.3",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     acc = d["accuracy"]
@@ -383,7 +453,9 @@ def test_latency_vs_flops_benchmark_runs(tmp_path: Path) -> None:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "r.json"
-    assert mod.main(["--models", "resnet_cifar", "--seconds", "0.2", "--threads", "1", "--out", str(out)]) == 0
+    assert (
+        mod.main(["--models", "resnet_cifar", "--seconds", "0.2", "--threads", "1", "--out", str(out)]) == 0
+    )
     d = json.loads(out.read_text())
     r = d["results"]["resnet_cifar"]
     assert 0.3 < r["slim"]["flops_ratio"] < 0.7 and r["slim_x8"]["conv_widths_multiple_of_8"] > 0.5

@@ -46,7 +46,9 @@ def test_flops_quick(name: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in torchvision.models.list_models(module=torchvision.models) if n not in QUICK])
+@pytest.mark.parametrize(
+    "name", [n for n in torchvision.models.list_models(module=torchvision.models) if n not in QUICK]
+)
 def test_flops_full(name: str) -> None:
     check(name)
 

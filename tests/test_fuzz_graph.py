@@ -1,7 +1,7 @@
-"""The channel graph against random small CNNs (compressor.fuzz): slimmed == masked original, or frozen.
+"""The channel graph against random small CNNs (compressor.testing.fuzz): slimmed == masked original, or frozen.
 
 A failure prints the seed and the generated source; reproduce with
-``python -c "from compressor.fuzz import reproduce; print(reproduce(SEED))"``.
+``python -c "from compressor.testing.fuzz import reproduce; print(reproduce(SEED))"``.
 Many more networks: ``python benchmarks/fuzz_graph.py`` (1,000).
 """
 
@@ -15,8 +15,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from compressor.fuzz import INPUT_SHAPE, build_net, check_net, net_source
 from compressor.plan import Plan
+from compressor.testing.fuzz import INPUT_SHAPE, build_net, check_net, net_source
 
 DEFAULT_SEEDS = list(range(24))
 
@@ -64,7 +64,15 @@ def test_generator_covers_the_topologies() -> None:
     unusual = {k for k in seen if k.startswith("unusual:")}
     assert len(unusual) >= 15, sorted(unusual)
     src = "\n".join(net_source(s) for s in range(200))
-    for pattern in ("groups=", "torch.cat(", "torch.split(", "chunk(", "torch.sigmoid(", "nn.Linear(", "torch.flatten("):
+    for pattern in (
+        "groups=",
+        "torch.cat(",
+        "torch.split(",
+        "chunk(",
+        "torch.sigmoid(",
+        "nn.Linear(",
+        "torch.flatten(",
+    ):
         assert pattern in src, pattern
 
 
@@ -112,14 +120,20 @@ def test_verify_is_not_vacuous() -> None:
         rng = random.Random(seed)
         g = graph.prunable[0]
         kept = sorted(rng.sample(range(g.size), max(1, g.size // 2)))
-        plan = Plan(method="fuzz", groups={g.name: kept}, group_sizes={g.name: g.size}, input_shape=list(INPUT_SHAPE))
+        plan = Plan(
+            method="fuzz", groups={g.name: kept}, group_sizes={g.name: g.size}, input_shape=list(INPUT_SHAPE)
+        )
         small = slim(net, plan, graph=graph)
         x = torch.randn(2, *INPUT_SHAPE[1:])
         scale = float(net(x).abs().max()) + 1e-6
         assert graph.verify(small, plan, inputs=[x]) < 1e-4 * scale
-        last = [m for m in small.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None][-1]
+        last = [m for m in small.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None][
+            -1
+        ]
         with torch.no_grad():
-            last.bias.add_(0.5)  # the classifier's bias: shifts the output by 0.5 (a mean over pixels keeps it)
+            last.bias.add_(
+                0.5
+            )  # the classifier's bias: shifts the output by 0.5 (a mean over pixels keeps it)
         assert graph.verify(small, plan, inputs=[x]) > 0.4, seed
         checked += 1
         if checked == 3:

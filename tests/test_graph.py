@@ -65,7 +65,9 @@ def test_pruning_changes_output_unless_masked() -> None:
     g = graph.prunable[0]
     plan = graph.plan_from_counts({g.name: g.size // 2}, method="t")
     small = slim(model, plan, graph=graph)
-    other = graph.plan_from_counts({g.name: g.size // 2}, method="t", importance={g.name: -graph.importance()[g.name]})
+    other = graph.plan_from_counts(
+        {g.name: g.size // 2}, method="t", importance={g.name: -graph.importance()[g.name]}
+    )
     assert graph.verify(small, plan) < 1e-5
     assert graph.verify(small, other) > 1e-3
 
@@ -176,10 +178,11 @@ def test_channel_vectors_and_importance() -> None:
 def test_handlers_reject_wrong_module_type(mtype: type) -> None:
     """A slim handler given a module of the wrong kind fails loudly instead of mis-slicing."""
     h = MODULE_HANDLERS[mtype]
-    rec = ModuleRecord("x", "conv", in_labels=torch.arange(3), out_labels=torch.arange(3, 7), labels=torch.arange(4))
+    rec = ModuleRecord(
+        "x", "conv", in_labels=torch.arange(3), out_labels=torch.arange(3, 7), labels=torch.arange(4)
+    )
     with pytest.raises(TypeError, match="handler for"):
         h.slim(nn.ReLU(), rec, torch.ones(7, dtype=torch.bool))
-
 
 
 def test_rejected_input_shape_is_usage_error() -> None:

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from compressor.cli.main import app
 from typer.testing import CliRunner
 
-from cli.main import app
 from compressor.errors import UsageError
 
 runner = CliRunner()
@@ -67,8 +67,15 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.manual_seed(0)
     kwargs = {"num_classes": 10, "in_channels": 3, "depth": 8, "width": 8}
     model = build_model("resnet_cifar", **kwargs).eval()
-    meta = {"arch": "resnet_cifar", "arch_kwargs": kwargs, "dataset": f"cifar10:{data}", "input_shape": [3, 16, 16],
-            "num_classes": 10, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    meta = {
+        "arch": "resnet_cifar",
+        "arch_kwargs": kwargs,
+        "dataset": f"cifar10:{data}",
+        "input_shape": [3, 16, 16],
+        "num_classes": 10,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+    }
     ckpt = save_checkpoint(model, root / "tiny.pt", meta=meta)
     target = root / "tiny_target.toml"
     target.write_text(TARGET_TOML, encoding="utf-8")
@@ -82,8 +89,20 @@ def _invoke(*args: str) -> Any:
 @pytest.fixture(scope="module")
 def eagleeye_run(assets: dict[str, Path]) -> dict[str, Any]:
     out = assets["root"] / "out_ee"
-    args = [str(assets["ckpt"]), "--target", str(assets["target"]), "--method", "eagleeye", "--candidates", "3",
-            "--epochs", "1", "--out", str(out), "--json"]
+    args = [
+        str(assets["ckpt"]),
+        "--target",
+        str(assets["target"]),
+        "--method",
+        "eagleeye",
+        "--candidates",
+        "3",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--json",
+    ]
     res = _invoke(*args)
     return {"args": args, "res": res, "out": out}
 
@@ -124,8 +143,16 @@ def test_report_numbers_match_the_artifacts(eagleeye_run: dict[str, Any]) -> Non
     names = {b["name"]: b for b in rep["budgets"]}
     assert all(b["passed"] for b in rep["budgets"]) and len(names) == 3
     assert all(ch["passed"] is not False for ch in rep["checks"])
-    assert [s["name"] for s in rep["stages"]] == ["load", "profile", "search", "slim", "finetune", "export",
-                                                  "validate", "report"]
+    assert [s["name"] for s in rep["stages"]] == [
+        "load",
+        "profile",
+        "search",
+        "slim",
+        "finetune",
+        "export",
+        "validate",
+        "report",
+    ]
     assert rep["versions"]["torch"] and rep["versions"]["onnxruntime"] and rep["versions"]["onnxsim"]
     assert rep["command"].startswith("compress run")
     assert rep["seeds"]["seed"] == 0
@@ -150,7 +177,9 @@ def test_rerun_resumes_from_finished_stages(eagleeye_run: dict[str, Any]) -> Non
     assert "resum" in res.output
     rep = json.loads((eagleeye_run["out"] / "report.json").read_text())
     status = {s["name"]: s["status"] for s in rep["stages"]}
-    assert status["profile"] == "resumed" and status["search"] == "resumed" and status["finetune"] == "resumed"
+    assert (
+        status["profile"] == "resumed" and status["search"] == "resumed" and status["finetune"] == "resumed"
+    )
 
 
 def test_rerun_with_other_settings_is_refused(eagleeye_run: dict[str, Any]) -> None:
@@ -171,8 +200,19 @@ def test_rerun_with_other_settings_is_refused(eagleeye_run: dict[str, Any]) -> N
 def test_interrupted_search_resumes_from_candidates_jsonl(assets: dict[str, Path]) -> None:
     """A run stopped after the search scored its candidates (no plan.json yet) scores none again."""
     out = assets["root"] / "out_resume"
-    args = [str(assets["ckpt"]), "--target", str(assets["target"]), "--candidates", "2", "--top-k", "1", "--epochs", "0",
-            "--out", str(out)]
+    args = [
+        str(assets["ckpt"]),
+        "--target",
+        str(assets["target"]),
+        "--candidates",
+        "2",
+        "--top-k",
+        "1",
+        "--epochs",
+        "0",
+        "--out",
+        str(out),
+    ]
     assert _invoke(*args).exit_code == 0
     lines = (out / "candidates.jsonl").read_text().splitlines()
     (out / "plan.json").unlink()  # as if interrupted between the search and writing the plan
@@ -193,8 +233,19 @@ def test_out_that_is_a_file_exits_2(assets: dict[str, Path], tmp_path: Path) -> 
 
 def test_impossible_latency_budget_exits_3_with_a_report(assets: dict[str, Path]) -> None:
     out = assets["root"] / "out_lat"
-    res = _invoke(str(assets["ckpt"]), "--target", str(assets["target"]), "--method", "l1-uniform", "--epochs", "0",
-                  "--latency-ms", "0.000001", "--out", str(out))
+    res = _invoke(
+        str(assets["ckpt"]),
+        "--target",
+        str(assets["target"]),
+        "--method",
+        "l1-uniform",
+        "--epochs",
+        "0",
+        "--latency-ms",
+        "0.000001",
+        "--out",
+        str(out),
+    )
     assert res.exit_code == 3, res.output
     assert "latency" in res.output
     rep = json.loads((out / "report.json").read_text())
@@ -217,7 +268,14 @@ def test_impossible_latency_budget_exits_3_with_a_report(assets: dict[str, Path]
     ],
 )
 def test_bad_input_exits_2(assets: dict[str, Path], extra: list[str], needle: str) -> None:
-    args = [str(assets["ckpt"]), "--target", str(assets["target"]), "--out", str(assets["root"] / "out_bad"), *extra]
+    args = [
+        str(assets["ckpt"]),
+        "--target",
+        str(assets["target"]),
+        "--out",
+        str(assets["root"] / "out_bad"),
+        *extra,
+    ]
     res = _invoke(*args)
     assert res.exit_code == 2, res.output
     assert needle in res.output.lower()
@@ -230,7 +288,9 @@ def test_cuda_without_cuda_exits_2(assets: dict[str, Path]) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     out = assets["root"] / "out_cuda"
-    res = _invoke(str(assets["ckpt"]), "--target", str(assets["target"]), "--device", "cuda", "--out", str(out))
+    res = _invoke(
+        str(assets["ckpt"]), "--target", str(assets["target"]), "--device", "cuda", "--out", str(out)
+    )
     assert res.exit_code == 2 and "CUDA is not available" in res.output
     assert not out.exists()
 
@@ -242,9 +302,11 @@ def test_missing_checkpoint_exits_2(tmp_path: Path) -> None:
 
 def test_dry_run_writes_nothing(assets: dict[str, Path]) -> None:
     out = assets["root"] / "out_dry"
-    res = _invoke(str(assets["ckpt"]), "--target", str(assets["target"]), "--out", str(out), "--dry-run", "--json")
+    res = _invoke(
+        str(assets["ckpt"]), "--target", str(assets["target"]), "--out", str(out), "--dry-run", "--json"
+    )
     assert res.exit_code == 0, res.output
-    rep = json.loads(res.stdout[res.stdout.index("{"):])
+    rep = json.loads(res.stdout[res.stdout.index("{") :])
     assert rep["status"] == "dry_run" and rep["estimate_s"] > 0
     assert [p["name"] for p in rep["plan"]][:3] == ["profile", "search", "slim"]
     assert not out.exists()
@@ -284,22 +346,49 @@ def test_torchrun_two_processes(assets: dict[str, Path]) -> None:
     import sys
 
     out = assets["root"] / "out_ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-           "-m", "cli.main", "run", str(assets["ckpt"]), "--target", str(assets["target"]), "--candidates", "4",
-           "--top-k", "1", "--epochs", "1", "--out", str(out), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29517",
+        "-m",
+        "compressor.cli.main",
+        "run",
+        str(assets["ckpt"]),
+        "--target",
+        str(assets["target"]),
+        "--candidates",
+        "4",
+        "--top-k",
+        "1",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--json",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rep = json.loads((out / "report.json").read_text())
     assert rep["status"] == "passed"
-    idx = [json.loads(line)["index"] for line in (out / "candidates.jsonl").read_text().splitlines() if line.strip()]
+    idx = [
+        json.loads(line)["index"]
+        for line in (out / "candidates.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     assert sorted(idx) == [0, 1, 2, 3]  # every candidate scored once, by one of the two ranks
     assert (out / "model.onnx").is_file() and (out / "model.pt").is_file()
 
 
-def test_validation_failure_exits_4_after_writing_the_report(assets: dict[str, Path],
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_validation_failure_exits_4_after_writing_the_report(
+    assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An ONNX model that disagrees with PyTorch (simulated: a zero tolerance) is exit 4, report first."""
     import compressor.export as export
 
@@ -310,8 +399,19 @@ def test_validation_failure_exits_4_after_writing_the_report(assets: dict[str, P
 
     monkeypatch.setattr(export, "validate", strict)
     out = assets["root"] / "out_val"
-    res = _invoke(str(assets["ckpt"]), "--target", str(assets["target"]), "--candidates", "2", "--top-k", "1", "--epochs", "0",
-                  "--out", str(out))
+    res = _invoke(
+        str(assets["ckpt"]),
+        "--target",
+        str(assets["target"]),
+        "--candidates",
+        "2",
+        "--top-k",
+        "1",
+        "--epochs",
+        "0",
+        "--out",
+        str(out),
+    )
     assert res.exit_code == 4, res.output
     rep = json.loads((out / "report.json").read_text())
     assert rep["status"] == "validation_failed" and rep["exit_code"] == 4
@@ -332,11 +432,28 @@ def test_sigint_during_search_then_rerun_resumes(assets: dict[str, Path]) -> Non
     import time
 
     out = assets["root"] / "out_sigint"
-    args = [str(assets["ckpt"]), "--target", str(assets["target"]), "--candidates", "8", "--top-k", "1", "--epochs", "0",
-            "--out", str(out)]
+    args = [
+        str(assets["ckpt"]),
+        "--target",
+        str(assets["target"]),
+        "--candidates",
+        "8",
+        "--top-k",
+        "1",
+        "--epochs",
+        "0",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "run", *args], cwd=Path(__file__).resolve().parents[1],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "compressor.cli.main", "run", *args],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     cands = out / "candidates.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -363,8 +480,15 @@ def test_python_api_matches_design(assets: dict[str, Path]) -> None:
     import compressor
 
     out = assets["root"] / "out_api"
-    rep = compressor.run(checkpoint=str(assets["ckpt"]), target=str(assets["target"]), flops=0.5, out=str(out),
-                         method="l1-uniform", epochs=0, progress=False)
+    rep = compressor.run(
+        checkpoint=str(assets["ckpt"]),
+        target=str(assets["target"]),
+        flops=0.5,
+        out=str(out),
+        method="l1-uniform",
+        epochs=0,
+        progress=False,
+    )
     assert rep["status"] == "passed" and rep["exit_code"] == 0
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["status"] == "passed" and on_disk["compressed"]["macs"] == rep["compressed"]["macs"]

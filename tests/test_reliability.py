@@ -256,9 +256,8 @@ def test_fx_wrapped_function_is_opaque_to_fx() -> None:
 def test_cli_errors_print_messages_verbatim() -> None:
     """Brackets in messages (paths, torch's '[enforce fail ...]', key lists) are not rich markup."""
     import typer
+    from compressor.cli._common import cli_errors
     from typer.testing import CliRunner
-
-    from cli._common import cli_errors
 
     app = typer.Typer()
 
@@ -272,7 +271,11 @@ def test_cli_errors_print_messages_verbatim() -> None:
         pass
 
     runner = CliRunner()
-    for msg in ["out[/]x is bad", "[bold]kept[/bold]", "torch said: [enforce fail at inline_container.cc:179]"]:
+    for msg in [
+        "out[/]x is bad",
+        "[bold]kept[/bold]",
+        "torch said: [enforce fail at inline_container.cc:179]",
+    ]:
         res = runner.invoke(app, ["fail", msg])
         assert res.exit_code == 2, (msg, res.exception)
         assert msg in res.output.replace("\n", ""), res.output
@@ -339,16 +342,14 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _commands() -> set[str]:
     import typer
-
-    from cli.main import app
+    from compressor.cli.main import app
 
     return set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
 
 
 def _invoke(args: list[str]) -> tuple[int, str]:
+    from compressor.cli.main import app
     from typer.testing import CliRunner
-
-    from cli.main import app
 
     res = CliRunner().invoke(app, args)
     if res.exception is not None and not isinstance(res.exception, SystemExit):
@@ -360,7 +361,18 @@ def _invoke(args: list[str]) -> tuple[int, str]:
 LOADERS: dict[str, list[str]] = {
     "profile": ["profile", "{ck}"],
     "prune": ["prune", "{ck}", "--flops", "0.5", "-o", "{out}/slim.pt"],
-    "search": ["search", "{ck}", "--flops", "0.5", "--candidates", "2", "--calib-batches", "1", "-o", "{out}/plan.json"],
+    "search": [
+        "search",
+        "{ck}",
+        "--flops",
+        "0.5",
+        "--candidates",
+        "2",
+        "--calib-batches",
+        "1",
+        "-o",
+        "{out}/plan.json",
+    ],
     "finetune": ["finetune", "{ck}", "--epochs", "1", "-o", "{out}/ft.pt"],
     "export": ["export", "{ck}", "-o", "{out}/model.onnx"],
     "run": ["run", "{ck}", "--target", "mobile", "--out", "{out}/run"],
@@ -372,7 +384,8 @@ def _artifacts(out: Path) -> list[str]:
     if not out.exists():
         return []
     return sorted(
-        str(p.relative_to(out)) for p in out.rglob("*")
+        str(p.relative_to(out))
+        for p in out.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)
     )
 
@@ -496,41 +509,94 @@ BAD_ARGS: dict[str, tuple[list[str], str]] = {
     "search-flops-0": (["search", "{ck}", "--flops", "0", "-o", "{out}/p.json"], "--flops 0"),
     "search-flops-1.5": (["search", "{ck}", "--flops", "1.5", "-o", "{out}/p.json"], "(0, 1]"),
     "search-flops-negative": (["search", "{ck}", "--flops", "-0.2", "-o", "{out}/p.json"], "(0, 1]"),
-    "search-unknown-method": (["search", "{ck}", "--method", "nope", "--flops", "0.5", "-o", "{out}/p.json"], "eagleeye"),
-    "search-unknown-dataset": (["search", "{ck}", "--flops", "0.5", "--data", "nope", "-o", "{out}/p.json"], "mnist5k"),
+    "search-unknown-method": (
+        ["search", "{ck}", "--method", "nope", "--flops", "0.5", "-o", "{out}/p.json"],
+        "eagleeye",
+    ),
+    "search-unknown-dataset": (
+        ["search", "{ck}", "--flops", "0.5", "--data", "nope", "-o", "{out}/p.json"],
+        "mnist5k",
+    ),
     "search-output-under-a-file": (["search", "{ck}", "--flops", "0.5", "-o", "{file}/p.json"], "afile"),
     "search-input-shape-rejected": (
-        ["search", "{ck}", "--flops", "0.5", "--input-shape", "1,3,28,28", "-o", "{out}/p.json"], "input shape"),
-    "search-candidates-0": (["search", "{ck}", "--flops", "0.5", "--candidates", "0", "-o", "{out}/p.json"], "--candidates"),
+        ["search", "{ck}", "--flops", "0.5", "--input-shape", "1,3,28,28", "-o", "{out}/p.json"],
+        "input shape",
+    ),
+    "search-candidates-0": (
+        ["search", "{ck}", "--flops", "0.5", "--candidates", "0", "-o", "{out}/p.json"],
+        "--candidates",
+    ),
     "prune-flops-0": (["prune", "{ck}", "--flops", "0", "-o", "{out}/s.pt"], "--flops 0"),
     "prune-flops-2": (["prune", "{ck}", "--flops", "2", "-o", "{out}/s.pt"], "(0, 1]"),
-    "prune-unknown-method": (["prune", "{ck}", "--method", "nope", "--flops", "0.5", "-o", "{out}/s.pt"], "nope"),
+    "prune-unknown-method": (
+        ["prune", "{ck}", "--method", "nope", "--flops", "0.5", "-o", "{out}/s.pt"],
+        "nope",
+    ),
     "prune-output-under-a-file": (["prune", "{ck}", "--flops", "0.5", "-o", "{file}/s.pt"], "afile"),
     "profile-input-shape-rejected": (["profile", "{ck}", "--input-shape", "1,3,28,28"], "input shape"),
-    "finetune-unknown-dataset": (["finetune", "{ck}", "--epochs", "1", "--data", "nope", "-o", "{out}/f.pt"], "mnist5k"),
+    "finetune-unknown-dataset": (
+        ["finetune", "{ck}", "--epochs", "1", "--data", "nope", "-o", "{out}/f.pt"],
+        "mnist5k",
+    ),
     "finetune-epochs-negative": (["finetune", "{ck}", "--epochs", "-1", "-o", "{out}/f.pt"], "epochs"),
     "finetune-output-under-a-file": (["finetune", "{ck}", "--epochs", "1", "-o", "{file}/f.pt"], "afile"),
     "export-unknown-target": (["export", "{ck}", "--target", "nope", "-o", "{out}/m.onnx"], "mobile"),
     "export-output-under-a-file": (["export", "{ck}", "-o", "{file}/m.onnx"], "afile"),
-    "export-input-shape-rejected": (["export", "{ck}", "--input-shape", "3,28,28", "-o", "{out}/m.onnx"], "input shape"),
+    "export-input-shape-rejected": (
+        ["export", "{ck}", "--input-shape", "3,28,28", "-o", "{out}/m.onnx"],
+        "input shape",
+    ),
     "validate-not-onnx": (["validate", "{file}", "-r", "{ck}", "--no-latency"], "afile"),
     "validate-negative-latency": (["validate", "{file}", "-r", "{ck}", "--latency-ms", "-1"], "-1"),
     "run-flops-0": (["run", "{ck}", "--target", "mobile", "--flops", "0", "--out", "{out}/r"], "--flops 0"),
     "run-flops-1.5": (["run", "{ck}", "--target", "mobile", "--flops", "1.5", "--out", "{out}/r"], "(0, 1]"),
-    "run-latency-0": (["run", "{ck}", "--target", "mobile", "--latency-ms", "0", "--out", "{out}/r"], "--latency-ms 0"),
-    "run-latency-negative": (["run", "{ck}", "--target", "mobile", "--latency-ms", "-5", "--out", "{out}/r"], "-5"),
-    "run-unknown-method": (["run", "{ck}", "--target", "mobile", "--method", "nope", "--out", "{out}/r"], "eagleeye"),
+    "run-latency-0": (
+        ["run", "{ck}", "--target", "mobile", "--latency-ms", "0", "--out", "{out}/r"],
+        "--latency-ms 0",
+    ),
+    "run-latency-negative": (
+        ["run", "{ck}", "--target", "mobile", "--latency-ms", "-5", "--out", "{out}/r"],
+        "-5",
+    ),
+    "run-unknown-method": (
+        ["run", "{ck}", "--target", "mobile", "--method", "nope", "--out", "{out}/r"],
+        "eagleeye",
+    ),
     "run-unknown-target": (["run", "{ck}", "--target", "nope", "--out", "{out}/r"], "mobile"),
-    "run-unknown-dataset": (["run", "{ck}", "--target", "mobile", "--data", "nope", "--out", "{out}/r"], "mnist5k"),
+    "run-unknown-dataset": (
+        ["run", "{ck}", "--target", "mobile", "--data", "nope", "--out", "{out}/r"],
+        "mnist5k",
+    ),
     "run-out-is-a-file": (["run", "{ck}", "--target", "mobile", "--out", "{file}"], "is a file"),
-    "run-out-not-writable": (["run", "{ck}", "--target", "mobile", "--out", "/sys/compressor-out"], "/sys/compressor-out"),
-    "run-config-not-toml": (["run", "{ck}", "--target", "mobile", "--config", "{file}", "--out", "{out}/r"], "not valid TOML"),
-    "run-config-unknown-key": (["run", "{ck}", "--target", "mobile", "--config", "{config}", "--out", "{out}/r"], "'bogus'"),
+    "run-out-not-writable": (
+        ["run", "{ck}", "--target", "mobile", "--out", "/sys/compressor-out"],
+        "/sys/compressor-out",
+    ),
+    "run-config-not-toml": (
+        ["run", "{ck}", "--target", "mobile", "--config", "{file}", "--out", "{out}/r"],
+        "not valid TOML",
+    ),
+    "run-config-unknown-key": (
+        ["run", "{ck}", "--target", "mobile", "--config", "{config}", "--out", "{out}/r"],
+        "'bogus'",
+    ),
     "run-target-unknown-key": (["run", "{ck}", "--target", "{target}", "--out", "{out}/r"], "'bogus'"),
-    "export-target-not-toml": (["export", "{ck}", "--target", "{file}", "-o", "{out}/m.onnx"], "not valid TOML"),
-    "search-unknown-device": (["search", "{ck}", "--flops", "0.5", "--device", "tpu", "-o", "{out}/p.json"], "'tpu'"),
-    "run-unknown-device": (["run", "{ck}", "--target", "mobile", "--device", "tpu", "--out", "{out}/r"], "'tpu'"),
-    "finetune-unknown-device": (["finetune", "{ck}", "--epochs", "1", "--device", "tpu", "-o", "{out}/f.pt"], "'tpu'"),
+    "export-target-not-toml": (
+        ["export", "{ck}", "--target", "{file}", "-o", "{out}/m.onnx"],
+        "not valid TOML",
+    ),
+    "search-unknown-device": (
+        ["search", "{ck}", "--flops", "0.5", "--device", "tpu", "-o", "{out}/p.json"],
+        "'tpu'",
+    ),
+    "run-unknown-device": (
+        ["run", "{ck}", "--target", "mobile", "--device", "tpu", "--out", "{out}/r"],
+        "'tpu'",
+    ),
+    "finetune-unknown-device": (
+        ["finetune", "{ck}", "--epochs", "1", "--device", "tpu", "-o", "{out}/f.pt"],
+        "'tpu'",
+    ),
     "prune-plan-not-json": (["prune", "{ck}", "--plan", "{file}", "-o", "{out}/s.pt"], "not valid JSON"),
 }
 
@@ -545,7 +611,13 @@ def test_cli_bad_argument_exits_2(tmp_path: Path, tiny_ckpt: Path, case: str) ->
     (tmp_path / "target.toml").write_text("[budget]\nflops = 0.5\nbogus = 1\n")
     out = tmp_path / "out"
     argv = [
-        a.format(ck=tiny_ckpt, out=out, file=afile, config=tmp_path / "config.toml", target=tmp_path / "target.toml")
+        a.format(
+            ck=tiny_ckpt,
+            out=out,
+            file=afile,
+            config=tmp_path / "config.toml",
+            target=tmp_path / "target.toml",
+        )
         for a in args
     ]
     t0 = time.perf_counter()
@@ -568,7 +640,9 @@ REPO = Path(__file__).resolve().parents[1]
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     with open(log, "wb") as f:  # the child keeps its own handle
-        return subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env, stdout=f, stderr=f)
+        return subprocess.Popen(
+            [sys.executable, "-m", "compressor.cli.main", *args], cwd=REPO, env=env, stdout=f, stderr=f
+        )
 
 
 def _wait_until(cond: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
@@ -577,7 +651,9 @@ def _wait_until(cond: Callable[[], bool], proc: subprocess.Popen[bytes], log: Pa
         if cond():
             return
         if proc.poll() is not None:
-            pytest.fail(f"process ended (exit {proc.returncode}) before the expected progress:\n{log.read_text()[-3000:]}")
+            pytest.fail(
+                f"process ended (exit {proc.returncode}) before the expected progress:\n{log.read_text()[-3000:]}"
+            )
         time.sleep(0.01)
     proc.kill()
     pytest.fail(f"no progress within {timeout} s:\n{log.read_text()[-3000:]}")
@@ -693,7 +769,9 @@ def test_interrupted_run_resumes(tmp_path: Path, tiny_ckpt: Path, stage: str) ->
         _wait_until(lambda: (out / "plan.json").exists(), proc, log, timeout=400)
         _wait_until(lambda: (out / "model.pt.state").exists(), proc, log, timeout=240)  # one epoch done
     else:  # model.onnx is being written (its temp file exists) or was just written (validation runs)
-        _wait_until(lambda: any(out.glob(".model.onnx.*")) or (out / "model.onnx").exists(), proc, log, timeout=600)
+        _wait_until(
+            lambda: any(out.glob(".model.onnx.*")) or (out / "model.onnx").exists(), proc, log, timeout=600
+        )
     code = _interrupt(proc, signal.SIGTERM, log)
     assert code == 130, log.read_text()[-3000:]
     kinds = check_artifacts(out)  # whatever exists is complete (model.onnx may, if it was written)
@@ -716,7 +794,18 @@ def test_interrupted_finetune_resumes_from_the_last_epoch(tmp_path: Path, tiny_c
     if "finetune" not in _commands():
         pytest.skip("'compress finetune' is not on this branch yet")
     out = tmp_path / "ft.pt"
-    args = ["finetune", str(tiny_ckpt), "--epochs", "3", "--batch-size", "64", "-o", str(out), "--json", "--no-progress"]
+    args = [
+        "finetune",
+        str(tiny_ckpt),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "64",
+        "-o",
+        str(out),
+        "--json",
+        "--no-progress",
+    ]
     log = tmp_path / "first.log"
     proc = _spawn(args, log)
     _wait_until(lambda: Path(str(out) + ".state").exists(), proc, log, timeout=300)
@@ -761,8 +850,14 @@ def test_interrupted_export_leaves_no_half_written_onnx(tmp_path: Path, tiny_ckp
         ("[1, 2]", "not a compressor plan"),
         ('"plan"', "not a compressor plan"),
         ('{"format": "other/1"}', "not a compressor plan"),
-        ('{"format": "compressor.plan/1", "method": "x", "groups": [1], "group_sizes": {}}', "malformed plan"),
-        ('{"format": "compressor.plan/1", "method": "x", "groups": {"a": ["z"]}, "group_sizes": {"a": 3}}', "malformed"),
+        (
+            '{"format": "compressor.plan/1", "method": "x", "groups": [1], "group_sizes": {}}',
+            "malformed plan",
+        ),
+        (
+            '{"format": "compressor.plan/1", "method": "x", "groups": {"a": ["z"]}, "group_sizes": {"a": 3}}',
+            "malformed",
+        ),
         ('{"format": "compressor.plan/1", "groups": {}, "group_sizes": {}}', "malformed plan"),
     ],
 )
@@ -821,8 +916,12 @@ def test_run_with_an_unsupported_op_compresses_and_names_it_in_the_report(tmp_pa
     layers = {row["name"]: row for row in report["layers"]}
     frozen = [row for row in report["layers"] if row["frozen"]]
     assert any("cumsum" in (row.get("reason") or "") for row in frozen), report["layers"]
-    assert any(not row["frozen"] and row["after"] < row["before"] for row in layers.values()), report["layers"]
-    assert "cumsum" in report["message"] or any("cumsum" in n for n in report.get("notes", [])), report["message"]
+    assert any(not row["frozen"] and row["after"] < row["before"] for row in layers.values()), report[
+        "layers"
+    ]
+    assert "cumsum" in report["message"] or any("cumsum" in n for n in report.get("notes", [])), report[
+        "message"
+    ]
 
 
 def test_cli_hostile_teacher_checkpoint_is_refused(tmp_path: Path, tiny_ckpt: Path) -> None:
@@ -830,6 +929,8 @@ def test_cli_hostile_teacher_checkpoint_is_refused(tmp_path: Path, tiny_ckpt: Pa
     if "finetune" not in _commands():
         pytest.skip("'compress finetune' is not on this branch yet")
     evil, target = _hostile(tmp_path)
-    code, text = _invoke(["finetune", str(tiny_ckpt), "--epochs", "1", "--teacher", str(evil), "-o", str(tmp_path / "f.pt")])
+    code, text = _invoke(
+        ["finetune", str(tiny_ckpt), "--epochs", "1", "--teacher", str(evil), "-o", str(tmp_path / "f.pt")]
+    )
     assert code == 2 and "arbitrary code" in text, text
     assert not target.exists() and not (tmp_path / "f.pt").exists()

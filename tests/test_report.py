@@ -18,7 +18,8 @@ from compressor import report as rep
 def sample_report() -> dict[str, Any]:
     rng = random.Random(0)
     cands = [
-        {"id": i, "flops": 0.5 + rng.uniform(-0.004, 0.004), "score": 60 + 35 * rng.random()} for i in range(30)
+        {"id": i, "flops": 0.5 + rng.uniform(-0.004, 0.004), "score": 60 + 35 * rng.random()}
+        for i in range(30)
     ]
     best = max(cands, key=lambda c: c["score"])
     best["chosen"] = True
@@ -28,30 +29,90 @@ def sample_report() -> dict[str, Any]:
         "message": "all budgets and checks passed",
         "command": "compress run examples/resnet_mnist.pt --target mobile --flops 0.5 <b>",
         "created": "2026-11-21T17:00:00Z",
-        "checkpoint": {"path": "examples/resnet_mnist.pt", "sha256": "ab" * 32, "arch": "compressor.models.zoo:resnet_cifar"},
-        "settings": {"target": "mobile", "method": "eagleeye", "flops": 0.5, "latency_ms": 2.0, "percentile": 90,
-                     "max_acc_drop": 1.0, "epochs": 3, "data": "mnist5k", "seed": 0, "batch": 1},
+        "checkpoint": {
+            "path": "examples/resnet_mnist.pt",
+            "sha256": "ab" * 32,
+            "arch": "compressor.models.zoo:resnet_cifar",
+        },
+        "settings": {
+            "target": "mobile",
+            "method": "eagleeye",
+            "flops": 0.5,
+            "latency_ms": 2.0,
+            "percentile": 90,
+            "max_acc_drop": 1.0,
+            "epochs": 3,
+            "data": "mnist5k",
+            "seed": 0,
+            "batch": 1,
+        },
         "target": {"runtime": {"provider": "CPUExecutionProvider", "intra_op_threads": 1}},
-        "original": {"macs": 40_000_000, "params": 270_000, "top1": 98.4, "top1_ort": 98.4,
-                     "latency": {"p50": 1.2, "p90": 1.4, "mean": 1.25, "std": 0.1, "runs": 200,
-                                 "samples": [1.2 + rng.gauss(0, 0.1) for _ in range(200)]}},
-        "compressed": {"macs": 20_100_000, "params": 140_000, "top1": 98.0, "top1_ort": 98.0,
-                       "latency": {"p50": 0.7, "p90": 0.8, "mean": 0.72, "std": 0.05, "runs": 200,
-                                   "samples": [0.7 + rng.gauss(0, 0.05) for _ in range(200)]}},
+        "original": {
+            "macs": 40_000_000,
+            "params": 270_000,
+            "top1": 98.4,
+            "top1_ort": 98.4,
+            "latency": {
+                "p50": 1.2,
+                "p90": 1.4,
+                "mean": 1.25,
+                "std": 0.1,
+                "runs": 200,
+                "samples": [1.2 + rng.gauss(0, 0.1) for _ in range(200)],
+            },
+        },
+        "compressed": {
+            "macs": 20_100_000,
+            "params": 140_000,
+            "top1": 98.0,
+            "top1_ort": 98.0,
+            "latency": {
+                "p50": 0.7,
+                "p90": 0.8,
+                "mean": 0.72,
+                "std": 0.05,
+                "runs": 200,
+                "samples": [0.7 + rng.gauss(0, 0.05) for _ in range(200)],
+            },
+        },
         "budgets": [
-            {"name": "FLOPs kept", "limit": 0.5, "value": 0.5025, "passed": True, "detail": "within 1% tolerance"},
+            {
+                "name": "FLOPs kept",
+                "limit": 0.5,
+                "value": 0.5025,
+                "passed": True,
+                "detail": "within 1% tolerance",
+            },
             {"name": "latency p90 (ms)", "limit": 2.0, "value": 0.8, "passed": True},
             {"name": "accuracy drop (pt)", "limit": 1.0, "value": 0.4, "passed": True},
         ],
         "checks": [{"name": "ONNX vs PyTorch max abs diff", "limit": 1e-4, "value": 3e-6, "passed": True}],
-        "layers": [{"name": f"layer{i}.conv1", "before": 16 * (1 + i // 3), "after": 8 * (1 + i // 3)} for i in range(9)]
+        "layers": [
+            {"name": f"layer{i}.conv1", "before": 16 * (1 + i // 3), "after": 8 * (1 + i // 3)}
+            for i in range(9)
+        ]
         + [{"name": "fc_in", "before": 64, "after": 64, "frozen": True}],
-        "search": {"method": "eagleeye", "candidates": cands, "chosen": best["id"],
-                   "topk": [{"id": c["id"], "score": c["score"], "finetuned": 90 + c["score"] / 20} for c in cands[:3]],
-                   "latency_checked": [{"id": best["id"], "flops": best["flops"], "score": best["score"],
-                                        "latency_ms": 0.8, "fits": True}]},
-        "stages": [{"name": "load", "seconds": 0.2, "status": "done"}, {"name": "search", "seconds": 40.0, "status": "resumed",
-                                                                         "note": "12 candidates reused"}],
+        "search": {
+            "method": "eagleeye",
+            "candidates": cands,
+            "chosen": best["id"],
+            "topk": [
+                {"id": c["id"], "score": c["score"], "finetuned": 90 + c["score"] / 20} for c in cands[:3]
+            ],
+            "latency_checked": [
+                {
+                    "id": best["id"],
+                    "flops": best["flops"],
+                    "score": best["score"],
+                    "latency_ms": 0.8,
+                    "fits": True,
+                }
+            ],
+        },
+        "stages": [
+            {"name": "load", "seconds": 0.2, "status": "done"},
+            {"name": "search", "seconds": 40.0, "status": "resumed", "note": "12 candidates reused"},
+        ],
         "versions": rep.collect_versions(),
         "artifacts": {"model.onnx": "out/model.onnx"},
         "notes": ["resumed: plan.json found, search skipped"],

@@ -79,7 +79,9 @@ def test_file_of_another_search_is_refused(tmp_path: Path) -> None:
     f = tmp_path / "c.jsonl"
     run_search(Recorder(), candidates=2, candidates_file=f, search_key=search_id({"seed": 0}), progress=False)
     with pytest.raises(UsageError, match="different search"):
-        run_search(Recorder(), candidates=2, candidates_file=f, search_key=search_id({"seed": 1}), progress=False)
+        run_search(
+            Recorder(), candidates=2, candidates_file=f, search_key=search_id({"seed": 1}), progress=False
+        )
 
 
 def test_time_budget_stops_the_search() -> None:
@@ -101,8 +103,16 @@ def test_budgets_are_validated() -> None:
 
 def _torchrun(args: list[str], tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(HERE / "dist_search_worker.py"), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(HERE / "dist_search_worker.py"),
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -147,16 +157,20 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     kw = {"num_classes": 10, "in_channels": 1, "depth": 8, "width": 4}
     model = build_model("resnet_cifar", **kw).eval()
-    meta = {"arch": canonical_arch("resnet_cifar"), "arch_kwargs": kw, "dataset": "mnist5k",
-            "input_shape": [1, 28, 28], "num_classes": 10}
+    meta = {
+        "arch": canonical_arch("resnet_cifar"),
+        "arch_kwargs": kw,
+        "dataset": "mnist5k",
+        "input_shape": [1, 28, 28],
+        "num_classes": 10,
+    }
     return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.pt", meta=meta)
 
 
 def _cli(args: list[str]) -> Any:
     import typer
+    from compressor.cli import cmd_search
     from typer.testing import CliRunner
-
-    from cli import cmd_search
 
     app = typer.Typer()
 
@@ -172,8 +186,22 @@ def test_cli_search_writes_a_plan_and_resumes(tiny_ckpt: Path, tmp_path: Path) -
     from compressor.plan import Plan
 
     plan_path = tmp_path / "plan.json"
-    common = [str(tiny_ckpt), "--method", "eagleeye", "--flops", "0.5", "--calib-batches", "2",
-              "--batch-size", "16", "--device", "cpu", "-o", str(plan_path), "--json"]
+    common = [
+        str(tiny_ckpt),
+        "--method",
+        "eagleeye",
+        "--flops",
+        "0.5",
+        "--calib-batches",
+        "2",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "-o",
+        str(plan_path),
+        "--json",
+    ]
     r = _cli(["search", *common, "--candidates", "3"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
@@ -198,7 +226,9 @@ def test_cli_search_writes_a_plan_and_resumes(tiny_ckpt: Path, tmp_path: Path) -
         (["--method", "eagleeye", "--flops", "0.5", "--data", "nosuchdata"], "nosuchdata"),
     ],
 )
-def test_cli_search_bad_arguments_exit_2(tiny_ckpt: Path, tmp_path: Path, args: list[str], message: str) -> None:
+def test_cli_search_bad_arguments_exit_2(
+    tiny_ckpt: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
     r = _cli(["search", str(tiny_ckpt), *args, "-o", str(tmp_path / "p.json"), "--quiet"])
     assert r.exit_code == 2, r.output
     assert message in " ".join(r.output.split()), r.output
@@ -216,8 +246,19 @@ def test_cli_search_dispatches_other_methods(tiny_ckpt: Path, tmp_path: Path) ->
 
     if "l1-uniform" not in list_methods():
         pytest.skip("l1-uniform not registered on this branch yet")
-    r = _cli(["search", str(tiny_ckpt), "--method", "l1-uniform", "--flops", "0.5", "-o", str(tmp_path / "p.json"),
-              "--json"])
+    r = _cli(
+        [
+            "search",
+            str(tiny_ckpt),
+            "--method",
+            "l1-uniform",
+            "--flops",
+            "0.5",
+            "-o",
+            str(tmp_path / "p.json"),
+            "--json",
+        ]
+    )
     assert r.exit_code == 0, r.output
     assert Plan.load(tmp_path / "p.json").method == "l1-uniform"
 

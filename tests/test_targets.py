@@ -50,7 +50,7 @@ def test_shipped_targets_have_sensible_budgets() -> None:
 def test_every_key_in_shipped_files_is_commented() -> None:
     """Each `key = value` line follows a comment line (the files document themselves)."""
     for name in SHIPPED:
-        text = (resources.files("deploy_targets") / f"{name}.toml").read_text(encoding="utf-8")
+        text = (resources.files("compressor.deploy_targets") / f"{name}.toml").read_text(encoding="utf-8")
         lines = text.splitlines()
         keys = 0
         for i, line in enumerate(lines):
@@ -112,8 +112,9 @@ def test_integers_are_accepted_for_numbers_and_shape_is_a_tuple() -> None:
 
 def test_overrides_replace_file_values_and_none_keeps_them() -> None:
     base = load_target("mobile")
-    t = load_target("mobile", flops=0.3, latency_ms=5.0, max_acc_drop=0.25, intra_op_threads=2, opset=13,
-                    percentile=None)
+    t = load_target(
+        "mobile", flops=0.3, latency_ms=5.0, max_acc_drop=0.25, intra_op_threads=2, opset=13, percentile=None
+    )
     assert (t.budget.flops, t.budget.latency_ms, t.budget.max_acc_drop) == (0.3, 5.0, 0.25)
     assert t.runtime.intra_op_threads == 2 and t.export.opset == 13
     assert t.budget.percentile == base.budget.percentile
@@ -132,7 +133,9 @@ def test_bad_overrides_are_usage_errors() -> None:
 
 def test_user_file_by_path_and_base(tmp_path: Path) -> None:
     own = tmp_path / "tiny.toml"
-    own.write_text('base = "mobile"\ndescription = "my board"\n[budget]\nlatency_ms = 2.5\n', encoding="utf-8")
+    own.write_text(
+        'base = "mobile"\ndescription = "my board"\n[budget]\nlatency_ms = 2.5\n', encoding="utf-8"
+    )
     t = load_target(str(own))
     mobile = load_target("mobile")
     assert t.name == "tiny" and t.source == str(own) and t.description == "my board"
@@ -159,9 +162,8 @@ def test_summary_and_to_dict_are_json() -> None:
 
 
 def test_cli_targets_lists_budgets() -> None:
+    from compressor.cli.main import app
     from typer.testing import CliRunner
-
-    from cli.main import app
 
     r = CliRunner().invoke(app, ["targets", "--json"])
     assert r.exit_code == 0, r.output

@@ -13,7 +13,14 @@ from compressor.graph import build_graph, calibrate_bn, count, slim
 
 ALL = torchvision.models.list_models(module=torchvision.models)
 TRANSFORMERS = ("vit_", "swin_", "maxvit")
-QUICK = ["resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5", "efficientnet_b0", "regnet_y_400mf", "googlenet"]
+QUICK = [
+    "resnet18",
+    "mobilenet_v3_small",
+    "shufflenet_v2_x0_5",
+    "efficientnet_b0",
+    "regnet_y_400mf",
+    "googlenet",
+]
 
 
 def size(name: str) -> int:
@@ -21,7 +28,11 @@ def size(name: str) -> int:
         return 224
     if name.startswith("inception"):
         return 96
-    return 64 if name in ("alexnet", "googlenet") or not name.startswith(("mobilenet", "shufflenet", "mnasnet")) else 32
+    return (
+        64
+        if name in ("alexnet", "googlenet") or not name.startswith(("mobilenet", "shufflenet", "mnasnet"))
+        else 32
+    )
 
 
 def check(name: str) -> None:

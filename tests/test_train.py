@@ -103,7 +103,9 @@ def test_distillation_and_label_smoothing(tiny_data: DataBundle) -> None:
     assert float(distill_loss(s, s.clone(), 4.0)) == pytest.approx(0.0, abs=1e-6)
     assert float(distill_loss(s, -s, 4.0)) > 0.0
     teacher = finetune(_model(), tiny_data, epochs=3, **FAST).model
-    res = finetune(_model(seed=1), tiny_data, epochs=2, teacher=teacher, label_smoothing=0.1, kd_alpha=0.7, **FAST)
+    res = finetune(
+        _model(seed=1), tiny_data, epochs=2, teacher=teacher, label_smoothing=0.1, kd_alpha=0.7, **FAST
+    )
     assert all(math.isfinite(h["train_loss"]) for h in res.history)
     assert all(p.requires_grad for p in teacher.parameters())  # handed back unchanged
 
@@ -140,21 +142,26 @@ def test_accuracy_topk() -> None:
     x = torch.zeros(6, 1)
     loader = [(x, torch.tensor([0, 1, 2, 3, 4, 5]))]
     acc = accuracy(Fixed(), loader, topk=(1, 3))
-    assert acc == {"top1": pytest.approx(100 / 6), "top3": pytest.approx(50.0), "top5": pytest.approx(500 / 6)}
+    assert acc == {
+        "top1": pytest.approx(100 / 6),
+        "top3": pytest.approx(50.0),
+        "top5": pytest.approx(500 / 6),
+    }
 
 
 def test_cli_finetune(tmp_path: Path) -> None:
     import numpy as np
+    from compressor.cli.main import app
     from typer.testing import CliRunner
-
-    from cli.main import app
 
     cifar = tmp_path / "cifar"  # a tiny fake CIFAR-10 in the python-pickle layout
     cifar.mkdir()
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         with open(cifar / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), b"labels": list(range(10)) * 2}, f)
+            pickle.dump(
+                {b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), b"labels": list(range(10)) * 2}, f
+            )
     torch.manual_seed(0)
     kw = {"num_classes": 10, "in_channels": 3, "depth": 8, "width": 4}
     ck = save_checkpoint(build_model("resnet_cifar", **kw), tmp_path / "m.pt",
@@ -170,9 +177,13 @@ def test_cli_finetune(tmp_path: Path) -> None:
     _, meta = load_checkpoint(out)
     assert meta["accuracy"]["test"] == pytest.approx(summary["test_top1"])
 
-    r = runner.invoke(app, ["finetune", str(ck), "--epochs", "1", "-o", str(out), "--data", "cifar10:/nonexistent"])
+    r = runner.invoke(
+        app, ["finetune", str(ck), "--epochs", "1", "-o", str(out), "--data", "cifar10:/nonexistent"]
+    )
     assert r.exit_code == 2 and "does not exist" in r.output
-    bare = save_checkpoint(build_model("resnet_cifar", **kw), tmp_path / "b.pt", meta={"arch": "resnet_cifar", "arch_kwargs": kw})
+    bare = save_checkpoint(
+        build_model("resnet_cifar", **kw), tmp_path / "b.pt", meta={"arch": "resnet_cifar", "arch_kwargs": kw}
+    )
     r = runner.invoke(app, ["finetune", str(bare), "--epochs", "1", "-o", str(tmp_path / "o.pt")])
     assert r.exit_code == 2 and "--data" in r.output
 
@@ -202,7 +213,11 @@ def test_ddp_two_processes_gloo(tmp_path: Path) -> None:
     outdir = tmp_path / "out"
     reports = tmp_path / "reports"
     reports.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
          str(outdir / "ft.pt"), str(reports)],

@@ -32,9 +32,24 @@ from compressor.export.validate import (
 )
 
 __all__ = [
-    "INPUT_NAME", "OUTPUT_NAME", "Check", "ExportResult", "SimplifyResult", "ValidationReport",
-    "export_checkpoint", "export_for_target", "export_onnx", "validate_checkpoint", "make_session", "measure_latency", "read_tensor",
-    "resolve_input_shape", "simplify_onnx", "validate", "versions", "write_test_data_set",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "Check",
+    "ExportResult",
+    "SimplifyResult",
+    "ValidationReport",
+    "export_checkpoint",
+    "export_for_target",
+    "export_onnx",
+    "validate_checkpoint",
+    "make_session",
+    "measure_latency",
+    "read_tensor",
+    "resolve_input_shape",
+    "simplify_onnx",
+    "validate",
+    "versions",
+    "write_test_data_set",
 ]
 
 
@@ -86,5 +101,12 @@ def export_for_target(
 
     target = load_target(target)
     shape = resolve_input_shape(target, meta, input_shape)
-    return export_onnx(model, path, input_shape=shape, opset=target.export.opset,
-                       dynamic_batch=target.export.dynamic_batch, simplify=simplify, exporter=exporter)
+    return export_onnx(
+        model,
+        path,
+        input_shape=shape,
+        opset=target.export.opset,
+        dynamic_batch=target.export.dynamic_batch,
+        simplify=simplify,
+        exporter=exporter,
+    )

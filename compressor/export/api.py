@@ -33,8 +33,9 @@ def export_checkpoint(
 
     t = load_target(target, **overrides)
     model, meta = load_checkpoint(checkpoint, arch=arch, trust_pickle=trust_pickle)
-    return export_for_target(model, out, target=t, meta=meta, input_shape=input_shape, simplify=simplify,
-                             exporter=exporter)
+    return export_for_target(
+        model, out, target=t, meta=meta, input_shape=input_shape, simplify=simplify, exporter=exporter
+    )
 
 
 def validate_checkpoint(
@@ -78,6 +79,16 @@ def validate_checkpoint(
         from compressor.data import load_data
 
         bundle = load_data(data, meta=meta)
-    return validate(onnx_path, model, target=t, data=bundle, original=orig, atol=atol, rtol=rtol,
-                    max_batches=max_batches, batch_size=batch_size, latency=latency,
-                    latency_budget_s=latency_budget_s)
+    return validate(
+        onnx_path,
+        model,
+        target=t,
+        data=bundle,
+        original=orig,
+        atol=atol,
+        rtol=rtol,
+        max_batches=max_batches,
+        batch_size=batch_size,
+        latency=latency,
+        latency_budget_s=latency_budget_s,
+    )

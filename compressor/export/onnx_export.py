@@ -99,7 +99,9 @@ def _check_shape(input_shape: Any) -> tuple[int, ...]:
     try:
         shape = tuple(int(s) for s in input_shape)
     except (TypeError, ValueError):
-        raise UsageError(f"input_shape {input_shape!r} is not a sequence of integers, e.g. (1, 3, 224, 224)") from None
+        raise UsageError(
+            f"input_shape {input_shape!r} is not a sequence of integers, e.g. (1, 3, 224, 224)"
+        ) from None
     if len(shape) < 2 or any(s <= 0 for s in shape):
         raise UsageError(f"input_shape {shape} must include the batch and be positive, e.g. (1, 3, 224, 224)")
     return shape
@@ -111,14 +113,29 @@ def _export_to(model: Any, x: Any, tmp: str, *, opset: int, dynamic_batch: bool,
     if exporter == "torchscript":
         dyn = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
         torch.onnx.export(
-            model, (x,), tmp, opset_version=opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes=dyn, do_constant_folding=True, dynamo=False,
+            model,
+            (x,),
+            tmp,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=dyn,
+            do_constant_folding=True,
+            dynamo=False,
         )
         return
     shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
     prog = torch.onnx.export(
-        model, (x,), None, opset_version=opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        dynamic_shapes=shapes, dynamo=True, external_data=False, optimize=True,
+        model,
+        (x,),
+        None,
+        opset_version=opset,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=shapes,
+        dynamo=True,
+        external_data=False,
+        optimize=True,
     )
     assert prog is not None
     prog.save(tmp, external_data=False)
@@ -181,7 +198,9 @@ def export_onnx(
             except UsageError:
                 raise
             except Exception as e:  # noqa: BLE001 - reported, then the next exporter is tried
-                msg = f"{name} exporter failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                msg = (
+                    f"{name} exporter failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                )
                 if i + 1 == len(order):
                     raise ValidationError(
                         f"cannot export the model to ONNX (opset {opset}): {msg}"
@@ -200,10 +219,17 @@ def export_onnx(
         info["opset"] = int(real)
         sim = simplify_onnx(tmp) if simplify else None
         info["sim"] = sim
-        _stamp(Path(tmp), {"exporter": info["used"], "opset": str(real), "input_shape": "x".join(map(str, shape)),
-                           "dynamic_batch": str(dynamic_batch).lower(),
-                           "simplified": str(bool(sim and sim.simplified)).lower(),
-                           **{f"{k}_version": v for k, v in versions().items()}})
+        _stamp(
+            Path(tmp),
+            {
+                "exporter": info["used"],
+                "opset": str(real),
+                "input_shape": "x".join(map(str, shape)),
+                "dynamic_batch": str(dynamic_batch).lower(),
+                "simplified": str(bool(sim and sim.simplified)).lower(),
+                **{f"{k}_version": v for k, v in versions().items()},
+            },
+        )
 
     try:
         atomic_write(path, build)
@@ -212,10 +238,18 @@ def export_onnx(
     sim = info["sim"]
     used, real_opset, export_seconds = info["used"], info["opset"], info["seconds"]
     return ExportResult(
-        path=str(path), opset=int(real_opset), input_name=INPUT_NAME, output_name=OUTPUT_NAME,
-        input_shape=list(shape), dynamic_batch=dynamic_batch, exporter=used,
-        export_seconds=round(export_seconds, 3), simplify=sim, size_bytes=path.stat().st_size,
-        versions=versions(), notes=notes,
+        path=str(path),
+        opset=int(real_opset),
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        input_shape=list(shape),
+        dynamic_batch=dynamic_batch,
+        exporter=used,
+        export_seconds=round(export_seconds, 3),
+        simplify=sim,
+        size_bytes=path.stat().st_size,
+        versions=versions(),
+        notes=notes,
     )
 
 
@@ -279,8 +313,13 @@ def simplify_onnx(
     after = len(result_model.graph.node)
     if simplified is not None:
         message = f"simplified with onnxsim: {before} -> {after} nodes"
-    return SimplifyResult(simplified=simplified is not None, nodes_before=before, nodes_after=after,
-                          seconds=round(seconds, 3), message=message)
+    return SimplifyResult(
+        simplified=simplified is not None,
+        nodes_before=before,
+        nodes_after=after,
+        seconds=round(seconds, 3),
+        message=message,
+    )
 
 
 def _test_shapes(model: Any) -> dict[str, list[int]] | None:

@@ -20,8 +20,12 @@ import numpy as np
 
 from compressor.errors import UsageError
 
-_OPT = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-        "all": "ORT_ENABLE_ALL"}
+_OPT = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
 
 
 @dataclass
@@ -33,9 +37,13 @@ class SessionInfo:
     notes: list[str]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"provider": self.provider, "intra_op_threads_requested": self.threads_requested,
-                "intra_op_threads_used": self.threads_used,
-                "graph_optimization_level": self.graph_optimization_level, "notes": list(self.notes)}
+        return {
+            "provider": self.provider,
+            "intra_op_threads_requested": self.threads_requested,
+            "intra_op_threads_used": self.threads_used,
+            "graph_optimization_level": self.graph_optimization_level,
+            "notes": list(self.notes),
+        }
 
 
 def cpu_count() -> int:
@@ -62,7 +70,9 @@ def make_session(onnx_path: str | os.PathLike[str], runtime: Any) -> tuple[Any, 
     used = requested
     if requested > cores:
         used = cores
-        notes.append(f"target asks for {requested} intra-op threads; this machine has {cores} cores: used {cores}")
+        notes.append(
+            f"target asks for {requested} intra-op threads; this machine has {cores} cores: used {cores}"
+        )
     so = ort.SessionOptions()
     so.intra_op_num_threads = used
     so.inter_op_num_threads = 1
@@ -88,7 +98,9 @@ def input_meta(sess: Any) -> tuple[str, list[int | None], str]:
     """(name, shape with None for symbolic dims, output name) of a one-input classifier session."""
     inputs = sess.get_inputs()
     if len(inputs) != 1:
-        raise UsageError(f"the ONNX model has {len(inputs)} inputs ({[i.name for i in inputs]}); expected one image input")
+        raise UsageError(
+            f"the ONNX model has {len(inputs)} inputs ({[i.name for i in inputs]}); expected one image input"
+        )
     inp = inputs[0]
     shape = [d if isinstance(d, int) else None for d in inp.shape]
     return inp.name, shape, sess.get_outputs()[0].name
@@ -101,7 +113,9 @@ def concrete_shape(sess: Any, batch: int, input_shape: tuple[int, ...] | None = 
     if input_shape is not None:
         return tuple(int(s) for s in input_shape)
     if any(s is None for s in shape[1:]):
-        raise UsageError(f"the ONNX model's input shape {shape} has symbolic dimensions besides the batch; pass input_shape")
+        raise UsageError(
+            f"the ONNX model's input shape {shape} has symbolic dimensions besides the batch; pass input_shape"
+        )
     rest = [int(s) for s in shape[1:] if s is not None]
     return (shape[0] if shape[0] is not None else batch, *rest)
 
@@ -109,9 +123,14 @@ def concrete_shape(sess: Any, batch: int, input_shape: tuple[int, ...] | None = 
 def summarize(times_ms: list[float], percentile: float | None = None) -> dict[str, Any]:
     a = np.asarray(times_ms, dtype=np.float64)
     out: dict[str, Any] = {
-        "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)),
-        "mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
-        "min": float(a.min()), "max": float(a.max()), "runs": int(a.size),
+        "p50": float(np.percentile(a, 50)),
+        "p90": float(np.percentile(a, 90)),
+        "p99": float(np.percentile(a, 99)),
+        "mean": float(a.mean()),
+        "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "runs": int(a.size),
     }
     if percentile is not None:
         out["percentile"] = float(percentile)
@@ -197,13 +216,24 @@ def measure_latency(
         sessions.append((sess, feed))
         infos.append(info)
         shapes.append(shape)
-    times = time_sessions(sessions, warmup=warmup, min_runs=min_runs, max_runs=max_runs,
-                          time_budget_s=time_budget_s, clock=clock)
+    times = time_sessions(
+        sessions,
+        warmup=warmup,
+        min_runs=min_runs,
+        max_runs=max_runs,
+        time_budget_s=time_budget_s,
+        clock=clock,
+    )
     results = []
     for p, t, info, shape in zip(paths, times, infos, shapes, strict=True):
         r = summarize(t, target.budget.percentile)
-        r.update(path=str(p), input_shape=list(shape), session=info.to_dict(), measured_on=machine_note(target),
-                 clock=clock)
+        r.update(
+            path=str(p),
+            input_shape=list(shape),
+            session=info.to_dict(),
+            measured_on=machine_note(target),
+            clock=clock,
+        )
         results.append(r)
     return results[0] if single else {"models": results}
 
@@ -211,7 +241,9 @@ def measure_latency(
 def machine_note(target: Any) -> str:
     import platform
 
-    return (f"measured on this machine ({platform.node() or 'unknown host'}, {platform.machine()}, "
-            f"{cpu_count()} cores available) with the runtime settings of target {target.name!r} "
-            f"({target.runtime.provider}, {target.runtime.intra_op_threads} intra-op threads requested, "
-            f"optimisation level {target.runtime.graph_optimization_level!r}), not on the device itself")
+    return (
+        f"measured on this machine ({platform.node() or 'unknown host'}, {platform.machine()}, "
+        f"{cpu_count()} cores available) with the runtime settings of target {target.name!r} "
+        f"({target.runtime.provider}, {target.runtime.intra_op_threads} intra-op threads requested, "
+        f"optimisation level {target.runtime.graph_optimization_level!r}), not on the device itself"
+    )

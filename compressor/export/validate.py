@@ -78,10 +78,14 @@ class ValidationReport:
         bad = self.failures
         val = [c for c in bad if c.kind == VALIDATION]
         if val:
-            raise ValidationError("ONNX validation failed: " + "; ".join(f"{c.name}: {c.detail}" for c in val))
+            raise ValidationError(
+                "ONNX validation failed: " + "; ".join(f"{c.name}: {c.detail}" for c in val)
+            )
         if bad:
-            raise BudgetError(f"target {self.target.get('name')!r} not met: "
-                              + "; ".join(f"{c.name}: {c.detail}" for c in bad))
+            raise BudgetError(
+                f"target {self.target.get('name')!r} not met: "
+                + "; ".join(f"{c.name}: {c.detail}" for c in bad)
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,7 +124,7 @@ class _OnnxRunner:
             return self.sess.run([self.out], {self.name: x})[0]
         outs = []
         for i in range(0, x.shape[0], fb):
-            chunk = x[i:i + fb]
+            chunk = x[i : i + fb]
             n = chunk.shape[0]
             if n < fb:
                 chunk = np.concatenate([chunk, np.zeros((fb - n, *chunk.shape[1:]), np.float32)])
@@ -157,8 +161,10 @@ def _batches(data: Any, batch_size: int) -> tuple[Iterable[Any], int | None]:
     if isinstance(data, Dataset):
         data = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
     if not isinstance(data, Iterable):
-        raise UsageError(f"data of type {type(data).__name__} is not a DataBundle, Dataset, DataLoader or iterable "
-                         "of (images, labels) batches")
+        raise UsageError(
+            f"data of type {type(data).__name__} is not a DataBundle, Dataset, DataLoader or iterable "
+            "of (images, labels) batches"
+        )
     return data, num_classes
 
 
@@ -189,7 +195,9 @@ class _DiffStats:
 
     def add(self, ref: np.ndarray, got: np.ndarray) -> None:
         if ref.shape != got.shape:
-            raise ValidationError(f"ONNX output shape {got.shape} differs from PyTorch output shape {ref.shape}")
+            raise ValidationError(
+                f"ONNX output shape {got.shape} differs from PyTorch output shape {ref.shape}"
+            )
         mad, rel, scale = _diff(ref, got)
         tol = self.atol + self.rtol * scale
         bad = not np.isfinite(got).all() or mad > tol
@@ -205,10 +213,15 @@ class _DiffStats:
             self.argmax_agree += int((ref.argmax(1) == got.argmax(1)).sum())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"batches": self.batches, "samples": self.samples, "max_abs_diff": self.max_abs,
-                "max_rel_diff": self.max_rel, "tolerance_used": self.tolerance_used,
-                "failed_batches": self.failed_batches,
-                "top1_agreement": (100.0 * self.argmax_agree / self.samples) if self.samples else None}
+        return {
+            "batches": self.batches,
+            "samples": self.samples,
+            "max_abs_diff": self.max_abs,
+            "max_rel_diff": self.max_rel,
+            "tolerance_used": self.tolerance_used,
+            "failed_batches": self.failed_batches,
+            "top1_agreement": (100.0 * self.argmax_agree / self.samples) if self.samples else None,
+        }
 
 
 # ---------------------------------------------------------------- test data set
@@ -235,13 +248,20 @@ def write_test_data_set(
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for fname, arr, name in (("input_0.pb", inputs, input_name), ("output_0.pb", outputs, output_name)):
-        blob = numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np.float32), name=name).SerializeToString()
+        blob = numpy_helper.from_array(
+            np.ascontiguousarray(arr, dtype=np.float32), name=name
+        ).SerializeToString()
+
         def write(tmp: str, blob: bytes = blob) -> None:
             Path(tmp).write_bytes(blob)
 
         written.append(str(atomic_write(folder / fname, write)))
-    return {"folder": str(folder), "files": written, "input_shape": list(inputs.shape),
-            "output_shape": list(outputs.shape)}
+    return {
+        "folder": str(folder),
+        "files": written,
+        "input_shape": list(inputs.shape),
+        "output_shape": list(outputs.shape),
+    }
 
 
 def read_tensor(path: str | os.PathLike[str]) -> np.ndarray:
@@ -318,7 +338,9 @@ def validate(
     onnx_run = _OnnxRunner(sess)
     torch_run = _torch_runner(reference_model)
     if any(s is None for s in onnx_run.sample_shape):
-        raise UsageError(f"the ONNX model's input has symbolic dimensions besides the batch: {onnx_run.sample_shape}")
+        raise UsageError(
+            f"the ONNX model's input has symbolic dimensions besides the batch: {onnx_run.sample_shape}"
+        )
     sample_shape = tuple(int(s) for s in onnx_run.sample_shape)  # type: ignore[arg-type]
     batch = onnx_run.fixed_batch or target.input.batch
     rng = np.random.default_rng(seed)
@@ -353,7 +375,9 @@ def validate(
                 raise DataError("data batches must be (images, labels) pairs")
             x, y = _to_numpy(item[0]).astype(np.float32), _to_numpy(item[1]).astype(np.int64).reshape(-1)
             if tuple(x.shape[1:]) != sample_shape:
-                raise DataError(f"data images have shape {tuple(x.shape[1:])}; the ONNX model expects {sample_shape}")
+                raise DataError(
+                    f"data images have shape {tuple(x.shape[1:])}; the ONNX model expects {sample_shape}"
+                )
             if first_real is None:
                 first_real = x[:batch]
             ref, got = torch_run(x), onnx_run(x)
@@ -361,7 +385,9 @@ def validate(
             if ks is None:
                 classes = num_classes or ref.shape[1]
                 ks = (1, 5) if classes > 5 and ref.shape[1] > 5 else (1,)
-            for key, logits in (("torch", ref), ("onnx", got)) + ((("original", orig_run(x)),) if orig_run else ()):
+            for key, logits in (("torch", ref), ("onnx", got)) + (
+                (("original", orig_run(x)),) if orig_run else ()
+            ):
                 for k, c in _accuracy_counts(logits, y, ks).items():
                     correct[key][k] = correct[key].get(k, 0) + c
             n += len(y)
@@ -375,56 +401,96 @@ def validate(
             acc["original_top1"] = float(original_accuracy)
         report.accuracy = acc
 
-    report.numerics = {"atol": atol, "rtol": rtol, "random": rand.to_dict(),
-                       "data": real.to_dict() if real.batches else None,
-                       "criterion": "per batch: max|onnx - torch| <= atol + rtol * max|torch|; "
-                                    "tolerance_used = the largest max|onnx - torch| / (atol + rtol * max|torch|)"}
+    report.numerics = {
+        "atol": atol,
+        "rtol": rtol,
+        "random": rand.to_dict(),
+        "data": real.to_dict() if real.batches else None,
+        "criterion": "per batch: max|onnx - torch| <= atol + rtol * max|torch|; "
+        "tolerance_used = the largest max|onnx - torch| / (atol + rtol * max|torch|)",
+    }
     worst_stats = real if real.batches and real.max_abs >= rand.max_abs else rand
     worst = worst_stats.max_abs
     used = max(rand.tolerance_used, real.tolerance_used)
     failed = rand.failed_batches + real.failed_batches
-    report.checks.append(Check(
-        "numerics", VALIDATION, "fail" if failed else "pass", value=worst, limit=worst_stats.tol_at_max, unit="abs",
-        detail=(f"{failed} of {rand.batches + real.batches} batches differ beyond atol={atol:g} + rtol={rtol:g}*scale "
-                f"(max abs diff {worst:.3g}, max rel diff {max(rand.max_rel, real.max_rel):.3g})")
-               if failed else (f"max abs diff {worst:.3g}, max rel diff {max(rand.max_rel, real.max_rel):.3g} over "
-                               f"{rand.batches} random and {real.batches} data batches "
-                               f"({100 * used:.2g}% of atol={atol:g} + rtol={rtol:g}*scale)")))
+    report.checks.append(
+        Check(
+            "numerics",
+            VALIDATION,
+            "fail" if failed else "pass",
+            value=worst,
+            limit=worst_stats.tol_at_max,
+            unit="abs",
+            detail=(
+                f"{failed} of {rand.batches + real.batches} batches differ beyond atol={atol:g} + rtol={rtol:g}*scale "
+                f"(max abs diff {worst:.3g}, max rel diff {max(rand.max_rel, real.max_rel):.3g})"
+            )
+            if failed
+            else (
+                f"max abs diff {worst:.3g}, max rel diff {max(rand.max_rel, real.max_rel):.3g} over "
+                f"{rand.batches} random and {real.batches} data batches "
+                f"({100 * used:.2g}% of atol={atol:g} + rtol={rtol:g}*scale)"
+            ),
+        )
+    )
 
     if acc is None:
         report.checks.append(Check("accuracy_agreement", VALIDATION, "skipped", detail="no data given"))
         report.checks.append(Check("accuracy_drop", BUDGET, "skipped", detail="no data given"))
     else:
         gap = abs(acc["onnx_top1"] - acc["torch_top1"])
-        report.checks.append(Check(
-            "accuracy_agreement", VALIDATION, "fail" if gap > agreement + 1e-9 else "pass", value=gap,
-            limit=agreement, unit="points",
-            detail=f"top-1 ONNX Runtime {acc['onnx_top1']:.2f}% vs PyTorch {acc['torch_top1']:.2f}% "
-                   f"(gap {gap:.2f} points, allowed {agreement})"))
+        report.checks.append(
+            Check(
+                "accuracy_agreement",
+                VALIDATION,
+                "fail" if gap > agreement + 1e-9 else "pass",
+                value=gap,
+                limit=agreement,
+                unit="points",
+                detail=f"top-1 ONNX Runtime {acc['onnx_top1']:.2f}% vs PyTorch {acc['torch_top1']:.2f}% "
+                f"(gap {gap:.2f} points, allowed {agreement})",
+            )
+        )
         if "original_top1" in acc:
             drop = acc["original_top1"] - acc["onnx_top1"]
             allow = target.budget.max_acc_drop
-            report.checks.append(Check(
-                "accuracy_drop", BUDGET, "fail" if drop > allow + 1e-9 else "pass", value=drop, limit=allow,
-                unit="points", detail=f"top-1 {acc['original_top1']:.2f}% -> {acc['onnx_top1']:.2f}% "
-                                      f"(drop {drop:.2f} points, allowed {allow})"))
+            report.checks.append(
+                Check(
+                    "accuracy_drop",
+                    BUDGET,
+                    "fail" if drop > allow + 1e-9 else "pass",
+                    value=drop,
+                    limit=allow,
+                    unit="points",
+                    detail=f"top-1 {acc['original_top1']:.2f}% -> {acc['onnx_top1']:.2f}% "
+                    f"(drop {drop:.2f} points, allowed {allow})",
+                )
+            )
         else:
             report.checks.append(Check("accuracy_drop", BUDGET, "skipped", detail="no original model given"))
 
     # -- test data set for ONNX Runtime's own test tools
     if write_test_data:
-        x0 = first_real if first_real is not None else rng.standard_normal((batch, *sample_shape)).astype(np.float32)
+        x0 = (
+            first_real
+            if first_real is not None
+            else rng.standard_normal((batch, *sample_shape)).astype(np.float32)
+        )
         if onnx_run.fixed_batch is not None and x0.shape[0] != onnx_run.fixed_batch:
             x0 = rng.standard_normal((onnx_run.fixed_batch, *sample_shape)).astype(np.float32)
-        report.test_data_set = write_test_data_set(onnx_path, x0, torch_run(x0), input_name=onnx_run.name,
-                                                   output_name=onnx_run.out)
-        report.test_data_set["source"] = "real data" if first_real is not None and x0 is first_real else "random"
+        report.test_data_set = write_test_data_set(
+            onnx_path, x0, torch_run(x0), input_name=onnx_run.name, output_name=onnx_run.out
+        )
+        report.test_data_set["source"] = (
+            "real data" if first_real is not None and x0 is first_real else "random"
+        )
         report.test_data_set["expected_output"] = "PyTorch reference model"
 
     # -- latency
     if latency:
-        report.latency = _latency(onnx_path, orig_model, orig_onnx, target, onnx_run, batch, sample_shape,
-                                  latency_budget_s, seed)
+        report.latency = _latency(
+            onnx_path, orig_model, orig_onnx, target, onnx_run, batch, sample_shape, latency_budget_s, seed
+        )
         report.latency["session"] = info.to_dict()
         report.latency["measured_on"] = machine_note(target)
         report.latency["clock"] = "wall"
@@ -433,20 +499,45 @@ def validate(
         value = lat["at_percentile"]
         p = target.budget.percentile
         if limit is None:
-            report.checks.append(Check("latency", BUDGET, "skipped", value=value, unit="ms",
-                                       detail=f"target {target.name!r} sets no latency budget (p{p:g} = {value:.3f} ms)"))
+            report.checks.append(
+                Check(
+                    "latency",
+                    BUDGET,
+                    "skipped",
+                    value=value,
+                    unit="ms",
+                    detail=f"target {target.name!r} sets no latency budget (p{p:g} = {value:.3f} ms)",
+                )
+            )
         else:
-            report.checks.append(Check(
-                "latency", BUDGET, "fail" if value > limit else "pass", value=value, limit=limit, unit="ms",
-                detail=f"p{p:g} {value:.3f} ms vs budget {limit:g} ms (batch {lat['input_shape'][0]}, this machine)"))
+            report.checks.append(
+                Check(
+                    "latency",
+                    BUDGET,
+                    "fail" if value > limit else "pass",
+                    value=value,
+                    limit=limit,
+                    unit="ms",
+                    detail=f"p{p:g} {value:.3f} ms vs budget {limit:g} ms (batch {lat['input_shape'][0]}, this machine)",
+                )
+            )
     else:
         report.checks.append(Check("latency", BUDGET, "skipped", detail="latency measurement switched off"))
     report.seconds = time.perf_counter() - t_start
     return report
 
 
-def _latency(onnx_path: Path, orig_model: Any, orig_onnx: Path | None, target: Any, onnx_run: _OnnxRunner,
-             batch: int, sample_shape: tuple[int, ...], budget_s: float, seed: int) -> dict[str, Any]:
+def _latency(
+    onnx_path: Path,
+    orig_model: Any,
+    orig_onnx: Path | None,
+    target: Any,
+    onnx_run: _OnnxRunner,
+    batch: int,
+    sample_shape: tuple[int, ...],
+    budget_s: float,
+    seed: int,
+) -> dict[str, Any]:
     from compressor.export.runtime import make_session, summarize, time_sessions
 
     rng = np.random.default_rng(seed + 1)
@@ -460,8 +551,13 @@ def _latency(onnx_path: Path, orig_model: Any, orig_onnx: Path | None, target: A
             from compressor.export.onnx_export import export_onnx
 
             p = Path(tmp) / "original.onnx"
-            export_onnx(orig_model, p, input_shape=shape, opset=target.export.opset,
-                        dynamic_batch=onnx_run.fixed_batch is None)
+            export_onnx(
+                orig_model,
+                p,
+                input_shape=shape,
+                opset=target.export.opset,
+                dynamic_batch=onnx_run.fixed_batch is None,
+            )
             paths.append(p)
         sessions = []
         for p in paths:

@@ -69,7 +69,16 @@ _SPATIAL_FN = {
     F.upsample_bilinear, torch.adaptive_avg_pool1d, torch.avg_pool1d, torch.max_pool1d, torch.max_pool2d,
     torch.max_pool3d,
 }  # fmt: skip
-_NO_FLOPS = _UNARY | _BINARY | _SHAPE | _CAT | _SPLIT | _REDUCE | _SOFTMAX | {"getitem", "getattr", "size", "dim", "pad"}
+_NO_FLOPS = (
+    _UNARY
+    | _BINARY
+    | _SHAPE
+    | _CAT
+    | _SPLIT
+    | _REDUCE
+    | _SOFTMAX
+    | {"getitem", "getattr", "size", "dim", "pad"}
+)
 
 
 def _fn_name(node: fx.Node) -> str:
@@ -222,7 +231,11 @@ class _Analysis:
 
     @staticmethod
     def varying_dims(ids: torch.Tensor) -> list[int]:
-        return [d for d in range(ids.dim()) if ids.shape[d] > 1 and not torch.equal(ids, ids.narrow(d, 0, 1).expand_as(ids))]
+        return [
+            d
+            for d in range(ids.dim())
+            if ids.shape[d] > 1 and not torch.equal(ids, ids.narrow(d, 0, 1).expand_as(ids))
+        ]
 
     def spatial(self, ids_in: torch.Tensor, out: torch.Tensor, what: str) -> torch.Tensor:
         """Ops that act on each channel separately (pooling, resizing, padding)."""
@@ -237,7 +250,9 @@ class _Analysis:
             self.freeze(ids, f"{what}: mixes channels (softmax/normalisation across them)")
         return ids
 
-    def check_reshape(self, ids_in: torch.Tensor, res: torch.Tensor, literal_dims: set[int], what: str) -> None:
+    def check_reshape(
+        self, ids_in: torch.Tensor, res: torch.Tensor, literal_dims: set[int], what: str
+    ) -> None:
         v = self.varying_dims(res)
         if len(v) > 2:
             self.freeze(res, f"{what}: splits channels into more than two dimensions")
@@ -266,9 +281,7 @@ def _tensors(x: Any) -> list[torch.Tensor]:
 class _Pass:
     """Run a traced graph on real tensors while propagating id tensors beside them."""
 
-    def __init__(
-        self, gm: fx.GraphModule, st: _Analysis, tag: str = "", count_flops: bool = False
-    ) -> None:
+    def __init__(self, gm: fx.GraphModule, st: _Analysis, tag: str = "", count_flops: bool = False) -> None:
         self.gm = gm
         self.st = st
         self.tag = tag
@@ -349,12 +362,16 @@ class _Pass:
         Using it on the same channels (``x.view(x.size(0), x.size(1), -1)``, channel shuffle)
         is fine: both sides shrink together.
         """
-        taint: list[tuple[torch.Tensor, int | None]] = [t for a in node.all_input_nodes for t in self.taint.get(a, [])]
+        taint: list[tuple[torch.Tensor, int | None]] = [
+            t for a in node.all_input_nodes for t in self.taint.get(a, [])
+        ]
         name = _fn_name(node)
         if not _tensors(out):
             src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
             x_ids = ids.get(src) if src is not None else None
-            if isinstance(x_ids, torch.Tensor) and (name == "size" or (name == "getattr" and node.args[1] == "shape")):
+            if isinstance(x_ids, torch.Tensor) and (
+                name == "size" or (name == "getattr" and node.args[1] == "shape")
+            ):
                 varying = self.st.varying_dims(x_ids)
                 dim = node.args[1] if name == "size" and len(node.args) > 1 else node.kwargs.get("dim")
                 if isinstance(dim, int):
@@ -381,7 +398,9 @@ class _Pass:
                 self.st.freeze(src, f"{node.name}: these channels' count shapes another tensor")
 
     # ---------------------------------------------------------------- per node
-    def run_node(self, node: fx.Node, real: dict[fx.Node, Any], ids: dict[fx.Node, Any], it: Any) -> tuple[Any, Any]:
+    def run_node(
+        self, node: fx.Node, real: dict[fx.Node, Any], ids: dict[fx.Node, Any], it: Any
+    ) -> tuple[Any, Any]:
         st = self.st
         if node.op == "placeholder":
             try:
@@ -416,9 +435,16 @@ class _Pass:
             out = _masked_layer_norm(args[0], ids[node.args[0]], st.mask, w, b, eps)
         elif node.op == "call_method":
             self_obj, *rest = args
-            out = self._exec(getattr(self_obj, str(node.target)), *rest, count=fn_name not in _NO_FLOPS, **kwargs)
+            out = self._exec(
+                getattr(self_obj, str(node.target)), *rest, count=fn_name not in _NO_FLOPS, **kwargs
+            )
         else:
-            out = self._exec(node.target, *args, count=fn_name not in _NO_FLOPS and node.target not in _SPATIAL_FN, **kwargs)
+            out = self._exec(
+                node.target,
+                *args,
+                count=fn_name not in _NO_FLOPS and node.target not in _SPATIAL_FN,
+                **kwargs,
+            )
         return out, self.function_ids(node, fn_name, real, ids, out)
 
     def module_ids(self, node: fx.Node, m: nn.Module, ids: dict[fx.Node, Any], out: Any) -> Any:
@@ -440,8 +466,17 @@ class _Pass:
         return st.fresh_frozen(out, reason, key=f"{self.tag}{node.name}")
 
     def _checked(self, res: Any, out: Any, in_ids: Any, what: str) -> Any:
-        ok = isinstance(res, torch.Tensor) and isinstance(out, torch.Tensor) and tuple(res.shape) == tuple(out.shape)
-        if not ok and isinstance(out, (tuple, list)) and isinstance(res, (tuple, list)) and len(res) == len(out):
+        ok = (
+            isinstance(res, torch.Tensor)
+            and isinstance(out, torch.Tensor)
+            and tuple(res.shape) == tuple(out.shape)
+        )
+        if (
+            not ok
+            and isinstance(out, (tuple, list))
+            and isinstance(res, (tuple, list))
+            and len(res) == len(out)
+        ):
             ok = all(
                 (not isinstance(o, torch.Tensor)) or (isinstance(r, torch.Tensor) and r.shape == o.shape)
                 for r, o in zip(res, out)
@@ -465,11 +500,15 @@ class _Pass:
             return None
         if not tensor_in and not has_tuple_in:
             # a tensor made from nothing traced (torch.zeros(...), arange): a constant
-            return st.fresh_frozen(out, f"{node.name}: tensor created inside the model", key=f"{self.tag}{node.name}")
+            return st.fresh_frozen(
+                out, f"{node.name}: tensor created inside the model", key=f"{self.tag}{node.name}"
+            )
         what = f"{node.name} ({name})"
 
         def mixed(a: Any) -> Any:
-            return fx.node.map_arg(a, lambda n: ids[n] if isinstance(ids.get(n), (torch.Tensor, tuple, list)) else real[n])
+            return fx.node.map_arg(
+                a, lambda n: ids[n] if isinstance(ids.get(n), (torch.Tensor, tuple, list)) else real[n]
+            )
 
         x_ids = ids.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
 
@@ -505,7 +544,11 @@ class _Pass:
             if name in _SPLIT and isinstance(x_ids, torch.Tensor):
                 self._check_split(node, name, x_ids, what)
             res = self._apply(node, mixed)
-            if name in _LITERAL_SIZE_OPS and isinstance(x_ids, torch.Tensor) and isinstance(res, torch.Tensor):
+            if (
+                name in _LITERAL_SIZE_OPS
+                and isinstance(x_ids, torch.Tensor)
+                and isinstance(res, torch.Tensor)
+            ):
                 st.check_reshape(x_ids, res, _literal_dims(node, name, res.dim()), what)
             return self._checked(res, out, in_ids, what)
         reason = f"{what} is not understood by the channel engine"
@@ -633,11 +676,18 @@ def _fetch_attr(gm: nn.Module, target: str) -> Any:
 
 
 def _apply_mask(r: Any, i: Any, mask: torch.Tensor) -> Any:
-    if isinstance(r, torch.Tensor) and isinstance(i, torch.Tensor) and r.is_floating_point() and r.shape == i.shape:
+    if (
+        isinstance(r, torch.Tensor)
+        and isinstance(i, torch.Tensor)
+        and r.is_floating_point()
+        and r.shape == i.shape
+    ):
         return r * mask[i].to(r.dtype)
     if isinstance(r, (tuple, list)) and isinstance(i, (tuple, list)) and len(r) == len(i):
-        return type(r)(_apply_mask(a, b, mask) for a, b in zip(r, i)) if not hasattr(r, "_fields") else type(r)(
-            *(_apply_mask(a, b, mask) for a, b in zip(r, i))
+        return (
+            type(r)(_apply_mask(a, b, mask) for a, b in zip(r, i))
+            if not hasattr(r, "_fields")
+            else type(r)(*(_apply_mask(a, b, mask) for a, b in zip(r, i)))
         )
     return r
 
@@ -668,7 +718,14 @@ class ChannelGraph:
     >>> small = slim(model, plan, graph=g)
     """
 
-    def __init__(self, model: nn.Module, gm: fx.GraphModule, st: _Analysis, input_shape: tuple[int, ...], total_macs: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        gm: fx.GraphModule,
+        st: _Analysis,
+        input_shape: tuple[int, ...],
+        total_macs: int,
+    ) -> None:
         self.model = model
         self.gm = gm
         self.input_shape = tuple(input_shape)
@@ -769,7 +826,9 @@ class ChannelGraph:
         try:
             return self._by_name[name]
         except KeyError:
-            raise UsageError(f"the model has no channel group {name!r}; groups: {', '.join(list(self._by_name)[:12])} ...") from None
+            raise UsageError(
+                f"the model has no channel group {name!r}; groups: {', '.join(list(self._by_name)[:12])} ..."
+            ) from None
 
     def summary(self) -> list[dict[str, Any]]:
         return [g.to_dict() for g in self.groups]
@@ -796,7 +855,9 @@ class ChannelGraph:
             score = np.zeros(self.n_classes, dtype=np.float64)
             for rec, w in self._producer_rows():
                 assert rec.out_labels is not None
-                np.add.at(score, self.label_class[rec.out_labels.numpy()], w.abs().sum(1).double().cpu().numpy())
+                np.add.at(
+                    score, self.label_class[rec.out_labels.numpy()], w.abs().sum(1).double().cpu().numpy()
+                )
             self._scores = score
         return self._scores
 
@@ -1023,7 +1084,9 @@ class ChannelGraph:
             r = np.minimum(s * rel, max_ratio)
             kept = sizes - np.floor(r * sizes)
             if multiple > 1:
-                kept = np.where(sizes >= 2 * multiple, np.maximum(np.round(kept / multiple) * multiple, multiple), kept)
+                kept = np.where(
+                    sizes >= 2 * multiple, np.maximum(np.round(kept / multiple) * multiple, multiple), kept
+                )
             kept = np.clip(kept, 1, sizes)
             return {n: int(k) for n, k in zip(names, kept)}
 
@@ -1046,7 +1109,13 @@ class ChannelGraph:
         return self._refine(best, target, sizes={n: int(z) for n, z in zip(names, sizes)}, step=step)
 
     def _refine(
-        self, counts: dict[str, int], target: float, *, sizes: dict[str, int], step: dict[str, int], steps: int = 200
+        self,
+        counts: dict[str, int],
+        target: float,
+        *,
+        sizes: dict[str, int],
+        step: dict[str, int],
+        steps: int = 200,
     ) -> dict[str, int]:
         """Nudge single groups by one step (a channel, or the rounding multiple) while that brings
         MACs closer to ``target``.
@@ -1094,7 +1163,10 @@ class ChannelGraph:
 
     @torch.no_grad()
     def verify(
-        self, slim_model: nn.Module, plan: Plan | dict[str, Sequence[int]], inputs: Sequence[torch.Tensor] | None = None
+        self,
+        slim_model: nn.Module,
+        plan: Plan | dict[str, Sequence[int]],
+        inputs: Sequence[torch.Tensor] | None = None,
     ) -> float:
         """Largest difference between the masked original and ``slim_model`` on random inputs.
 
@@ -1138,7 +1210,9 @@ def _dedupe(xs: list[tuple[str, str]]) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- public functions
 
 
-def _example(model: nn.Module, example_input: torch.Tensor | None, input_shape: Sequence[int] | None) -> torch.Tensor:
+def _example(
+    model: nn.Module, example_input: torch.Tensor | None, input_shape: Sequence[int] | None
+) -> torch.Tensor:
     if example_input is not None:
         return example_input
     if input_shape is None:
@@ -1174,7 +1248,9 @@ def build_graph(
         dead = [
             n
             for n, m in model.named_modules()
-            if handler_for(m) is not None and next(m.parameters(recurse=False), None) is not None and n not in used
+            if handler_for(m) is not None
+            and next(m.parameters(recurse=False), None) is not None
+            and n not in used
             and not any(n.startswith(u + ".") for u in used)
         ]
         if dead:
@@ -1268,7 +1344,11 @@ def slim(
         for store in (m._parameters, m._buffers):
             for k, t in store.items():
                 if t is not None and id(t) in shared:
-                    store[k] = nn.Parameter(t.detach().clone(), t.requires_grad) if isinstance(t, nn.Parameter) else t.clone()
+                    store[k] = (
+                        nn.Parameter(t.detach().clone(), t.requires_grad)
+                        if isinstance(t, nn.Parameter)
+                        else t.clone()
+                    )
     _sync_attrs(new)
     return new
 
@@ -1289,7 +1369,9 @@ def count(model: nn.Module, input_shape: Sequence[int]) -> Cost:
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
             model(x)
     except RuntimeError as e:
-        raise UsageError(f"the model rejects input shape {tuple(input_shape)}: {str(e).splitlines()[0]}") from e
+        raise UsageError(
+            f"the model rejects input shape {tuple(input_shape)}: {str(e).splitlines()[0]}"
+        ) from e
     finally:
         model.train(was)
     per = fc.get_flop_counts()
@@ -1307,7 +1389,9 @@ def count(model: nn.Module, input_shape: Sequence[int]) -> Cost:
 
 
 @torch.no_grad()
-def calibrate_bn(model: nn.Module, input_shape: Sequence[int], *, batches: int = 4, seed: int = 0) -> nn.Module:
+def calibrate_bn(
+    model: nn.Module, input_shape: Sequence[int], *, batches: int = 4, seed: int = 0
+) -> nn.Module:
     """Give an untrained model's BatchNorm layers statistics from random inputs (in place).
 
     Untrained deep nets (EfficientNet at init) have vanishing activations in eval mode, which

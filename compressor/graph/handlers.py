@@ -55,7 +55,9 @@ SPATIAL_MODULES = (
 )  # fmt: skip
 
 
-def _prop_conv(st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def _prop_conv(
+    st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
     transposed = isinstance(m, CONVT_TYPES)
     cin = st.channel_labels(ids_in, 1, f"input of {name}")
     rec = st.record(name, "convT" if transposed else "conv")
@@ -74,7 +76,9 @@ def _prop_conv(st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out
     return st.broadcast_labels(out_labels, out.shape, 1)
 
 
-def _prop_linear(st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def _prop_linear(
+    st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
     fin = st.channel_labels(ids_in, ids_in.dim() - 1, f"input of {name}")
     rec = st.record(name, "linear")
     st.merge_inputs(rec, fin)
@@ -83,7 +87,9 @@ def _prop_linear(st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, o
     return st.broadcast_labels(rec.out_labels, out.shape, out.dim() - 1)
 
 
-def _prop_affine(st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def _prop_affine(
+    st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
     if isinstance(m, nn.LayerNorm):
         if len(m.normalized_shape) != 1:
             st.freeze(ids_in, f"{name}: LayerNorm over several dimensions")
@@ -105,27 +111,37 @@ def _prop_affine(st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, o
     return ids_in
 
 
-def _prop_elementwise(st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def _prop_elementwise(
+    st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
     if tuple(out.shape) == tuple(ids_in.shape):
         return ids_in
     return _prop_spatial(st, name, m, ids_in, out)
 
 
-def _prop_spatial(st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def _prop_spatial(
+    st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
     return st.spatial(ids_in, out, name)
 
 
-def _prop_flatten(st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def _prop_flatten(
+    st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
     return ids_in.flatten(m.start_dim, m.end_dim)
 
 
-def _prop_unflatten(st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def _prop_unflatten(
+    st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
     res = ids_in.unflatten(m.dim, m.unflattened_size)
     st.check_reshape(ids_in, res, literal_dims=set(range(res.dim())), what=name)
     return res
 
 
-def _prop_shuffle(st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def _prop_shuffle(
+    st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
     g = m.groups
     n, c = ids_in.shape[0], ids_in.shape[1]
     v = ids_in.reshape(n, g, c // g, *ids_in.shape[2:])
@@ -133,7 +149,9 @@ def _prop_shuffle(st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, 
     return v.transpose(1, 2).reshape(ids_in.shape)
 
 
-def _prop_softmax(st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def _prop_softmax(
+    st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
     dim = m.dim if m.dim is not None else ids_in.dim() - 1
     return st.along_dim_op(ids_in, dim % ids_in.dim(), name)
 
@@ -163,7 +181,9 @@ def kept_positions(labels: torch.Tensor, keep_label: torch.Tensor) -> torch.Tens
 
 def _expect(m: nn.Module, types: tuple[type, ...], rec: ModuleRecord) -> None:
     if not isinstance(m, types):
-        raise TypeError(f"{rec.name}: handler for {', '.join(t.__name__ for t in types)} got {type(m).__name__}")
+        raise TypeError(
+            f"{rec.name}: handler for {', '.join(t.__name__ for t in types)} got {type(m).__name__}"
+        )
 
 
 def _slim_conv(m: nn.Module, rec: ModuleRecord, keep_label: torch.Tensor) -> None:

@@ -46,7 +46,9 @@ def get_widths(model: nn.Module) -> dict[str, dict[str, Any]]:
     return out
 
 
-def apply_widths(model: nn.Module, widths: dict[str, dict[str, Any]], state_dict: dict[str, torch.Tensor]) -> nn.Module:
+def apply_widths(
+    model: nn.Module, widths: dict[str, dict[str, Any]], state_dict: dict[str, torch.Tensor]
+) -> nn.Module:
     """Reshape ``model`` in place to ``widths`` and to the tensor shapes of ``state_dict``."""
     modules = dict(model.named_modules())
     for name, attrs in widths.items():

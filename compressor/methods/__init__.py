@@ -17,7 +17,11 @@ from compressor.registry import Registry
 METHODS: Registry[Callable[..., Any]] = Registry("method")
 
 # Modules that register methods; imported on first use so importing compressor stays light.
-_METHOD_MODULES = ("compressor.methods.l1_uniform", "compressor.methods.eagleeye", "compressor.methods.epruner")
+_METHOD_MODULES = (
+    "compressor.methods.l1_uniform",
+    "compressor.methods.eagleeye",
+    "compressor.methods.epruner",
+)
 _loaded = False
 
 
@@ -50,7 +54,9 @@ def get_method(name: str) -> Callable[..., Any]:
 
 def check_flops(flops: float | None) -> None:
     if flops is not None and not (0.0 < float(flops) <= 1.0):
-        raise UsageError(f"--flops {flops} is outside (0, 1]: it is the fraction of the original FLOPs to keep, e.g. 0.5")
+        raise UsageError(
+            f"--flops {flops} is outside (0, 1]: it is the fraction of the original FLOPs to keep, e.g. 0.5"
+        )
 
 
 def search(

@@ -124,7 +124,9 @@ def sample_strategy(
         raise UsageError(f"--seed {seed} must be a non-negative integer")
     R = default_ratio_max(flops) if ratio_max is None else float(ratio_max)
     if not (0.0 < R <= 1.0):
-        raise UsageError(f"--ratio-max {ratio_max} is outside (0, 1]: it is the largest pruning ratio drawn per group")
+        raise UsageError(
+            f"--ratio-max {ratio_max} is outside (0, 1]: it is the largest pruning ratio drawn per group"
+        )
     groups = list(graph.prunable)
     if not groups:
         raise BudgetError(
@@ -177,8 +179,14 @@ def _inputs_targets(batch: Any) -> tuple[Any, Any]:
 
 
 def cache_batches(
-    dataset: Any, *, batch_size: int, n_batches: int | None = None, shuffle: bool = False, seed: int = 0,
-    device: Any = "cpu", with_targets: bool = True,
+    dataset: Any,
+    *,
+    batch_size: int,
+    n_batches: int | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    device: Any = "cpu",
+    with_targets: bool = True,
 ) -> list[Any]:
     """Load ``n_batches`` batches (all if None) of ``dataset`` once, as tensors on ``device``."""
     import torch
@@ -193,7 +201,9 @@ def cache_batches(
     g = torch.Generator()
     g.manual_seed(int(seed))
     drop_last = bool(shuffle and n is not None and n >= batch_size)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g, drop_last=drop_last, num_workers=0)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=g, drop_last=drop_last, num_workers=0
+    )
     out: list[Any] = []
     for batch in loader:
         x, y = _inputs_targets(batch)
@@ -313,7 +323,9 @@ def eagleeye(
     from compressor.search_loop import init_distributed, run_search, search_id
 
     if flops is None:
-        raise UsageError("eagleeye needs a FLOPs target: pass --flops F (fraction of the original FLOPs, e.g. 0.5)")
+        raise UsageError(
+            "eagleeye needs a FLOPs target: pass --flops F (fraction of the original FLOPs, e.g. 0.5)"
+        )
     check_flops(flops)
     if candidates is None and time_budget is None:
         candidates = 100
@@ -338,7 +350,13 @@ def eagleeye(
     if calib_ds is None:
         raise DataError(f"the data has no {calib_split!r} split to calibrate BatchNorm on")
     calib = cache_batches(
-        calib_ds, batch_size=batch_size, n_batches=calib_batches, shuffle=True, seed=seed, device=dev, with_targets=False
+        calib_ds,
+        batch_size=batch_size,
+        n_batches=calib_batches,
+        shuffle=True,
+        seed=seed,
+        device=dev,
+        with_targets=False,
     )
     val = cache_batches(_subset(bundle.val, val_images, seed), batch_size=max(batch_size, 256), device=dev)
     scorer = Scorer(model, graph, calib, val, dev)
@@ -370,7 +388,9 @@ def eagleeye(
         )
 
     def evaluate(i: int) -> dict[str, Any]:
-        s = sample_strategy(graph, flops, seed=seed, index=i, ratio_max=R, tolerance=tolerance, multiple=multiple)
+        s = sample_strategy(
+            graph, flops, seed=seed, index=i, ratio_max=R, tolerance=tolerance, multiple=multiple
+        )
         sub = scorer.build(plan_of(s.counts))
         score = scorer.accuracy(sub)
         return {
@@ -396,7 +416,9 @@ def eagleeye(
         )
     ranked = result.ranked()
     if not ranked:
-        raise BudgetError("the search scored no candidate within its budget; raise --time-budget or --candidates")
+        raise BudgetError(
+            "the search scored no candidate within its budget; raise --time-budget or --candidates"
+        )
 
     chosen = ranked[0]
     finetuned: list[dict[str, Any]] = []

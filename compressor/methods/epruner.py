@@ -250,7 +250,9 @@ def epruner(
     if groups is not None:
         unknown = [n for n in groups if n not in prunable]
         if unknown:
-            raise UsageError(f"group(s) {', '.join(unknown)} are not prunable groups; valid: {', '.join(prunable)}")
+            raise UsageError(
+                f"group(s) {', '.join(unknown)} are not prunable groups; valid: {', '.join(prunable)}"
+            )
         names = [n for n in prunable if n in set(groups)]
     else:
         names = list(prunable)
@@ -259,10 +261,21 @@ def epruner(
 
     t0 = time.perf_counter()
     cache = ExemplarCache(
-        graph, names, median=median, damping=damping, max_iter=max_iter,
-        convergence_iter=convergence_iter, device=device,
+        graph,
+        names,
+        median=median,
+        damping=damping,
+        max_iter=max_iter,
+        convergence_iter=convergence_iter,
+        device=device,
     )
-    info: dict[str, Any] = {"coupled": coupled, "median": median, "damping": damping, "max_iter": max_iter, "convergence_iter": convergence_iter}
+    info: dict[str, Any] = {
+        "coupled": coupled,
+        "median": median,
+        "damping": damping,
+        "max_iter": max_iter,
+        "convergence_iter": convergence_iter,
+    }
     if beta is not None:
         b = float(beta)
         frac = _fraction(graph, cache.keep(b)) if names else 1.0
@@ -276,7 +289,9 @@ def epruner(
         if not names:
             b, frac, hist = 1.0, 1.0, []
         else:
-            b, frac, hist = find_beta(lambda x: _fraction(graph, cache.keep(x)), flops_target, tolerance=tolerance)
+            b, frac, hist = find_beta(
+                lambda x: _fraction(graph, cache.keep(x)), flops_target, tolerance=tolerance
+            )
         info["beta_given"] = False
         info["bisection"] = [{"beta": x, "flops": v} for x, v in hist]
         info["within_tolerance"] = abs(frac - flops_target) <= tolerance * flops_target

@@ -72,7 +72,9 @@ class ResNetCifar(nn.Module):
         super().__init__()
         _check_common("resnet_cifar", num_classes, in_channels)
         if depth < 8 or (depth - 2) % 6 != 0:
-            raise UsageError(f"resnet_cifar: depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110), got {depth}")
+            raise UsageError(
+                f"resnet_cifar: depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110), got {depth}"
+            )
         if width < 1:
             raise UsageError(f"resnet_cifar: width must be >= 1, got {width}")
         n = (depth - 2) // 6
@@ -100,7 +102,9 @@ class ResNetCifar(nn.Module):
 
 
 @register_model("resnet_cifar")
-def resnet_cifar(num_classes: int = 10, in_channels: int = 3, depth: int = 20, width: int = 16) -> ResNetCifar:
+def resnet_cifar(
+    num_classes: int = 10, in_channels: int = 3, depth: int = 20, width: int = 16
+) -> ResNetCifar:
     """CIFAR-style ResNet (He et al. 2016, section 4.2): depth 6n+2, stage widths w, 2w, 4w."""
     return ResNetCifar(num_classes=num_classes, in_channels=in_channels, depth=depth, width=width)
 
@@ -164,7 +168,9 @@ class MobileNetV1(nn.Module):
 
 
 @register_model("mobilenet_v1")
-def mobilenet_v1(num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0, blocks: int = 13) -> MobileNetV1:
+def mobilenet_v1(
+    num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0, blocks: int = 13
+) -> MobileNetV1:
     """MobileNetV1 (Howard et al. 2017) for small inputs; ``blocks`` < 13 truncates it for tests."""
     return MobileNetV1(num_classes=num_classes, in_channels=in_channels, width_mult=width_mult, blocks=blocks)
 

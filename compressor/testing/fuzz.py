@@ -11,7 +11,7 @@ reproduction: ``print(net_source(seed))`` is a standalone module.
 the graph whether the slimmed model equals the masked original (``graph.verify``). Either the
 result is exact, or the channels involved must have been frozen; anything else is a failure.
 
-    >>> from compressor.fuzz import build_net, check_net
+    >>> from compressor.testing.fuzz import build_net, check_net
     >>> net = build_net(7)                       # 1x3x16x16 inputs, eval mode, seeded weights
     >>> result = check_net(7, plans=3)
     >>> result.ok, result.n_prunable, result.max_rel_err
@@ -202,12 +202,18 @@ class _Builder:
         r = rng.random()
         if t.c % 2 == 0 and r < 0.4:
             a_c = b_c = t.c // 2
-            form = rng.choice(("torch.chunk({}, 2, dim=1)", "{}.chunk(2, 1)", "torch.split({}, {half}, dim=1)"))
+            form = rng.choice(
+                ("torch.chunk({}, 2, dim=1)", "{}.chunk(2, 1)", "torch.split({}, {half}, dim=1)")
+            )
             src = form.format(t.var, half=a_c)
         elif r < 0.75:
             a_c = rng.randint(1, t.c - 1)
             b_c = t.c - a_c
-            forms = ("torch.split({}, [{}, {}], dim=1)", "{}.split([{}, {}], 1)", "torch.split({}, [{}, {}], dim=-3)")
+            forms = (
+                "torch.split({}, [{}, {}], dim=1)",
+                "{}.split([{}, {}], 1)",
+                "torch.split({}, [{}, {}], dim=-3)",
+            )
             src = rng.choice(forms).format(t.var, a_c, b_c)
         else:  # slicing
             a_c = rng.randint(1, t.c - 1)
@@ -257,7 +263,9 @@ class _Builder:
     def op_shared(self, t: _T) -> _T:
         """One conv module called twice (weights shared): its input and output channels are one."""
         rng = self.rng
-        conv = self.mod("shared", f"nn.Conv2d({t.c}, {t.c}, 3, padding=1, bias={rng.choice(('True', 'False'))})")
+        conv = self.mod(
+            "shared", f"nn.Conv2d({t.c}, {t.c}, 3, padding=1, bias={rng.choice(('True', 'False'))})"
+        )
         a = self.assign(f"F.relu({conv}({t.var}))", t.c, t.h)
         return self.assign(self.act(f"{conv}({a.var})"), t.c, t.h)
 
@@ -279,7 +287,9 @@ class _Builder:
         if k == 1:
             return self.assign(f"F.avg_pool2d({t.var}, 2)", t.c, t.h // 2)
         if k == 2:
-            return self.assign(f"{self.mod('pool', 'nn.MaxPool2d(3, 2, 1)')}({t.var})", t.c, (t.h - 1) // 2 + 1)
+            return self.assign(
+                f"{self.mod('pool', 'nn.MaxPool2d(3, 2, 1)')}({t.var})", t.c, (t.h - 1) // 2 + 1
+            )
         return self.assign(f"{self.mod('pool', f'nn.AdaptiveAvgPool2d({t.h // 2})')}({t.var})", t.c, t.h // 2)
 
     def op_bn(self, t: _T) -> _T:
@@ -327,7 +337,9 @@ class _Builder:
             choices.append(("channel_shuffle", lambda: f"channel_shuffle({x}, 2)", c, h))
             choices.append(("groupnorm", lambda: f"{M('gn', f'nn.GroupNorm(2, {c})')}({x})", c, h))
         if h <= 8:
-            choices.append(("upsample", lambda: f"F.interpolate({x}, scale_factor=2.0, mode='nearest')", c, 2 * h))
+            choices.append(
+                ("upsample", lambda: f"F.interpolate({x}, scale_factor=2.0, mode='nearest')", c, 2 * h)
+            )
         name, make, c2, h2 = rng.choice(choices)
         expr = make()
         if name == "wrapped_fn":
@@ -363,11 +375,15 @@ class _Builder:
             )
             self.ops.append("head:gap")
             if rng.random() < 0.25:
-                pool = f"{self.mod('flat', 'nn.Flatten()')}({self.mod('gap', 'nn.AdaptiveAvgPool2d(1)')}({{}}))"
+                pool = (
+                    f"{self.mod('flat', 'nn.Flatten()')}({self.mod('gap', 'nn.AdaptiveAvgPool2d(1)')}({{}}))"
+                )
             f = self.assign(pool.format(t.var), t.c, 1)
         elif r < 0.55:  # flatten into Linear: each channel spans h*h features
             self.ops.append("head:flatten")
-            form = rng.choice(("torch.flatten({}, 1)", "{}.view({}.size(0), -1)", "{}.reshape({}.shape[0], -1)"))
+            form = rng.choice(
+                ("torch.flatten({}, 1)", "{}.view({}.size(0), -1)", "{}.reshape({}.shape[0], -1)")
+            )
             permuted = {"unusual:transpose_hw", "unusual:layernorm_c"} & set(self.ops)
             if permuted and ".view(" in form:  # .view of a transposed/permuted tensor is illegal
                 form = "{}.reshape({}.shape[0], -1)"
@@ -385,7 +401,9 @@ class _Builder:
             f = self.assign(f"F.relu({mid})", hid, 1)
         else:  # a 1x1 conv classifier, then global average
             self.ops.append("head:conv")
-            y = self.assign(f"{self.mod('cls', f'nn.Conv2d({t.c}, {num_classes}, 1)')}({t.var})", num_classes, t.h)
+            y = self.assign(
+                f"{self.mod('cls', f'nn.Conv2d({t.c}, {num_classes}, 1)')}({t.var})", num_classes, t.h
+            )
             return f"{y.var}.mean((2, 3))"
         return f"{self.mod('fc', f'nn.Linear({f.c}, {num_classes})')}({f.var})"
 
@@ -409,11 +427,11 @@ class ChannelScale(nn.Module):
         return x * self.weight.view(1, -1, 1, 1)
 '''
 
-_CHANNEL_SHUFFLE = '''
+_CHANNEL_SHUFFLE = """
 def channel_shuffle(x, groups):
     n, c, h, w = x.shape
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
-'''
+"""
 
 _OPS = (
     ("conv", 3.0),
@@ -453,7 +471,7 @@ def net_source(seed: int, *, unusual: float = 0.15, max_ops: int = 6) -> str:
     out = b.head(t, num_classes)
     cls = f"FuzzNet{seed}"
     lines = [
-        f'"""Random CNN for seed {seed} (compressor.fuzz); input {tuple(INPUT_SHAPE)}. Ops: {", ".join(b.ops)}."""',
+        f'"""Random CNN for seed {seed} (compressor.testing.fuzz); input {tuple(INPUT_SHAPE)}. Ops: {", ".join(b.ops)}."""',
         "import torch",
         "import torch.nn as nn",
         "import torch.nn.functional as F",
@@ -573,7 +591,10 @@ def _short(e: BaseException) -> str:
 
 def _slim_shapes(model: Any) -> str:
     """The parameter shapes of a slimmed model (where a crash usually shows)."""
-    return "slimmed parameters: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in model.state_dict().items())[:1500]
+    return (
+        "slimmed parameters: "
+        + ", ".join(f"{k} {tuple(v.shape)}" for k, v in model.state_dict().items())[:1500]
+    )
 
 
 def random_plan_groups(graph: Any, rng: random.Random, style: str = "random") -> dict[str, list[int]]:
@@ -605,7 +626,12 @@ def _reason_key(reason: str | None) -> str:
 
 
 def check_net(
-    seed: int, *, plans: int = 3, rel_tol: float = REL_TOL, check_original: bool = True, check_cost: bool = True
+    seed: int,
+    *,
+    plans: int = 3,
+    rel_tol: float = REL_TOL,
+    check_original: bool = True,
+    check_cost: bool = True,
 ) -> NetResult:
     """Trace the net of ``seed``, slim it at ``plans`` random plans, verify each against the masked original.
 
@@ -654,7 +680,9 @@ def check_net(
                 key = _reason_key(grp.reason)
                 res.frozen_reasons[key] = res.frozen_reasons.get(key, 0) + 1
                 if not grp.reason:
-                    res.failures.append(Failure(seed, "graph", f"group {grp.name!r} is frozen without a reason"))
+                    res.failures.append(
+                        Failure(seed, "graph", f"group {grp.name!r} is frozen without a reason")
+                    )
     except Exception as e:  # noqa: BLE001
         res.failures.append(Failure(seed, "graph", _short(e)))
         return res
@@ -678,7 +706,9 @@ def check_net(
         try:
             slim = cgraph.slim(model, plan, graph=graph)
         except Exception as e:  # noqa: BLE001
-            res.failures.append(Failure(seed, "slim", _short(e) + "\n" + traceback.format_exc(limit=-3), kept))
+            res.failures.append(
+                Failure(seed, "slim", _short(e) + "\n" + traceback.format_exc(limit=-3), kept)
+            )
             continue
         res.plans_slimmed += 1
         try:
@@ -690,19 +720,25 @@ def check_net(
             continue
         if tuple(out.shape) != tuple(ref.shape):
             res.failures.append(
-                Failure(seed, "shape", f"slimmed output {tuple(out.shape)} != original {tuple(ref.shape)}", kept)
+                Failure(
+                    seed, "shape", f"slimmed output {tuple(out.shape)} != original {tuple(ref.shape)}", kept
+                )
             )
             continue
         try:
             diff = float(graph.verify(slim, plan, inputs=[inputs]))
         except Exception as e:  # noqa: BLE001
-            res.failures.append(Failure(seed, "verify", _short(e) + "\n" + traceback.format_exc(limit=-3), kept))
+            res.failures.append(
+                Failure(seed, "verify", _short(e) + "\n" + traceback.format_exc(limit=-3), kept)
+            )
             continue
         rel = diff / scale
         res.max_rel_err = max(res.max_rel_err, rel)
         if not rel < rel_tol:  # also catches NaN
             res.failures.append(
-                Failure(seed, "wrong_model", f"max|slim - masked| = {diff:.3g} ({rel:.3g} of output scale)", kept)
+                Failure(
+                    seed, "wrong_model", f"max|slim - masked| = {diff:.3g} ({rel:.3g} of output scale)", kept
+                )
             )
             continue
         res.plans_verified += 1
@@ -712,7 +748,9 @@ def check_net(
         with torch.no_grad():
             again = model(inputs)
         if not torch.equal(again, ref):
-            res.failures.append(Failure(seed, "original_modified", "slimming changed the original model's outputs"))
+            res.failures.append(
+                Failure(seed, "original_modified", "slimming changed the original model's outputs")
+            )
     return res
 
 
@@ -739,5 +777,5 @@ def reproduce(seed: int) -> str:
     return (
         net_source(seed)
         + "\n\n# Reproduce:\n#   OMP_NUM_THREADS=1 python -c "
-        + f"\"from compressor.fuzz import check_net; r = check_net({seed}); print(r.failures)\"\n"
+        + f'"from compressor.testing.fuzz import check_net; r = check_net({seed}); print(r.failures)"\n'
     )

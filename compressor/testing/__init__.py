@@ -1,0 +1,1 @@
+"""Test tools that ship with the package: the channel-graph fuzzer (``compressor.testing.fuzz``)."""
