@@ -86,4 +86,3 @@ def accuracy(
     if total == 0:
         raise DataError("accuracy over an empty loader: the evaluation split has no images")
     return {f"top{k}": float(100.0 * correct[i].item() / total) for i, k in enumerate(ks)}
-

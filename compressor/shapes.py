@@ -52,7 +52,9 @@ def parse_input_shape(text: str | None, *, flag: str = "--input-shape") -> Sampl
     try:
         numbers = [int(t) for t in parts]
     except ValueError:
-        raise UsageError(f"{flag} {text!r} is not a comma-separated list of integers; give {CONVENTION}") from None
+        raise UsageError(
+            f"{flag} {text!r} is not a comma-separated list of integers; give {CONVENTION}"
+        ) from None
     return sample_shape(numbers, what=flag)
 
 
