@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
+from compressor.cli.main import app
 from typer.testing import CliRunner
 
-from compressor.cli.main import app
 from compressor.methods import get_method, list_methods
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "resnet_mnist.pt"
