@@ -87,7 +87,11 @@ class ExemplarCache:
         self.graph = graph
         self.names = list(names)
         self.median = median
-        self.ap_kw: dict[str, Any] = {"damping": damping, "max_iter": max_iter, "convergence_iter": convergence_iter}
+        self.ap_kw: dict[str, Any] = {
+            "damping": damping,
+            "max_iter": max_iter,
+            "convergence_iter": convergence_iter,
+        }
         self.device = torch.device(device)
         self._sim: dict[str, tuple[APProblem, torch.Tensor]] = {}
         self._res: dict[tuple[str, float], APResult] = {}
