@@ -52,6 +52,9 @@ def finetune_cmd(
         from compressor.errors import UsageError
         from compressor.train import FinetuneConfig, finetune
 
+        from compressor.io import refuse_overwriting_inputs
+
+        refuse_overwriting_inputs(output, {"checkpoint": checkpoint, "--teacher": teacher})
         model, meta = load_checkpoint(checkpoint, arch=arch, trust_pickle=trust_pickle)
         spec = data or meta.get("dataset")
         if not spec:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from scipy.sparse.csgraph import connected_components
 from torch.fx.node import map_aggregate
 
-from compressor.errors import TraceError, UsageError
+from compressor.errors import InternalError, TraceError, UsageError
 from compressor.graph.handlers import ModuleRecord, handler_for
 from compressor.graph.trace import trace
 from compressor.plan import Plan
@@ -298,12 +298,17 @@ class _Pass:
         formula as torch.utils.flop_counter), and ops that cannot multiply matrices are not
         counted at all, so the counter's per-op cost is paid only where it is needed.
         """
-        if not (self.count_flops and count):
-            return fn(*args, **kwargs)
-        from torch.utils.flop_counter import FlopCounterMode
+        try:
+            if not (self.count_flops and count):
+                return fn(*args, **kwargs)
+            from torch.utils.flop_counter import FlopCounterMode
 
-        with FlopCounterMode(display=False) as fc:
-            out = fn(*args, **kwargs)
+            with FlopCounterMode(display=False) as fc:
+                out = fn(*args, **kwargs)
+        except (TraceError, UsageError):
+            raise
+        except Exception as e:  # the model's own op failed on this input: not the engine's doing
+            raise ModelOpError(e) from e
         self.flops += fc.get_total_flops()
         return out
 
@@ -329,18 +334,13 @@ class _Pass:
                 r, i = self.run_node(node, real, ids, it)
             except (TraceError, UsageError):
                 raise
-            except Exception as e:
-                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            except ModelOpError as e:  # the model's op on real values: the input is the user's
                 shapes = [tuple(x.shape) for x in inputs if isinstance(x, torch.Tensor)]
-                if isinstance(e, RuntimeError) and any(
-                    w in msg for w in ("size", "shape", "channels", "dimension", "mat1", "Expected")
-                ):
-                    raise UsageError(
-                        f"the model rejects input shape {shapes[0] if shapes else '?'} at {node.format_node()}: "
-                        f"{msg}. Pass the shape the model expects (--input-shape N,C,H,W)."
-                    ) from e
-                raise TraceError(
-                    f"running {node.format_node()} failed during channel analysis: {type(e).__name__}: {msg}"
+                raise model_error(e.original, shapes[0] if shapes else None, where=node.format_node()) from e
+            except Exception as e:  # the engine's own bookkeeping: a bug of ours, said as such
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise InternalError(
+                    f"the channel engine failed at {node.format_node()}: {type(e).__name__}: {msg}"
                 ) from e
             if node.op in ("call_function", "call_method", "call_module"):
                 self._sizes(node, r, ids)
@@ -1353,6 +1353,31 @@ def slim(
     return new
 
 
+class ModelOpError(Exception):
+    """A model's own operation raised while the engine ran it (carried to name the input as the cause)."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+def model_error(e: BaseException, shape: Any, *, where: str | None = None) -> Exception:
+    """The error to raise when the model itself fails on an input of ``shape``: out of memory says
+    so (exit 2: a smaller input or another device), anything else is the model rejecting that
+    input (exit 2). Engine-internal failures never come here (they are :class:`InternalError`)."""
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    at = f" at {where}" if where else ""
+    if isinstance(e, torch.OutOfMemoryError) or "out of memory" in msg.lower():
+        return UsageError(
+            f"ran out of memory running the model on input shape {shape}{at} ({msg}); use a smaller "
+            "input or batch, or another device"
+        )
+    return UsageError(
+        f"the model rejects input shape {shape}{at}: {type(e).__name__}: {msg}. Pass the shape the model "
+        "expects (--input-shape C,H,W)."
+    )
+
+
 def count(model: nn.Module, input_shape: Sequence[int]) -> Cost:
     """Ground-truth MACs (``torch.utils.flop_counter``: FLOPs / 2) and parameters, per module.
 
@@ -1368,10 +1393,10 @@ def count(model: nn.Module, input_shape: Sequence[int]) -> Cost:
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
             model(x)
-    except RuntimeError as e:
-        raise UsageError(
-            f"the model rejects input shape {tuple(input_shape)}: {str(e).splitlines()[0]}"
-        ) from e
+    except (TraceError, UsageError):
+        raise
+    except Exception as e:
+        raise model_error(e, tuple(int(s) for s in input_shape)) from e
     finally:
         model.train(was)
     per = fc.get_flop_counts()
