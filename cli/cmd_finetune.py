@@ -50,9 +50,8 @@ def finetune_cmd(
         from compressor.checkpoint import load_checkpoint
         from compressor.data import load_data
         from compressor.errors import UsageError
-        from compressor.train import FinetuneConfig, finetune
-
         from compressor.io import refuse_overwriting_inputs
+        from compressor.train import FinetuneConfig, finetune
 
         refuse_overwriting_inputs(output, {"checkpoint": checkpoint, "--teacher": teacher})
         model, meta = load_checkpoint(checkpoint, arch=arch, trust_pickle=trust_pickle)

@@ -49,7 +49,9 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
     ckpt = save_checkpoint(build_model("resnet_cifar", **kwargs).eval(), root / "tiny.pt", meta=meta)
     one = save_checkpoint(
-        one_conv_net().eval(), root / "one_conv.pt", meta={**meta, "arch": "tests.test_guarantees:one_conv_net", "arch_kwargs": {}}
+        one_conv_net().eval(),
+        root / "one_conv.pt",
+        meta={**meta, "arch": "tests.test_guarantees:one_conv_net", "arch_kwargs": {}},
     )
     target = root / "tiny_target.toml"
     target.write_text(TARGET_TOML, encoding="utf-8")
@@ -204,7 +206,9 @@ def test_errors_carried_across_ranks_keep_their_class(err: Exception) -> None:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize(("mode", "cls", "code"), [("usage-error", "UsageError", 2), ("budget-error", "BudgetError", 3)])
+@pytest.mark.parametrize(
+    ("mode", "cls", "code"), [("usage-error", "UsageError", 2), ("budget-error", "BudgetError", 3)]
+)
 def test_a_rank_error_is_the_same_error_on_every_rank(tmp_path: Path, mode: str, cls: str, code: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

@@ -18,7 +18,6 @@ from compressor.io import atomic_write_json, atomic_write_text
 from compressor.pipeline.context import RunContext
 from compressor.pipeline.settings import FALLBACK_LR, Settings
 
-
 #: Largest error of the slim model against the masked original, relative to the output scale
 #: (what :meth:`ChannelGraph.verify` returns), for the run's slim check.
 SLIM_REL_TOL = 1e-3
