@@ -42,6 +42,12 @@ def finetune_cmd(
     trust_pickle: bool = typer.Option(
         False, help="Allow a pickled nn.Module checkpoint (runs code from the file)."
     ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Discard an interrupted fine-tune in <output>.state that was started from another "
+        "checkpoint, data or options (without it such a state is refused, exit 2).",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the result (accuracies, history) as JSON."),
 ) -> None:
@@ -71,7 +77,7 @@ def finetune_cmd(
         )  # fmt: skip
         res = finetune(
             model, bundle, recipe, out=output, meta=meta, teacher=teacher_model, device=device,
-            progress=progress and not as_json,
+            progress=progress and not as_json, force=force,
         )  # fmt: skip
         from compressor.device import dist_env
 

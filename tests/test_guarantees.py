@@ -219,3 +219,27 @@ def test_a_rank_error_is_the_same_error_on_every_rank(tmp_path: Path, mode: str,
         got = json.loads((tmp_path / f"err.{rank}.json").read_text())
         assert got["class"] == cls and got["exit_code"] == code, (rank, got)
         assert "on rank 1" in got["message"]
+
+
+# ------------------------------------------------------------------ 7. the target's opset, or exit 2
+def test_export_honours_the_opset_or_fails_saying_which_could_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the TorchScript exporter fails, the fallback's opset 18 is not written under opset 13."""
+    import compressor.export.onnx_export as ox
+    from compressor.export import export_onnx
+
+    real = ox._export_to
+
+    def no_torchscript(*args: Any, exporter: str, **kwargs: Any) -> None:
+        if exporter == "torchscript":
+            raise RuntimeError("unsupported op (simulated)")
+        real(*args, exporter=exporter, **kwargs)
+
+    monkeypatch.setattr(ox, "_export_to", no_torchscript)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    out = tmp_path / "m.onnx"
+    with pytest.raises(UsageError, match="opset 13") as e:
+        export_onnx(m.eval(), out, input_shape=(1, 3, 8, 8), opset=13)
+    assert "could be written only at opset 18" in str(e.value) and e.value.exit_code == 2
+    assert not out.exists()
