@@ -243,3 +243,31 @@ def test_export_honours_the_opset_or_fails_saying_which_could_be_written(
         export_onnx(m.eval(), out, input_shape=(1, 3, 8, 8), opset=13)
     assert "could be written only at opset 18" in str(e.value) and e.value.exit_code == 2
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ 8. one definition of the tolerance
+def test_verify_is_relative_to_the_output_scale() -> None:
+    """Scaling the output layer by 1000 (original and slim alike) leaves verify() unchanged: it is
+    the max error relative to the output scale, to be compared as is (never divided again)."""
+    from compressor.graph import build_graph, slim
+    from compressor.plan import Plan
+    from tests.nets import TOPOLOGIES
+
+    torch.manual_seed(0)
+    net = TOPOLOGIES["residual"]().eval()
+    graph = build_graph(net, input_shape=(1, 3, 16, 16))
+    g = graph.prunable[0]
+    plan = Plan(method="t", groups={g.name: list(range(g.size // 2))}, group_sizes={g.name: g.size})
+    small = slim(net, plan, graph=graph)
+    with torch.no_grad():
+        next(m for m in small.modules() if isinstance(m, nn.Conv2d)).weight.mul_(1.5)  # a wrong slim
+    x = [torch.randn(2, 3, 16, 16)]
+    before = graph.verify(small, plan, inputs=x)
+    assert before > 1e-3
+    for m in (net, small):
+        last = [c for c in m.modules() if isinstance(c, (nn.Linear, nn.Conv2d))][-1]
+        with torch.no_grad():
+            last.weight.mul_(1000.0)
+            if last.bias is not None:
+                last.bias.mul_(1000.0)
+    assert graph.verify(small, plan, inputs=x) == pytest.approx(before, rel=1e-3)

@@ -1168,11 +1168,11 @@ class ChannelGraph:
         plan: Plan | dict[str, Sequence[int]],
         inputs: Sequence[torch.Tensor] | None = None,
     ) -> float:
-        """Largest difference between the masked original and ``slim_model`` on random inputs.
-
-        Reported relative to the output's scale, ``max |masked - slim| / max |masked|``, so it
-        means the same for a trained net and for an untrained one whose outputs are tiny or huge
-        (float32 agreement is ~1e-6).
+        """The max error relative to the output scale (``rel_err``) between the masked original
+        and ``slim_model`` on random inputs: ``max |masked - slim| / max |masked|`` (the larger
+        over inputs and outputs), so it means the same for a trained net and for an untrained one
+        whose outputs are tiny or huge (float32 agreement is ~1e-6). Already divided by the
+        scale: compare it with a relative tolerance, never divide it again.
         """
         if inputs is None:
             gen = torch.Generator().manual_seed(0)
