@@ -271,3 +271,23 @@ def test_verify_is_relative_to_the_output_scale() -> None:
             if last.bias is not None:
                 last.bias.mul_(1000.0)
     assert graph.verify(small, plan, inputs=x) == pytest.approx(before, rel=1e-3)
+
+
+# ------------------------------------------------------------------ 14. errors say what is allowed
+def test_error_messages_say_what_is_allowed(tmp_path: Path) -> None:
+    from compressor.data import load_data
+    from compressor.errors import DataError
+    from compressor.graph import build_graph, slim
+    from compressor.plan import Plan
+    from tests.nets import TOPOLOGIES
+
+    graph_net = TOPOLOGIES["residual"]().eval()
+    graph = build_graph(graph_net, input_shape=(1, 3, 16, 16))
+    g = graph.prunable[0]
+    bad = Plan(method="t", groups={g.name: [0, g.size + 5]}, group_sizes={g.name: g.size})
+    with pytest.raises(UsageError, match=rf"must be in 0\.\.{g.size - 1}"):
+        slim(graph_net, bad, graph=graph)
+    with pytest.raises(DataError, match="data_batch_1"):
+        load_data(f"cifar10:{tmp_path / 'nope'}")
+    with pytest.raises(DataError, match=r"e\.g\. \[3, 32, 32\]"):
+        load_data("mnist5k", meta={"input_shape": [0, 28, 28]})

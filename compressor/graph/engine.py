@@ -912,7 +912,9 @@ class ChannelGraph:
             if len(idx) == 0:
                 raise UsageError(f"plan keeps no channel of group {name!r}; keep at least one")
             if idx.min() < 0 or idx.max() >= g.size:
-                raise UsageError(f"plan keeps channel index out of range for group {name!r} (size {g.size})")
+                raise UsageError(
+                    f"plan keeps channel index out of range for group {name!r}: indices must be in 0..{g.size - 1}"
+                )
             keep[g.classes] = False
             keep[g.classes[idx]] = True
         return self._keep_producers(keep)
