@@ -122,12 +122,12 @@ def test_failed_slim_check_exits_4_before_finetune_and_publishes_nothing(
     assert res.exit_code == 4, res.output
     rep = json.loads((out / "report.json").read_text())
     assert rep["status"] == "validation_failed" and rep["exit_code"] == 4
-    slim_check = next(c for c in rep["checks"] if c["name"].startswith("slimmed == masked original"))
-    assert slim_check["passed"] is False and "relative to output scale" in slim_check["name"]
     assert (out / "report.html").is_file()
     for a in ("model.pt", "model.onnx", "test_data_set_0", "model.pt.state"):
         assert not (out / a).exists(), a
     assert "finetune" not in {s["name"] for s in rep["stages"]}  # never fine-tuned
+    slim_check = next(c for c in rep["checks"] if c["name"].startswith("slimmed == masked original"))
+    assert slim_check["passed"] is False and "relative to output scale" in slim_check["name"]
 
 
 # ------------------------------------------------------------------ 3. every exit 3 writes its report
