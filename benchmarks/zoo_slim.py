@@ -1,7 +1,8 @@
 """l1-uniform at 50% FLOPs over the whole torchvision classification zoo, beside Torch-Pruning.
 
-For every model: success, MACs/params before and after, groups found and frozen, the
-equivalence error (slimmed vs masked original), and the time to trace+group and to slim.
+For every model: success, MACs/params before and after, groups found and frozen, ``rel_err``
+(graph.verify: the max error of the slimmed model against the masked original, relative to the
+output scale), and the time to trace+group and to slim.
 Torch-Pruning (``pip install torch-pruning``; a benchmark-only dependency, never imported by
 the package) prunes the same model with L1 magnitude at a channel ratio of 0.3 (about half
 the FLOPs), timed the same way: building its dependency graph, then pruning.
@@ -28,6 +29,9 @@ from machine_info import machine_info  # noqa: E402
 from compressor.graph import build_graph, calibrate_bn, count, slim  # noqa: E402
 
 TRANSFORMERS = ("vit_", "swin_", "maxvit")
+#: A slim model counts as verified when graph.verify() (max error relative to the output scale)
+#: is below this.
+REL_TOL = 1e-4
 
 
 def input_size(name: str) -> int:
@@ -46,10 +50,10 @@ def ours(model: torch.nn.Module, shape: tuple[int, ...]) -> dict:
     t2 = time.perf_counter()
     small = slim(model, plan, graph=graph)
     t3 = time.perf_counter()
-    err = graph.verify(small, plan, [torch.randn(2, *shape[1:])])
+    rel_err = graph.verify(small, plan, [torch.randn(2, *shape[1:])])  # relative to the output scale
     before, after = count(model, shape), count(small, shape)
     return {
-        "ok": bool(err < 1e-4),
+        "ok": bool(rel_err < REL_TOL),
         "macs_before": before.macs,
         "macs_after": after.macs,
         "flops_ratio": after.macs / before.macs,
@@ -59,7 +63,7 @@ def ours(model: torch.nn.Module, shape: tuple[int, ...]) -> dict:
         "prunable_groups": len(graph.prunable),
         "frozen_groups": len(graph.frozen),
         "frozen_reasons": sorted({g.reason for g in graph.frozen if g.reason})[:5],
-        "equivalence_error": err,
+        "rel_err": rel_err,
         "trace_group_s": t1 - t0,
         "plan_s": t2 - t1,
         "slim_s": t3 - t2,
@@ -115,6 +119,52 @@ def torch_pruning_subprocess(name: str, size: int, threads: int, timeout: float)
     return {"ok": False, "error": f"crashed (exit {res.returncode}): {res.stderr.strip().splitlines()[-1:]}"}
 
 
+def summarize(results: dict[str, dict], *, threads: int, torch_pruning: bool) -> dict:
+    """The summary of one run's rows (every key of the committed JSON comes from here)."""
+    conv = {n: r for n, r in results.items() if not r["transformer"]}
+    errs = [r["ours"]["rel_err"] for r in results.values() if r["ours"].get("ok")]
+    summary = {
+        "models": len(results),
+        "convolutional_models": len(conv),
+        "threads": threads,
+        "rel_tol": REL_TOL,
+        "ours_ok": sum(r["ours"].get("ok", False) for r in results.values()),
+        "ours_ok_convolutional": sum(r["ours"].get("ok", False) for r in conv.values()),
+        "ours_failed": sorted(n for n, r in results.items() if not r["ours"].get("ok")),
+        "max_rel_err": max(errs) if errs else None,
+    }
+    if torch_pruning:
+        tp = {n: r.get("torch_pruning", {}) for n, r in results.items()}
+        summary["torch_pruning_ok"] = sum(t.get("ok", False) for t in tp.values())
+        summary["torch_pruning_failed"] = sorted(n for n, t in tp.items() if not t.get("ok"))
+    return summary
+
+
+def code_version() -> dict:
+    """The compressor version and git commit the rows were measured with (one engine per file)."""
+    import subprocess
+
+    import compressor
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", False
+    return {"compressor": compressor.__version__, "git_commit": commit or None, "git_dirty": dirty}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="")
@@ -157,20 +207,13 @@ def main() -> None:
         o, t = row["ours"], row.get("torch_pruning", {})
         print(
             f"{name:28s} ours={'ok ' if o.get('ok') else 'FAIL'} "
-            f"flops={o.get('flops_ratio', float('nan')):.3f} err={o.get('equivalence_error', float('nan')):.1e} "
+            f"flops={o.get('flops_ratio', float('nan')):.3f} rel_err={o.get('rel_err', float('nan')):.1e} "
             f"frozen={o.get('frozen_groups', '-')}/{o.get('groups', '-')} t={o.get('total_s', float('nan')):.2f}s  "
             f"tp={'ok ' if t.get('ok') else 'FAIL'} t={t.get('total_s', float('nan')):.2f}s",
             flush=True,
         )
         model = None
-    conv = {n: r for n, r in results.items() if not r["transformer"]}
-    summary = {
-        "models": len(results),
-        "convolutional_models": len(conv),
-        "ours_ok": sum(r["ours"].get("ok", False) for r in results.values()),
-        "ours_ok_convolutional": sum(r["ours"].get("ok", False) for r in conv.values()),
-        "torch_pruning_ok": sum(r.get("torch_pruning", {}).get("ok", False) for r in results.values()),
-    }
+    summary = summarize(results, threads=args.threads, torch_pruning=not args.no_tp)
     r50 = results.get("resnet50")
     if r50 and r50["ours"].get("ok"):
         # ResNet-50 at 224x224, timed separately (median of 5) for the speed comparison
@@ -189,8 +232,11 @@ def main() -> None:
             summary["resnet50_speedup_vs_torch_pruning"] = summary["resnet50_224_torch_pruning_s"] / times[2]
     out = {
         "benchmark": "zoo_slim",
+        "command": " ".join(["python", *sys.argv]),
+        "code": code_version(),
         "machine": machine_info(
-            "2-core CPU VM; other jobs may have shared the CPU during this run",
+            f"{args.threads} torch thread(s) per process; other jobs may have shared the CPU during this run, "
+            "so per-model times are noisy (the ResNet-50 comparison is a median of 5)",
             torchvision=torchvision.__version__,
         ),
         "summary": summary,

@@ -21,7 +21,8 @@ err_console = Console(stderr=True, highlight=False)
 def cli_errors() -> Iterator[None]:
     """Turn the library's exceptions into a message and an exit code.
 
-    0 ok; 1 internal error; 2 bad usage or input; 3 budget not met; 4 validation failed.
+    0 ok; 1 internal error (a bug of ours, said as such); 2 bad usage or input; 3 budget not
+    met; 4 validation failed.
     """
     from rich.markup import escape
 
@@ -37,6 +38,19 @@ def cli_errors() -> Iterator[None]:
             "[yellow]interrupted[/]: finished artifacts are kept; rerun the same command to resume"
         )
         raise typer.Exit(code=130) from None
+    except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+        raise
+    except Exception as e:  # noqa: BLE001 - anything not ours to name is a bug of ours: exit 1
+        import traceback
+
+        traceback.print_exc()
+        err_console.print(
+            f"[bold red]internal error[/] (a bug in compressor, please report it with the traceback above): "
+            f"{escape(type(e).__name__)}: {escape(str(e))}",
+            markup=True,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=1) from None
 
 
 #: Help of every ``--input-shape`` flag: one convention, C,H,W (README "Input shapes").

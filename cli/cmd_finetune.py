@@ -42,6 +42,12 @@ def finetune_cmd(
     trust_pickle: bool = typer.Option(
         False, help="Allow a pickled nn.Module checkpoint (runs code from the file)."
     ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Discard an interrupted fine-tune in <output>.state that was started from another "
+        "checkpoint, data or options (without it such a state is refused, exit 2).",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the result (accuracies, history) as JSON."),
 ) -> None:
@@ -50,8 +56,10 @@ def finetune_cmd(
         from compressor.checkpoint import load_checkpoint
         from compressor.data import load_data
         from compressor.errors import UsageError
+        from compressor.io import refuse_overwriting_inputs
         from compressor.train import FinetuneConfig, finetune
 
+        refuse_overwriting_inputs(output, {"checkpoint": checkpoint, "--teacher": teacher})
         model, meta = load_checkpoint(checkpoint, arch=arch, trust_pickle=trust_pickle)
         spec = data or meta.get("dataset")
         if not spec:
@@ -69,7 +77,7 @@ def finetune_cmd(
         )  # fmt: skip
         res = finetune(
             model, bundle, recipe, out=output, meta=meta, teacher=teacher_model, device=device,
-            progress=progress and not as_json,
+            progress=progress and not as_json, force=force,
         )  # fmt: skip
         from compressor.device import dist_env
 

@@ -73,5 +73,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"method {res['method']}: wrote {res['out']}")
             console.print(f"  MACs   {b['macs']:>15,} -> {a['macs']:>15,}  ({res['flops_ratio']:.1%})")
             console.print(f"  params {b['params']:>15,} -> {a['params']:>15,}  ({res['params_ratio']:.1%})")
-            if res["equivalence_error"] is not None:
-                console.print(f"  slim vs masked original: max |diff| = {res['equivalence_error']:.2e}")
+            if res["equivalence_rel_err"] is not None:
+                console.print(
+                    f"  slim vs masked original: max error relative to output scale = {res['equivalence_rel_err']:.2e}"
+                )

@@ -15,7 +15,11 @@ from typing import Any
 
 import torch.nn as nn
 
-from compressor.errors import UsageError
+from compressor.errors import UsageError, ValidationError
+
+#: Largest error of a slim model against the masked original, relative to the output scale
+#: (:meth:`ChannelGraph.verify`), that ``prune`` accepts.
+PRUNE_REL_TOL = 1e-3
 
 #: Input shape used by ``compress profile`` when neither the flag nor the checkpoint gives one.
 IMAGENET_SHAPE = (3, 224, 224)
@@ -258,7 +262,10 @@ def prune(
 
     The saved checkpoint's meta records the input shape (C,H,W) it was traced with, so exporting
     it needs no ``--input-shape``. ``data`` is used by methods that need data (default: the
-    checkpoint's dataset).
+    checkpoint's dataset). With ``verify`` the slim model is checked against the masked original
+    (``equivalence_rel_err``: max error relative to the output scale); above
+    :data:`PRUNE_REL_TOL` it is a :class:`ValidationError` (exit 4) and nothing is written.
+    ``out`` may not be one of the inputs (:class:`UsageError`).
     """
     from compressor.checkpoint import save_checkpoint
     from compressor.graph import count, slim
@@ -268,6 +275,9 @@ def prune(
     out = Path(out)
     if out.exists() and out.is_dir():
         raise UsageError(f"output {str(out)!r} is a directory; give a file name such as slim.pt")
+    from compressor.io import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs(out, {"checkpoint": checkpoint, "--plan": plan})
     spec = None
     if plan is None:
         check_flops(flops)
@@ -295,7 +305,12 @@ def prune(
     shape = (1, *inputs.input_shape)
     small = slim(model, the_plan, graph=graph)
     before, after = count(model, shape), count(small, shape)
-    err = graph.verify(small, the_plan) if verify else None
+    rel_err = graph.verify(small, the_plan) if verify else None
+    if rel_err is not None and not rel_err <= PRUNE_REL_TOL:  # a failed check writes nothing
+        raise ValidationError(
+            f"the slim model differs from the masked original: max error relative to output scale "
+            f"{rel_err:.3g} > {PRUNE_REL_TOL:g}; {str(out)!r} was not written"
+        )
     meta["pruned"] = {"method": the_plan.method, "flops_ratio": after.macs / before.macs}
     save_checkpoint(small, out, meta=meta)
     return {
@@ -305,6 +320,6 @@ def prune(
         "after": after.to_dict(),
         "flops_ratio": after.macs / before.macs,
         "params_ratio": after.params / before.params,
-        "equivalence_error": err,
+        "equivalence_rel_err": rel_err,
         "plan": the_plan.to_dict(),
     }

@@ -204,7 +204,9 @@ def _resolve_shape(
     if len(shape) == 4:  # tolerate a batch dimension
         shape = shape[1:]
     if len(shape) != 3 or any(v <= 0 for v in shape):
-        raise DataError(f"meta input_shape {meta.get('input_shape')!r} is not [C, H, W]")
+        raise DataError(
+            f"meta input_shape {meta.get('input_shape')!r} is not [C, H, W]: three positive integers, e.g. [3, 32, 32]"
+        )
     c = shape[0]
     if not (c == native[0] or native[0] == 1 or (native[0] == 3 and c == 1)):
         raise DataError(
@@ -220,7 +222,7 @@ def _resolve_shape(
     if len(m) != c or len(s) != c:
         raise DataError(f"meta mean {list(m)} / std {list(s)} do not have one value per input channel ({c})")
     if any(v <= 0 for v in s):
-        raise DataError(f"meta std {list(s)} has a value <= 0")
+        raise DataError(f"meta std {list(s)} has a value <= 0; every std must be > 0")
     return shape, m, s  # type: ignore[return-value]
 
 
@@ -383,7 +385,10 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _load_cifar10(root: Path, meta: dict[str, Any] | None) -> DataBundle:
     if not root.is_dir():
-        raise DataError(f"cifar10 directory {str(root)!r} does not exist")
+        raise DataError(
+            f"cifar10 directory {str(root)!r} does not exist; cifar10:DIR needs the extracted "
+            "cifar-10-batches-py folder (data_batch_1..5 and test_batch)"
+        )
     base = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
     train_files = [base / f"data_batch_{i}" for i in range(1, 6)]
     missing = [p.name for p in [*train_files, base / "test_batch"] if not p.is_file()]

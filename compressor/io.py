@@ -32,6 +32,20 @@ def ensure_parent(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def refuse_overwriting_inputs(out: str | os.PathLike[str], inputs: dict[str, Any]) -> None:
+    """No command overwrites one of its inputs: :class:`UsageError` (exit 2) when ``out`` (or the
+    resumable state ``<out>.state`` beside it) is one of ``inputs`` (``{what: path or None}``)."""
+    from compressor.errors import UsageError
+
+    written = {Path(out).resolve(), Path(str(out) + ".state").resolve()}
+    for what, p in inputs.items():
+        if p is not None and Path(p).resolve() in written:
+            raise UsageError(
+                f"the output {str(out)!r} would overwrite the input {what} {str(p)!r}; "
+                "write to another file (inputs are never replaced)"
+            )
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> Path:
     """Call ``write(tmp_path)`` then rename the temp file onto ``path``.
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from compressor.device import init_distributed
-from compressor.errors import UsageError
+from compressor.errors import UsageError, carry, rebuild
 from compressor.io import append_jsonl, read_jsonl
 
 
@@ -207,16 +207,17 @@ def run_search(
                     break
                 mine = round_[rank] if rank < len(round_) else None
                 payload: dict[str, Any] | None = None
-                error: str | None = None
+                error: tuple[str, str] | None = None
                 if mine is not None:
                     try:
                         payload = run_one(mine)
                     except Exception as e:  # every rank must reach the gather, then all fail together
-                        error = f"candidate {mine} failed on rank {rank}: {e!r}"
+                        kind, msg = carry(e)
+                        error = (kind, f"candidate {mine} failed on rank {rank}: {msg}")
                 gathered = d.all_gather((payload, error, time.perf_counter() - start))
                 errors = [g[1] for g in gathered if g[1]]
-                if errors:
-                    raise RuntimeError("; ".join(errors))
+                if errors:  # the same error, with its class (so its exit code), on every rank
+                    raise rebuild(errors[0])
                 new = [g[0] for g in gathered if g[0] is not None]
                 # every rank sees the same gathered list, so all agree on when to stop
                 if time_budget is not None and max(g[2] for g in gathered) >= time_budget:

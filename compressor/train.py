@@ -137,6 +137,63 @@ def _load_state(path: Path) -> dict[str, Any]:
     return state
 
 
+def _tensor_digest(tensors: Any) -> str:
+    """sha256 of tensors' names, dtypes, shapes and bytes (a model's weights, a few images)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in tensors:
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def input_key(model: nn.Module, data: DataBundle, teacher: nn.Module | None = None) -> dict[str, Any]:
+    """What a fine-tune starts from, recorded in ``<out>.state``: the model's weights (the input
+    checkpoint's content), the teacher's, and the data (its meta, split sizes and a digest of a
+    few images). A resume from other inputs is refused."""
+    sizes = {k: len(getattr(data, k)) for k in ("train", "val", "test")}
+    probe = [
+        (f"{split}[{i}]", getattr(data, split)[i][0])
+        for split in ("train_eval", "val")
+        for i in {0, len(getattr(data, split)) - 1}
+        if len(getattr(data, split))
+    ]
+    return {
+        "model_sha256": _tensor_digest(model.state_dict().items()),
+        "teacher_sha256": None if teacher is None else _tensor_digest(teacher.state_dict().items()),
+        "data": {**data.meta(), "sizes": sizes, "images_sha256": _tensor_digest(probe)},
+    }
+
+
+def _resumable_state(
+    spath: Path | None, config: dict[str, Any], inputs: dict[str, Any], *, force: bool
+) -> dict[str, Any] | None:
+    """The interrupted fine-tune in ``spath`` to resume, or ``None``. One with another recipe or
+    other inputs is a :class:`UsageError` naming what changed, unless ``force`` (it is discarded)."""
+    if spath is None or not spath.exists():
+        return None
+    state = _load_state(spath)
+    old_cfg, old_in = state.get("config", {}), state.get("inputs") or {}
+    changes = [f"{k}={old_cfg.get(k)!r} -> {config[k]!r}" for k in config if old_cfg.get(k) != config[k]]
+    changes += [
+        f"{k} differs" if old_in.get(k) is not None else f"{k} not recorded"
+        for k in inputs
+        if old_in.get(k) != inputs[k]
+    ]
+    if not changes:
+        return state
+    if force:
+        spath.unlink()
+        return None
+    raise UsageError(
+        f"{spath} holds an interrupted fine-tune of other inputs or options ({', '.join(changes)}); rerun "
+        f"with the same checkpoint, data and options to resume it, or pass --force (force=True) to "
+        f"discard it and start over"
+    )
+
+
 class _Bar:
     """A rich progress bar (loss, accuracy, images/s) on stderr; silent when disabled."""
 
@@ -248,6 +305,7 @@ class _Job:
     teacher: nn.Module | None
     progress: bool
     keep_state: bool
+    force: bool = False
 
 
 def finetune(
@@ -261,6 +319,7 @@ def finetune(
     device: str | torch.device = "auto",
     progress: bool = True,
     keep_state: bool = True,
+    force: bool = False,
     **recipe: Any,
 ) -> FinetuneResult:
     """Fine-tune ``model`` on ``data.train``, keep the epoch best on ``data.val``; see the module doc.
@@ -272,6 +331,11 @@ def finetune(
     ``meta['arch']`` (a checkpoint's meta); the data's dataset, input shape, classes and
     normalisation, and the accuracies reached, are written into the saved meta.
     ``keep_state=False`` deletes ``<out>.state`` once ``out`` is written.
+
+    An interrupted fine-tune resumes from ``<out>.state`` only when it was started from the same
+    input (the model's weights, the teacher's, the data: :func:`input_key`) with the same recipe;
+    anything else is a :class:`UsageError` (exit 2) naming what differs, unless ``force``, which
+    discards that state and starts over.
     """
     if config is None:
         if "epochs" not in recipe:
@@ -292,7 +356,7 @@ def finetune(
     dev = resolve_device(device)
     d = init_distributed(dev)
     dev = d.device(dev)
-    job = _Job(d, dev, None if out is None else Path(out), meta, teacher, progress, keep_state)
+    job = _Job(d, dev, None if out is None else Path(out), meta, teacher, progress, keep_state, force)
     try:
         return _finetune(model, data, config, job)
     finally:
@@ -306,6 +370,7 @@ def _finetune(model: nn.Module, data: DataBundle, cfg: FinetuneConfig, job: _Job
     kd_alpha, kd_temperature, epochs = cfg.kd_alpha, cfg.kd_temperature, cfg.epochs
     num_workers, eval_batch_size = cfg.num_workers, cfg.eval_batch_size
     torch.manual_seed(seed)
+    inputs = input_key(model, data, teacher) if job.out is not None else {}
     model = model.to(dev)
     _check_outputs(model, data, dev, "model")
     teacher_device = next(iter(teacher.parameters()), torch.empty(0)).device if teacher is not None else None
@@ -349,16 +414,8 @@ def _finetune(model: nn.Module, data: DataBundle, cfg: FinetuneConfig, job: _Job
     start, best_acc, best_epoch = 0, -1.0, 0
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, Any]] = []
-    if spath is not None and spath.exists():
-        state = _load_state(spath)
-        old = state.get("config", {})
-        diff = [k for k in config if old.get(k) != config[k]]
-        if diff:
-            changes = ", ".join(f"{k}={old.get(k)!r} -> {config[k]!r}" for k in diff)
-            raise UsageError(
-                f"{spath} holds an interrupted fine-tune with other options ({changes}); rerun with the same "
-                f"options to resume it, or delete {spath} to start over"
-            )
+    state = _resumable_state(spath, config, inputs, force=job.force)
+    if spath is not None and state is not None:
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as e:
@@ -453,7 +510,7 @@ def _finetune(model: nn.Module, data: DataBundle, cfg: FinetuneConfig, job: _Job
             )
             if spath is not None and d.main:
                 _save_state(spath, {
-                    "version": STATE_VERSION, "config": config, "epoch": epoch + 1, "done": False,
+                    "version": STATE_VERSION, "config": config, "inputs": inputs, "epoch": epoch + 1, "done": False,
                     "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                     "best_acc": best_acc, "best_epoch": best_epoch, "best_model": best_state, "history": history,
@@ -487,7 +544,9 @@ def _finetune(model: nn.Module, data: DataBundle, cfg: FinetuneConfig, job: _Job
             if spath is not None:
                 if job.keep_state:
                     final = (
-                        _load_state(spath) if spath.exists() else {"version": STATE_VERSION, "config": config}
+                        _load_state(spath)
+                        if spath.exists()
+                        else {"version": STATE_VERSION, "config": config, "inputs": inputs}
                     )
                     final.update(
                         done=True, epoch=epochs, best_acc=best_acc, best_epoch=best_epoch, history=history

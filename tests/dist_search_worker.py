@@ -1,6 +1,8 @@
 """Tiny EagleEye fixtures, and a worker run under ``torchrun --nproc-per-node 2`` by tests/test_search_cli.py (gloo on CPU).
 
 ``loop OUT``: the bare search loop with a deterministic toy score; rank 0 writes OUT (JSON).
+``usage-error OUT`` / ``budget-error OUT``: the loop where rank 1's candidate raises that error;
+each rank writes the error it ended with to OUT.<rank>.json.
 ``eagleeye OUT``: an EagleEye search on a tiny ResNet-like net and synthetic data; rank 0 writes
 the plan to OUT.
 """
@@ -110,6 +112,22 @@ def main() -> None:
                     }
                 )
             )
+    elif mode in ("usage-error", "budget-error"):
+        from compressor.errors import BudgetError, CompressorError, UsageError
+
+        cls = UsageError if mode == "usage-error" else BudgetError
+
+        def score(i: int) -> dict[str, float]:
+            if i == 3:  # candidate 3 runs on rank 1: its error must reach rank 0 with its class
+                raise cls(f"candidate {i} is impossible")
+            return {"score": toy_score(i)}
+
+        try:
+            run_search(score, candidates=6, search_key="toy", progress=False)
+            got = {"class": None, "exit_code": 0}
+        except CompressorError as e:
+            got = {"class": type(e).__name__, "exit_code": e.exit_code, "message": str(e)}
+        out.with_name(f"{out.stem}.{rank}.json").write_text(json.dumps(got))
     else:
         plan = run_tiny_search(candidates_file=out.with_suffix(".jsonl"))
         if rank == 0:

@@ -11,7 +11,10 @@ import torch
 from compressor.ap import APProblem, affinity_propagation, affinity_propagation_batch, neg_sq_distances
 from compressor.errors import UsageError
 
-sklearn_cluster = pytest.importorskip("sklearn.cluster")
+try:  # the comparison with scikit-learn must fail, not skip, when the dev extra is missing
+    import sklearn.cluster as sklearn_cluster
+except ImportError as e:
+    raise ImportError("the scikit-learn comparison tests need the dev extra: pip install -e '.[dev]'") from e
 
 
 def sk_ap(S: np.ndarray, pref: float | np.ndarray, **kw: int | float) -> tuple[np.ndarray, np.ndarray, int]:

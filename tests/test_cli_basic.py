@@ -58,7 +58,7 @@ def test_prune_roundtrip(tmp_path) -> None:
     assert res.exit_code == 0, res.output
     d = json.loads(res.output)
     assert abs(d["flops_ratio"] - 0.5) < 0.05
-    assert d["equivalence_error"] < 1e-5
+    assert d["equivalence_rel_err"] < 1e-5
     slim, meta = load_checkpoint(out, arch="tests.nets:Residual")
     assert sum(p.numel() for p in slim.parameters()) == d["after"]["params"]
     assert slim(torch.randn(2, 3, 16, 16)).shape == (2, 5)

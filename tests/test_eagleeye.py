@@ -2,64 +2,28 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
+import torch.nn as nn
 
 from compressor.errors import BudgetError, UsageError
 from compressor.methods.eagleeye import default_ratio_max, sample_strategy
 
 
-# ---- a fake channel graph of a plain conv chain, obeying the ChannelGraph contract --------------
-@dataclass
-class _Group:
-    name: str
-    size: int
-    frozen: bool = False
+# ---- a real channel graph of a plain conv chain (the engine, not a re-implementation) -----------
+def ChainGraph(widths: tuple[int, ...] = (16, 32, 24, 48, 10)) -> Any:  # noqa: N802 - reads as the old fake
+    """The real channel graph of 3x3 convs (ReLU between) of the given widths on an 8x8 map: every
+    output but the last (the network output) is a prunable group, named by the engine."""
+    from compressor.graph import build_graph
 
-
-@dataclass
-class _Cost:
-    macs: int
-    params: int
-
-
-class ChainGraph:
-    """Convs 3x3 of the given widths on an 8x8 map; every output but the last is a group."""
-
-    def __init__(self, widths: tuple[int, ...] = (16, 32, 24, 48, 10), frozen: tuple[str, ...] = ()) -> None:
-        self.widths = widths
-        self.groups = [_Group(f"g{i}", w, f"g{i}" in frozen) for i, w in enumerate(widths[:-1])]
-        self.prunable = [g for g in self.groups if not g.frozen]
-        self.full = self.cost_of_counts({})
-
-    def cost_of_counts(self, counts: dict[str, int]) -> _Cost:
-        w = [3] + [counts.get(f"g{i}", n) for i, n in enumerate(self.widths[:-1])] + [self.widths[-1]]
-        macs = sum(a * b * 9 * 64 for a, b in zip(w[:-1], w[1:], strict=True))
-        params = sum(a * b * 9 for a, b in zip(w[:-1], w[1:], strict=True))
-        return _Cost(macs, params)
-
-    def _counts(self, s: float, shape: dict[str, float], multiple: int) -> dict[str, int]:
-        out = {}
-        for g in self.prunable:
-            keep = g.size - math.floor(min(s * shape[g.name], 1.0) * g.size)
-            keep = max(multiple, int(round(keep / multiple)) * multiple) if multiple > 1 else max(1, keep)
-            out[g.name] = min(keep, g.size)
-        return out
-
-    def counts_for_flops(self, fraction: float, shape: dict[str, float] | None = None, *, multiple: int = 1):
-        shape = shape or {g.name: 1.0 for g in self.prunable}
-        lo, hi = 0.0, 1.0 / max(min(shape.values()), 1e-6)
-        target = fraction * self.full.macs
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            if self.cost_of_counts(self._counts(mid, shape, multiple)).macs > target:
-                lo = mid
-            else:
-                hi = mid
-        return self._counts(hi, shape, multiple)
+    layers: list[nn.Module] = []
+    for a, b in zip((3, *widths[:-1]), widths, strict=True):
+        layers += [nn.Conv2d(a, b, 3, padding=1), nn.ReLU()]
+    torch.manual_seed(0)
+    return build_graph(nn.Sequential(*layers[:-1]).eval(), input_shape=(1, 3, 8, 8))
 
 
 def test_default_ratio_max_follows_the_official_settings() -> None:
@@ -115,13 +79,13 @@ def test_channel_multiple_and_tight_tolerance() -> None:
 
 def test_unreachable_targets_and_bad_options_are_errors() -> None:
     with pytest.raises(BudgetError, match="no prunable"):
-        sample_strategy(ChainGraph(frozen=("g0", "g1", "g2", "g3")), 0.5)
-    with pytest.raises(UsageError):
+        sample_strategy(ChainGraph(widths=(10,)), 0.5)  # the only conv is the output
+    with pytest.raises(UsageError, match=r"outside \(0, 1\]"):
         sample_strategy(ChainGraph(), 0.5, ratio_max=1.5)
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="seed"):
         sample_strategy(ChainGraph(), 0.5, seed=-1)
-    with pytest.raises(BudgetError, match="FLOPs target"):
-        sample_strategy(ChainGraph(frozen=("g1", "g2", "g3")), 0.05, max_attempts=2)
+    with pytest.raises(BudgetError, match="FLOPs target"):  # one group of 16: at best 13/208 of the FLOPs
+        sample_strategy(ChainGraph(widths=(16, 10)), 0.05, max_attempts=2)
 
 
 # ---- the method on the real channel graph (tiny net, synthetic data) ------------------------------

@@ -125,8 +125,7 @@ def test_verify_is_not_vacuous() -> None:
         )
         small = slim(net, plan, graph=graph)
         x = torch.randn(2, *INPUT_SHAPE[1:])
-        scale = float(net(x).abs().max()) + 1e-6
-        assert graph.verify(small, plan, inputs=[x]) < 1e-4 * scale
+        assert graph.verify(small, plan, inputs=[x]) < 1e-4  # relative to the output scale already
         last = [m for m in small.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None][
             -1
         ]
@@ -134,7 +133,7 @@ def test_verify_is_not_vacuous() -> None:
             last.bias.add_(
                 0.5
             )  # the classifier's bias: shifts the output by 0.5 (a mean over pixels keeps it)
-        assert graph.verify(small, plan, inputs=[x]) > 0.4, seed
+        assert graph.verify(small, plan, inputs=[x]) > 1e-2, seed  # 100x the tolerance
         checked += 1
         if checked == 3:
             break

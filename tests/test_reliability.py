@@ -158,7 +158,7 @@ def test_unsupported_op_freezes_and_names_its_channels(name: str) -> None:
     small = slim(model, plan, graph=graph)
     x = torch.randn(2, *SHAPE[1:])
     assert small.stem.out_channels == 4 and small.mid.out_channels == 8
-    assert graph.verify(small, plan, inputs=[x]) < 1e-4 * float(model(x).abs().max())
+    assert graph.verify(small, plan, inputs=[x]) < 1e-4  # relative to the output scale
     if hasattr(graph, "cost"):
         assert graph.cost(plan).macs < graph.full.macs
 
@@ -190,13 +190,12 @@ def test_channel_touching_modules_are_exact_or_frozen(leaf: str) -> None:
     if mid[0].frozen:
         assert mid[0].reason
     x = torch.randn(2, *SHAPE[1:])
-    scale = float(model(x).abs().max())
     rng = random.Random(0)
     for _ in range(4):
         keep = {g.name: sorted(rng.sample(range(g.size), rng.randint(1, g.size))) for g in graph.prunable}
         plan = Plan(method="test", groups=keep, group_sizes={g.name: g.size for g in graph.prunable})
         small = slim(model, plan, graph=graph)
-        assert graph.verify(small, plan, inputs=[x]) < 1e-4 * scale, (leaf, keep)
+        assert graph.verify(small, plan, inputs=[x]) < 1e-4, (leaf, keep)  # relative already
 
 
 class DataDependent(nn.Module):

@@ -86,16 +86,66 @@ def test_interrupted_run_resumes_to_the_same_weights(
     assert not out.exists() and state_path(out).exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # nothing half-written
 
-    res = finetune(_model(seed=99), tiny_data, epochs=3, out=out, meta=META, **FAST)
+    # the state is keyed on the input: another model (checkpoint) is refused, exit 2 unless forced
+    with pytest.raises(UsageError, match="model_sha256 differs") as e:
+        finetune(_model(seed=99), tiny_data, epochs=3, out=out, meta=META, **FAST)
+    assert e.value.exit_code == 2 and "--force" in str(e.value)
+    res = finetune(_model(), tiny_data, epochs=3, out=out, meta=META, **FAST)
     assert res.resumed_from == 1 and len(res.history) == 3
     assert [h["train_loss"] for h in res.history] == [h["train_loss"] for h in ref.history]
     assert _same(res.model.state_dict(), ref.model.state_dict())
 
-    again = finetune(_model(seed=5), tiny_data, epochs=3, out=out, meta=META, **FAST)  # finished: no training
+    again = finetune(_model(), tiny_data, epochs=3, out=out, meta=META, **FAST)  # finished: no training
     assert again.resumed_from == 3 and _same(again.model.state_dict(), ref.model.state_dict())
 
-    with pytest.raises(UsageError, match="delete"):
+    with pytest.raises(UsageError, match="lr=0.05 -> 0.1"):
         finetune(_model(), tiny_data, epochs=3, out=out, meta=META, **{**FAST, "lr": 0.1})
+
+
+def test_resume_is_keyed_on_the_input_checkpoint_and_data(
+    tiny_data: DataBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """compress finetune A.pt -o ft.pt, interrupted, then B.pt -o ft.pt: refused (exit 2), not A resumed;
+    --force starts B over."""
+    from compressor.cli.main import app
+    from typer.testing import CliRunner
+
+    meta = {**META, "dataset": "mnist5k"}
+    a = save_checkpoint(_model(0), tmp_path / "A.pt", meta=meta)
+    b = save_checkpoint(_model(1), tmp_path / "B.pt", meta=meta)
+    out = tmp_path / "ft.pt"
+    import compressor.data as data_mod
+
+    monkeypatch.setattr(data_mod, "load_data", lambda *a, **k: tiny_data)
+    calls = {"n": 0}
+    real = train_mod.accuracy
+
+    def crash_in_epoch_2(*args: Any, **kwargs: Any) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "accuracy", crash_in_epoch_2)
+    cli = CliRunner()
+    args = ["--epochs", "2", "-o", str(out), "--batch-size", "16", "--device", "cpu", "--no-progress"]
+    assert cli.invoke(app, ["finetune", str(a), *args]).exit_code == 130
+    monkeypatch.setattr(train_mod, "accuracy", real)
+    assert state_path(out).exists() and not out.exists()
+    res = cli.invoke(app, ["finetune", str(b), *args])
+    assert res.exit_code == 2 and "model_sha256 differs" in res.output and "--force" in res.output
+    assert not out.exists()
+    res = cli.invoke(app, ["finetune", str(b), *args, "--force", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["resumed_from_epoch"] == 0
+    # other data (another image in the val split) is refused the same way
+    other = finetune(_model(0), tiny_data, epochs=1, out=tmp_path / "c.pt", meta=META, **FAST)
+    assert other.resumed_from == 0
+    shifted = DataBundle(
+        **{**tiny_data.__dict__, "val": torch.utils.data.Subset(tiny_data.val, range(1, len(tiny_data.val)))}
+    )
+    with pytest.raises(UsageError, match="data differs"):
+        finetune(_model(0), shifted, epochs=1, out=tmp_path / "c.pt", meta=META, **FAST)
 
 
 def test_distillation_and_label_smoothing(tiny_data: DataBundle) -> None:

@@ -141,6 +141,35 @@ def _export_to(model: Any, x: Any, tmp: str, *, opset: int, dynamic_batch: bool,
     prog.save(tmp, external_data=False)
 
 
+def _opset_of(proto: Any, default: int) -> int:
+    """The default-domain opset a model imports."""
+    return int(next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default))
+
+
+def _convert_opset(tmp: str, opset: int, written: int, *, exporter: str, tried: list[str]) -> None:
+    """Convert the ONNX file ``tmp`` (written at opset ``written``) to ``opset`` in place; when
+    that is impossible, a :class:`UsageError` (exit 2) saying which opset could be written."""
+    import onnx
+    from onnx import version_converter
+
+    why = ""
+    try:
+        conv = version_converter.convert_version(onnx.load(tmp), opset)
+        onnx.checker.check_model(conv)
+        if _opset_of(conv, opset) == opset:
+            onnx.save(conv, tmp)
+            return
+        why = f"the converter produced opset {_opset_of(conv, opset)}"
+    except Exception as e:  # noqa: BLE001 - reported to the user below
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    earlier = f"; earlier: {'; '.join(tried)}" if tried else ""
+    raise UsageError(
+        f"the target asks for ONNX opset {opset}, but the model could be written only at opset {written} "
+        f"(by the {exporter} exporter{earlier}; converting to opset {opset} failed: {why}). Use a target "
+        f"whose [export] opset is {written} or higher, or a model the torchscript exporter handles"
+    )
+
+
 def export_onnx(
     model: Any,
     path: str | os.PathLike[str],
@@ -213,12 +242,16 @@ def export_onnx(
             onnx.checker.check_model(proto)
         except onnx.checker.ValidationError as e:
             raise ValidationError(f"the exported ONNX model fails onnx.checker: {e}") from e
-        real = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
-        if real != opset:
-            notes.append(f"asked for opset {opset}, the exporter wrote opset {real}")
-        info["opset"] = int(real)
+        real = _opset_of(proto, opset)
         sim = simplify_onnx(tmp) if simplify else None
         info["sim"] = sim
+        if real != opset:  # the target's opset, converted, or exit 2 naming what could be written
+            _convert_opset(tmp, opset, real, exporter=info["used"], tried=notes)
+            notes.append(
+                f"the {info['used']} exporter wrote opset {real}; converted to the asked opset {opset}"
+            )
+            real = opset
+        info["opset"] = int(real)
         _stamp(
             Path(tmp),
             {

@@ -11,7 +11,7 @@ from compressor.errors import TraceError, UsageError
 from compressor.graph.channel_graph import ChannelGraph
 from compressor.graph.cost import Cost
 from compressor.graph.labels import LabelState
-from compressor.graph.propagate import Propagation
+from compressor.graph.propagate import Propagation, model_error
 from compressor.graph.registry import handler_for
 from compressor.graph.trace import trace
 
@@ -97,10 +97,10 @@ def count(model: nn.Module, input_shape: Sequence[int]) -> Cost:
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
             model(x)
-    except RuntimeError as e:
-        raise UsageError(
-            f"the model rejects input shape {tuple(input_shape)}: {str(e).splitlines()[0]}"
-        ) from e
+    except (TraceError, UsageError):
+        raise
+    except Exception as e:
+        raise model_error(e, tuple(int(s) for s in input_shape)) from e
     finally:
         model.train(was)
     per = fc.get_flop_counts()

@@ -178,7 +178,9 @@ class ChannelGraph:
             if len(idx) == 0:
                 raise UsageError(f"plan keeps no channel of group {name!r}; keep at least one")
             if idx.min() < 0 or idx.max() >= g.size:
-                raise UsageError(f"plan keeps channel index out of range for group {name!r} (size {g.size})")
+                raise UsageError(
+                    f"plan keeps channel index out of range for group {name!r}: indices must be in 0..{g.size - 1}"
+                )
             keep[g.classes] = False
             keep[g.classes[idx]] = True
         return self._keep_producers(keep)
@@ -313,11 +315,11 @@ class ChannelGraph:
         plan: PlanLike,
         inputs: Sequence[torch.Tensor] | None = None,
     ) -> float:
-        """Largest difference between the masked original and ``slim_model`` on random inputs.
-
-        Reported relative to the output's scale, ``max |masked - slim| / max |masked|``, so it
-        means the same for a trained net and for an untrained one whose outputs are tiny or huge
-        (float32 agreement is ~1e-6).
+        """The max error relative to the output scale (``rel_err``) between the masked original
+        and ``slim_model`` on random inputs: ``max |masked - slim| / max |masked|`` (the larger
+        over inputs and outputs), so it means the same for a trained net and for an untrained one
+        whose outputs are tiny or huge (float32 agreement is ~1e-6). Already divided by the
+        scale: compare it with a relative tolerance, never divide it again.
         """
         if inputs is None:
             gen = torch.Generator().manual_seed(0)

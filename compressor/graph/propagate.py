@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from compressor.errors import TraceError, UsageError
+from compressor.errors import InternalError, TraceError, UsageError
 from compressor.graph import ops
 from compressor.graph.function_rules import function_ids
 from compressor.graph.labels import LabelState, apply_mask, masked_layer_norm, tensors
@@ -48,12 +48,17 @@ class Propagation:
         that cannot multiply matrices are not counted at all, so the counter's per-op cost is
         paid only where it is needed.
         """
-        if not (self.count_flops and count):
-            return fn(*args, **kwargs)
-        from torch.utils.flop_counter import FlopCounterMode
+        try:
+            if not (self.count_flops and count):
+                return fn(*args, **kwargs)
+            from torch.utils.flop_counter import FlopCounterMode
 
-        with FlopCounterMode(display=False) as fc:
-            out = fn(*args, **kwargs)
+            with FlopCounterMode(display=False) as fc:
+                out = fn(*args, **kwargs)
+        except (TraceError, UsageError):
+            raise
+        except Exception as e:  # the model's own op failed on this input: not the engine's doing
+            raise ModelOpError(e) from e
         self.flops += fc.get_total_flops()
         return out
 
@@ -79,8 +84,14 @@ class Propagation:
                 r, i = self.run_node(node, real, ids, it)
             except (TraceError, UsageError):
                 raise
-            except Exception as e:
-                raise _explain(e, node, inputs) from e
+            except ModelOpError as e:  # the model's op on real values: the input is the user's
+                shapes = [tuple(x.shape) for x in inputs if isinstance(x, torch.Tensor)]
+                raise model_error(e.original, shapes[0] if shapes else None, where=node.format_node()) from e
+            except Exception as e:  # the engine's own bookkeeping: a bug of ours, said as such
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise InternalError(
+                    f"the channel engine failed at {node.format_node()}: {type(e).__name__}: {msg}"
+                ) from e
             if node.op in ("call_function", "call_method", "call_module"):
                 self._sizes(node, r, ids)
             if i is not None and self.st.mask is not None:
@@ -210,19 +221,28 @@ class Propagation:
         return st.fresh_frozen(out, reason, key=f"{self.tag}{node.name}")
 
 
-def _explain(e: Exception, node: fx.Node, inputs: tuple[torch.Tensor, ...]) -> Exception:
-    """The error to raise when running ``node`` failed: a rejected input shape is the user's."""
+class ModelOpError(Exception):
+    """A model's own operation raised while the engine ran it (carried to name the input as the cause)."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+def model_error(e: BaseException, shape: Any, *, where: str | None = None) -> Exception:
+    """The error to raise when the model itself fails on an input of ``shape``: out of memory says
+    so (exit 2: a smaller input or another device), anything else is the model rejecting that
+    input (exit 2). Engine-internal failures never come here (they are :class:`InternalError`)."""
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    shapes = [tuple(x.shape) for x in inputs if isinstance(x, torch.Tensor)]
-    if isinstance(e, RuntimeError) and any(
-        w in msg for w in ("size", "shape", "channels", "dimension", "mat1", "Expected")
-    ):
+    at = f" at {where}" if where else ""
+    if isinstance(e, torch.OutOfMemoryError) or "out of memory" in msg.lower():
         return UsageError(
-            f"the model rejects input shape {shapes[0] if shapes else '?'} at {node.format_node()}: "
-            f"{msg}. Pass the shape the model expects (--input-shape N,C,H,W)."
+            f"ran out of memory running the model on input shape {shape}{at} ({msg}); use a smaller "
+            "input or batch, or another device"
         )
-    return TraceError(
-        f"running {node.format_node()} failed during channel analysis: {type(e).__name__}: {msg}"
+    return UsageError(
+        f"the model rejects input shape {shape}{at}: {type(e).__name__}: {msg}. Pass the shape the model "
+        "expects (--input-shape C,H,W)."
     )
 
 

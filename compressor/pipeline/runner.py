@@ -11,7 +11,7 @@ from compressor.pipeline.context import BudgetStop, RunContext, StageLog
 from compressor.pipeline.report import budgets, finish
 from compressor.pipeline.schema import DryRunReport, Report, WorkerResult
 from compressor.pipeline.settings import Settings, resolve_settings
-from compressor.pipeline.workspace import Workspace, fingerprint, prepare_out, sha256_file
+from compressor.pipeline.workspace import ARTIFACTS, Workspace, fingerprint, prepare_out, sha256_file
 
 
 def run(
@@ -82,6 +82,7 @@ def run(
         from compressor.pipeline.dry_run import dry_run as estimate
 
         return estimate(ctx, trust_pickle=trust_pickle)
+    refuse_replacing_inputs(ctx.ws, [ck, *([Path(config)] if config else [])])
     _join_torchrun(ctx, progress)
     _prepare(ctx, force)
     return _stages(ctx, trust_pickle=trust_pickle)
@@ -123,7 +124,39 @@ def _prepare(ctx: RunContext, force: bool) -> None:
         raise UsageError(err)
 
 
+def refuse_replacing_inputs(ws: Workspace, inputs: list[Path]) -> None:
+    """No run deletes or overwrites one of its inputs: an input that is one of the run's artifacts
+    (or lies in one of its folders) is a :class:`UsageError`, before anything is touched."""
+    owned = [ws.out / a for a in ARTIFACTS] + [ws.state, ws.out / "model.pt.state"]
+    for p in inputs:
+        real = p.resolve()
+        for a in owned:
+            a = a.resolve()
+            if real == a or a in real.parents:
+                raise UsageError(
+                    f"input {str(p)!r} is {str(a)!r}, an artifact of the run in {str(ws.out)!r}, which the "
+                    "run would replace or delete; copy it elsewhere or pick another --out"
+                )
+
+
 def _stages(ctx: RunContext, *, trust_pickle: bool) -> Report | WorkerResult:
+    """The stages; a budget or validation error raised anywhere in them (by a method, a check)
+    writes report.json and report.html first (rank 0), then is raised with the report."""
+    try:
+        return _run_stages(ctx, trust_pickle=trust_pickle)
+    except (BudgetError, ValidationError) as e:
+        if e.report is not None or ctx.rank != 0:
+            raise
+        from compressor.pipeline.stages import original_latency
+
+        if isinstance(e, BudgetError) and "latency" not in ctx.original:
+            original_latency(ctx)  # the report still compares with the original's latency
+        status = "budget_not_met" if isinstance(e, BudgetError) else "validation_failed"
+        report = finish(ctx, status, e.exit_code, str(e))
+        raise type(e)(f"{e}; report: {ctx.ws.report_html}", report=report) from None
+
+
+def _run_stages(ctx: RunContext, *, trust_pickle: bool) -> Report | WorkerResult:
     """load -> profile -> search -> slim -> fine-tune -> export (+ simplify) -> validate -> report."""
     from compressor.pipeline.search import search
     from compressor.pipeline.stages import (

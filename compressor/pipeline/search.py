@@ -18,7 +18,7 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
-from compressor.errors import BudgetError
+from compressor.errors import carry, rebuild
 from compressor.io import append_jsonl, read_jsonl
 from compressor.pipeline.context import BudgetStop, RunContext
 from compressor.pipeline.schema import LatencyCheckRow
@@ -218,8 +218,8 @@ def search(ctx: RunContext) -> None:
         plan = method_plan(ctx, s.flops)  # every rank: a search shards its candidates under torchrun
         if ctx.rank != 0:  # rank 0 times candidates on ONNX Runtime and writes the plan
             got = ctx.shared(None)
-            if isinstance(got, str):
-                raise BudgetError(got)
+            if isinstance(got, (list, tuple)):  # rank 0 failed: the same error, same class, here
+                raise rebuild((str(got[0]), str(got[1])))
             ctx.plan = Plan.from_dict(got)
             return
         try:
@@ -230,7 +230,10 @@ def search(ctx: RunContext) -> None:
             if s.latency_ms is not None:
                 plan, checked = latency_select(ctx, plan)
         except BudgetStop as e:
-            ctx.shared(e.message)
+            ctx.shared(("BudgetError", e.message))
+            raise
+        except Exception as e:  # every rank fails alike, keeping the error's class
+            ctx.shared(carry(e))
             raise
         ctx.latency_checked = checked
         plan.info = {**(plan.info or {}), "pipeline": {"latency_checked": checked}}
