@@ -43,7 +43,7 @@ def export_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the export result as JSON."),
 ) -> None:
     """Export a checkpoint to a simplified ONNX model for a deploy target."""
-    with cli_errors():
+    with cli_errors(as_json=as_json):
         from compressor.export import export_checkpoint
 
         res = export_checkpoint(
@@ -123,7 +123,7 @@ def validate_cmd(
     Exit codes: 0 all checks pass, 3 a budget is missed (accuracy drop, latency), 4 the ONNX model
     differs from PyTorch (numerics or accuracy disagreement).
     """
-    with cli_errors():
+    with cli_errors(as_json=as_json):
         from compressor.export import validate_checkpoint
         from compressor.io import atomic_write_json
 
@@ -162,7 +162,7 @@ def targets_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the targets as JSON."),
 ) -> None:
     """List the shipped deploy targets with their budgets and runtime settings."""
-    with cli_errors():
+    with cli_errors(as_json=as_json):
         from compressor.targets import list_targets, load_target, target_summary
 
         rows = [target_summary(load_target(n)) for n in list_targets()]

@@ -46,7 +46,7 @@ def finetune_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the result (accuracies, history) as JSON."),
 ) -> None:
     """Fine-tune CHECKPOINT on its data and write the best epoch to -o (resumable; DDP under torchrun)."""
-    with cli_errors():
+    with cli_errors(as_json=as_json):
         from compressor.checkpoint import load_checkpoint
         from compressor.data import load_data
         from compressor.errors import UsageError

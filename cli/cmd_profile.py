@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Count multiply-accumulates and parameters (total and per layer) and list channel groups."""
-        with cli_errors():
+        with cli_errors(as_json=json_out):
             from compressor.api import profile as run_profile
 
             res = run_profile(

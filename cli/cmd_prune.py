@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
 
         The slim checkpoint records its input shape, so [bold]compress export[/] needs no --input-shape.
         """
-        with cli_errors():
+        with cli_errors(as_json=json_out):
             from compressor.api import prune as run_prune
 
             opts = {} if multiple is None else {"multiple": multiple}

@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
         [bold]torchrun --nproc-per-node N -m compressor.cli.main search ...[/] the candidates are shared
         across ranks.
         """
-        with cli_errors():
+        with cli_errors(as_json=json_out):
             from compressor.api import search_checkpoint
             from compressor.device import dist_env
 

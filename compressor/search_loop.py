@@ -77,6 +77,7 @@ class _Progress:
         self.bar: Any = None
         if not enabled:
             return
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.bar = Progress(
@@ -87,6 +88,7 @@ class _Progress:
             TextColumn("{task.fields[rate]} cand/min"),
             TimeElapsedColumn(),
             transient=False,
+            console=Console(stderr=True),  # stdout is the command's result (--json)
         )
         self.task = self.bar.add_task(
             description, total=total, completed=done, best="-" if best is None else f"{best:.2f}", rate="-"

@@ -40,6 +40,11 @@ class StageLog:
         if self.progress:
             self.console.print(text)
 
+    def warn(self, text: str) -> None:
+        """A loud warning: always shown on stderr (even without progress) and kept in the report."""
+        self.notes.append(f"WARNING: {text}")
+        self.console.print(f"[bold yellow]WARNING:[/] {text}", soft_wrap=True)
+
     def note(self, text: str) -> None:
         self.notes.append(text)
         self.say(f"  [cyan]·[/] {text}")

@@ -34,6 +34,12 @@ def run(
     lr: float | None = None,
     max_acc_drop: float | None = None,
     arch: str | None = None,
+    arch_args: dict[str, Any] | None = None,
+    input_shape: list[int] | tuple[int, ...] | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    replace_head: bool | None = None,
+    exclude: list[str] | None = None,
     trust_pickle: bool = False,
     command: str | None = None,
     console: Any = None,
@@ -70,6 +76,8 @@ def run(
         "target": target, "flops": flops, "latency_ms": latency_ms, "method": method, "data": data,
         "epochs": epochs, "device": device, "seed": seed, "out": None if out is None else str(out),
         "candidates": candidates, "top_k": top_k, "lr": lr, "max_acc_drop": max_acc_drop, "arch": arch,
+        "arch_args": arch_args or None, "input_shape": None if input_shape is None else list(input_shape),
+        "mean": mean, "std": std, "replace_head": replace_head, "exclude": exclude or None,
     }  # fmt: skip
     s, tgt = resolve_settings(ck, flags, config, method_options=method_options)
     log = StageLog(console or Console(stderr=True, highlight=False), progress)

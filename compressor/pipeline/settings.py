@@ -89,6 +89,22 @@ def _check_lr(v: Any) -> None:
         raise UsageError(f"lr {v} must be positive")
 
 
+def _check_input_shape(v: Any) -> None:
+    if v is not None:
+        from compressor.shapes import sample_shape
+
+        sample_shape(v, what="input_shape")
+
+
+def _check_norm(v: Any) -> None:
+    if v is not None and (
+        not v or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+    ):
+        raise UsageError(
+            f"mean/std {v!r} must be a list of numbers, one per input channel (e.g. 0.5,0.5,0.5)"
+        )
+
+
 @dataclass
 class Settings:
     """Resolved settings of one run (target < config file < flags)."""
@@ -122,6 +138,30 @@ class Settings:
     latency_candidates: int = setting(4, minimum=1, help="plans timed against a latency budget")
     flops_tolerance: float = setting(0.01, help="relative slack on the FLOPs budget")
     arch: str | None = setting(None, help="architecture of a bare state_dict")
+    arch_args: dict[str, Any] = setting(
+        default_factory=dict, help="keyword arguments of the architecture's factory (num_classes = 3)"
+    )
+    input_shape: list[int] | None = setting(
+        None,
+        check=_check_input_shape,
+        help="model input C,H,W (default: the checkpoint's, the target's, else the data's)",
+    )
+    mean: list[float] | None = setting(
+        None,
+        check=_check_norm,
+        help="per-channel normalisation mean (default: the checkpoint's, else the data's)",
+    )
+    std: list[float] | None = setting(
+        None,
+        check=_check_norm,
+        help="per-channel normalisation std (default: the checkpoint's, else the data's)",
+    )
+    replace_head: bool = setting(
+        False, help="replace the classifier head when the data has another class count (then fine-tune)"
+    )
+    exclude: list[str] = setting(
+        default_factory=list, help="glob patterns of module names whose output channels are never pruned"
+    )
     channel_multiple: int = setting(
         1, config=False, from_target="export.channel_multiple", help="kept widths rounded to this multiple"
     )
