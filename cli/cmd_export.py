@@ -169,36 +169,31 @@ def targets_cmd(
         if as_json:
             print_json(rows)
             return
-        from rich.table import Table
+        for line in targets_text(rows):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
 
-        table = Table(title="deploy targets (use --target NAME, or --target path/to/own.toml)")
-        for col in (
-            "name",
-            "FLOPs kept",
-            "latency",
-            "max acc drop",
-            "runtime",
-            "input",
-            "export",
-            "description",
-        ):
-            table.add_column(col, overflow="fold")
-        for r in rows:
-            lat = f"{r['latency_ms']:g} ms @ p{r['percentile']:g}" if r["latency_ms"] else "no budget"
-            shape = "x".join(map(str, r["shape"])) if r["shape"] else "from checkpoint"
-            table.add_row(
-                r["name"],
-                f"{r['flops']:g}",
-                lat,
-                f"{r['max_acc_drop']:g} pt",
-                f"{r['provider'].replace('ExecutionProvider', '')}, {r['intra_op_threads']} threads, "
-                f"opt {r['graph_optimization_level']}",
-                f"batch {r['batch']}, {shape}",
-                f"opset {r['opset']}, x{r['channel_multiple']} channels, "
-                f"{'dynamic' if r['dynamic_batch'] else 'static'} batch",
-                r["description"],
-            )
-        console.print(table)
+
+def targets_text(rows: list[dict[str, Any]]) -> list[str]:
+    """The targets as short indented lines (readable at 80 columns, one fact per line)."""
+    import textwrap
+
+    out = ["deploy targets: use --target NAME, or --target path/to/own.toml (same layout)", ""]
+    for r in rows:
+        lat = f"{r['latency_ms']:g} ms at p{r['percentile']:g}" if r["latency_ms"] else "no latency budget"
+        shape = ",".join(map(str, r["shape"])) if r["shape"] else "from the checkpoint"
+        out += textwrap.wrap(
+            r["description"], width=78, initial_indent=f"{r['name']}: ", subsequent_indent="    "
+        )
+        out += [
+            f"    budget   FLOPs kept {r['flops']:g}, {lat}, max acc drop {r['max_acc_drop']:g} pt",
+            f"    runtime  {r['provider'].replace('ExecutionProvider', '')}, {r['intra_op_threads']} threads, "
+            f"graph opt {r['graph_optimization_level']}",
+            f"    input    batch {r['batch']}, shape {shape}",
+            f"    export   opset {r['opset']}, widths x{r['channel_multiple']}, "
+            f"{'dynamic' if r['dynamic_batch'] else 'static'} batch",
+            "",
+        ]
+    return out
 
 
 def _fmt(v: Any, unit: str = "") -> str:

@@ -43,6 +43,7 @@ def finetune_cmd(
         False, help="Allow a pickled nn.Module checkpoint (runs code from the file)."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress (same as --no-progress)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result (accuracies, history) as JSON."),
 ) -> None:
     """Fine-tune CHECKPOINT on its data and write the best epoch to -o (resumable; DDP under torchrun)."""
@@ -69,7 +70,7 @@ def finetune_cmd(
         )  # fmt: skip
         res = finetune(
             model, bundle, recipe, out=output, meta=meta, teacher=teacher_model, device=device,
-            progress=progress and not as_json,
+            progress=progress and not quiet and not as_json,
         )  # fmt: skip
         from compressor.device import dist_env
 

@@ -91,8 +91,13 @@ def run(
 
         return estimate(ctx, trust_pickle=trust_pickle)
     _join_torchrun(ctx, progress)
-    _prepare(ctx, force)
-    return _stages(ctx, trust_pickle=trust_pickle)
+    from contextlib import nullcontext
+
+    from compressor.pipeline.lock import out_lock
+
+    with out_lock(ctx.ws.out) if ctx.rank == 0 else nullcontext():  # one run per out folder
+        _prepare(ctx, force)
+        return _stages(ctx, trust_pickle=trust_pickle)
 
 
 def _resolve_device(device: str) -> str:

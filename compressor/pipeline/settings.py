@@ -218,8 +218,48 @@ FINGERPRINT_KEYS: tuple[str, ...] = tuple(f.name for f in FIELDS if info(f).fing
 TARGET_OVERRIDES: tuple[str, ...] = tuple(f.name for f in FIELDS if info(f).config and info(f).from_target)
 
 
+#: The tables of a target file a config file may also use (the same layout): table -> {key: setting}.
+TARGET_TABLES: dict[str, dict[str, str]] = {
+    "budget": {
+        "flops": "flops",
+        "latency_ms": "latency_ms",
+        "percentile": "percentile",
+        "max_acc_drop": "max_acc_drop",
+    },
+    "input": {"shape": "input_shape"},
+}
+
+
+def _flatten_layout(p: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """One layout for config and target files: run settings flat or under ``[run]``, budgets under
+    ``[budget]``, the input shape as ``[input] shape``; ``[method_options]`` stays a table."""
+    flat: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k == "run" and isinstance(v, dict):
+            flat.update(v)
+        elif k in TARGET_TABLES and isinstance(v, dict):
+            for kk, vv in v.items():
+                if kk not in TARGET_TABLES[k]:
+                    valid = ", ".join(TARGET_TABLES[k])
+                    raise UsageError(
+                        f"{p}: [{k}] {kk} is not a run setting (valid in [{k}]: {valid}); deploy settings "
+                        "such as [runtime] and [export] belong in a target file (--target my.toml)"
+                    )
+                flat[TARGET_TABLES[k][kk]] = vv
+        elif k in ("runtime", "export") and isinstance(v, dict):
+            raise UsageError(
+                f"{p}: [{k}] is a deploy-target table; put it in a target file (--target my.toml, layout as "
+                "deploy_targets/*.toml) and keep run settings in --config"
+            )
+        else:
+            flat[k] = v
+    return flat
+
+
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a run config TOML: flat keys of :data:`CONFIG_KEYS`; unknown keys are an error."""
+    """Read a run config TOML: keys of :data:`CONFIG_KEYS` (flat or under ``[run]``; budgets
+    may sit under ``[budget]`` and the shape under ``[input]`` as in a target file); unknown keys
+    are an error."""
     import tomllib
 
     p = Path(path)
@@ -229,8 +269,7 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"config file {str(p)!r} is not valid TOML: {e}") from e
-    if isinstance(raw.get("run"), dict) and len(raw) == 1:  # also accept everything under [run]
-        raw = raw["run"]
+    raw = _flatten_layout(p, raw)
     for k, v in raw.items():
         if k not in CONFIG_KEYS:
             raise UsageError(f"{p}: unknown key {k!r}; valid keys: {', '.join(sorted(CONFIG_KEYS))}")
