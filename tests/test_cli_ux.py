@@ -255,6 +255,26 @@ def test_class_count_mismatch_found_at_load_and_head_replaced(assets: dict[str, 
     assert "--replace-head: fc now predicts 3 classes" in res.stderr
 
 
+# ------------------------------------------------------------------- item 8: rerun, curve
+def test_rerun_keeps_the_earlier_timings_and_reports_the_curve(own_model_run: dict[str, Any]) -> None:
+    out = own_model_run["out"]
+    first = json.loads((out / "report.json").read_text())
+    assert [h["epoch"] for h in first["finetune"]["history"]] == [1]
+    assert {"train_loss", "train_acc", "val_acc"} <= set(first["finetune"]["history"][0])
+    assert "Fine-tuning" in (out / "report.html").read_text()
+    res = runner.invoke(app, own_model_run["args"])
+    assert res.exit_code == 0, res.output
+    again = _json(res)
+    was = {st["name"]: st for st in first["stages"]}
+    resumed = [st for st in again["stages"] if st["status"] == "resumed"]
+    assert {st["name"] for st in resumed} >= {"profile", "finetune"}
+    for st in resumed:
+        assert st["seconds"] == was[st["name"]]["seconds"] > 0  # the earlier run's time, not 0.0
+        assert "resume_seconds" in st
+    assert again["finetune"]["history"] == first["finetune"]["history"]
+    assert res.stderr.count("fine-tuned model.pt from the earlier run") == 1  # announced once
+
+
 # ------------------------------------------------------------------- item 5: lock
 def test_second_run_into_the_same_folder_exits_2(own_model_run: dict[str, Any]) -> None:
     from compressor.pipeline.lock import out_lock

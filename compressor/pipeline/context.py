@@ -102,6 +102,7 @@ class RunContext:
     multiple_noted: bool = False
     dist: Dist = field(default_factory=Dist)
     lr: float = FALLBACK_LR
+    finetune_history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch
 
     @property
     def rank(self) -> int:

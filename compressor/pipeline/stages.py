@@ -381,11 +381,13 @@ def slim_and_finetune(ctx: RunContext) -> Any:
             st["status"] = "skipped"
             st["note"] = "epochs = 0"
             return small
+        history_file = ctx.ws.state / "finetune_history.json"
         if ctx.shared(done_flag.is_file() and model_path.is_file()):
             model, _ = load_checkpoint(model_path)
+            if history_file.is_file():
+                ctx.finetune_history = json.loads(history_file.read_text(encoding="utf-8"))
             st["status"] = "resumed"
             st["note"] = "fine-tuned model.pt from the earlier run"
-            ctx.log.note("resumed: fine-tuning had finished; model.pt reused")
             return model
         from compressor.train import FinetuneConfig, finetune, state_path
 
@@ -407,7 +409,9 @@ def slim_and_finetune(ctx: RunContext) -> Any:
             progress=ctx.log.progress,
             keep_state=False,
         )
+        ctx.finetune_history = [dict(h) for h in res.history]
         if ctx.rank == 0:
+            atomic_write_json(history_file, ctx.finetune_history)
             atomic_write_text(done_flag, "done\n")
         ctx.compressed["finetune_best_acc"] = res.best_acc
         return res.model.cpu().eval()
