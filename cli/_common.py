@@ -14,7 +14,8 @@ from rich.markup import escape
 from typer.core import TyperCommand
 
 console = Console(stderr=False, highlight=False)
-err_console = Console(stderr=True, highlight=False)
+#: Progress, notes, warnings, errors: stderr; piped to a file, one unwrapped line per event.
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class _JsonState:

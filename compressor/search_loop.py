@@ -78,7 +78,14 @@ class _Progress:
         if not enabled:
             return
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
@@ -87,8 +94,9 @@ class _Progress:
             TextColumn("best {task.fields[best]}"),
             TextColumn("{task.fields[rate]} cand/min"),
             TimeElapsedColumn(),
+            TimeRemainingColumn(),
             transient=False,
-            console=Console(stderr=True),  # stdout is the command's result (--json)
+            console=Console(stderr=True, soft_wrap=True),  # stdout is the command's result (--json)
         )
         self.task = self.bar.add_task(
             description, total=total, completed=done, best="-" if best is None else f"{best:.2f}", rate="-"

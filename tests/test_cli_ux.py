@@ -275,6 +275,24 @@ def test_rerun_keeps_the_earlier_timings_and_reports_the_curve(own_model_run: di
     assert res.stderr.count("fine-tuned model.pt from the earlier run") == 1  # announced once
 
 
+# ------------------------------------------------------------------- item 7: progress
+def test_progress_piped_is_one_unwrapped_line_per_event(assets: dict[str, Path], tmp_path: Path) -> None:
+    res = subprocess.run(
+        [*COMPRESS, "run", str(assets["ckpt"]), "-t", str(assets["target"]), "--candidates", "4",
+         "--top-k", "2", "--epochs", "2", "-o", str(tmp_path / "out"), "--json"],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    json.loads(res.stdout)
+    lines = res.stderr.splitlines()
+    assert sum(line.startswith("epoch 1/2") for line in lines) == 1  # once, not a line and a bar
+    assert sum(line.startswith("epoch 2/2") for line in lines) == 1
+    load = [line for line in lines if "load done" in line]
+    assert len(load) == 1 and "channel groups" in load[0] and len(load[0]) > 80  # not hard-wrapped
+    topk = [line for line in lines if "top-k fine-tune" in line]
+    assert len(topk) == 2 and "left" in topk[0]  # the top-k fine-tuning shows progress
+
+
 # ------------------------------------------------------------------- item 5: lock
 def test_second_run_into_the_same_folder_exits_2(own_model_run: dict[str, Any]) -> None:
     from compressor.pipeline.lock import out_lock
