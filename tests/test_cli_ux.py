@@ -403,3 +403,16 @@ def test_exclude_freezes_matching_groups(assets: dict[str, Path]) -> None:
     assert _json(res)["groups"]["prunable"] == full - 3  # depth 8: layer3's 2 groups, conv1's 1
     res = runner.invoke(app, [*base, "--exclude", "nosuchlayer*"])
     assert res.exit_code == 2 and "matches no channel group" in _json(res)["message"]
+
+
+def test_profile_compare_shows_channels_before_and_after(assets: dict[str, Path], tmp_path: Path) -> None:
+    slim = tmp_path / "slim.pt"
+    res = runner.invoke(app, ["prune", str(assets["ckpt"]), "--flops", "0.5", "-o", str(slim), "--json"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["profile", str(slim), "--compare", str(assets["ckpt"]), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["group"]: r for r in _json(res)["compare"]["groups"]}
+    assert rows["conv1"]["before"] == 4 and rows["fc"]["after"] == rows["fc"]["before"] == 3
+    assert any(r["after"] < r["before"] for r in rows.values() if not r["frozen"])
+    res = runner.invoke(app, ["profile", str(slim), "--compare", str(assets["ckpt"])], env={"COLUMNS": "120"})
+    assert res.exit_code == 0 and "before" in res.stdout and "layer3.0.conv1" in res.stdout
