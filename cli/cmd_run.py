@@ -61,6 +61,11 @@ def register(app: typer.Typer) -> None:
             help="Fine-tuning learning rate (default: the checkpoint's training lr scaled to the batch, else 0.01).",
         ),
         device: str = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (default auto)."),
+        threads: int = typer.Option(
+            None,
+            "--threads",
+            help="CPU threads (default: OMP_NUM_THREADS if set, else the fastest of 1, 2, 4 ... measured at the start of the search and the fine-tune).",
+        ),
         seed: int = typer.Option(None, "--seed", help="Random seed (default 0)."),
         candidates: int = typer.Option(
             None, "--candidates", help="Candidates a method that scores candidates evaluates (default 20)."
@@ -159,6 +164,7 @@ def register(app: typer.Typer) -> None:
                     std=parse_floats(std, "--std"),
                     replace_head=replace_head or None,
                     exclude=exclude or None,
+                    threads=threads,
                     trust_pickle=trust_pickle,
                     progress=not quiet,
                     command=command,

@@ -416,3 +416,38 @@ def test_profile_compare_shows_channels_before_and_after(assets: dict[str, Path]
     assert any(r["after"] < r["before"] for r in rows.values() if not r["frozen"])
     res = runner.invoke(app, ["profile", str(slim), "--compare", str(assets["ckpt"])], env={"COLUMNS": "120"})
     assert res.exit_code == 0 and "before" in res.stdout and "layer3.0.conv1" in res.stdout
+
+
+# ------------------------------------------------------------------- item 11: threads
+def test_thread_count_measured_per_stage_unless_fixed(assets: dict[str, Path], tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    base = [
+        *COMPRESS,
+        "run",
+        str(assets["ckpt"]),
+        "-t",
+        str(assets["target"]),
+        "-m",
+        "l1-uniform",
+        "--epochs",
+        "1",
+    ]
+    res = subprocess.run(
+        [*base, "-o", str(tmp_path / "a"), "--json"], capture_output=True, text=True, env=env
+    )
+    assert res.returncode == 0, res.stderr
+    threads = json.loads(res.stdout)["threads"]
+    for stage in ("search", "finetune"):
+        rec = threads[stage]
+        assert rec["how"] == "measured" and "1" in rec["steps_per_s"]
+        rates = rec["steps_per_s"]
+        assert rec["chosen"] == int(max(rates, key=lambda n: rates[n]))
+    assert "CPU thread(s)" in res.stderr
+    res = subprocess.run(
+        [*base, "--threads", "1", "-o", str(tmp_path / "b"), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["threads"]["finetune"] == {"chosen": 1, "how": "--threads"}

@@ -103,6 +103,7 @@ class RunContext:
     dist: Dist = field(default_factory=Dist)
     lr: float = FALLBACK_LR
     finetune_history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch
+    threads: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> CPU threads chosen
 
     @property
     def rank(self) -> int:

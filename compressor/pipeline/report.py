@@ -180,6 +180,7 @@ def build_report(ctx: RunContext, status: Status, exit_code: int, message: str) 
         "validation": ctx.validation,
         "stages": ctx.log.stages,
         "finetune": {"history": ctx.finetune_history},
+        "threads": ctx.threads,
         "versions": collect_versions(),
         "artifacts": ctx.ws.artifacts(),
         "notes": list(ctx.log.notes),

@@ -40,6 +40,7 @@ def run(
     std: list[float] | None = None,
     replace_head: bool | None = None,
     exclude: list[str] | None = None,
+    threads: int | None = None,
     trust_pickle: bool = False,
     command: str | None = None,
     console: Any = None,
@@ -78,6 +79,7 @@ def run(
         "candidates": candidates, "top_k": top_k, "lr": lr, "max_acc_drop": max_acc_drop, "arch": arch,
         "arch_args": arch_args or None, "input_shape": None if input_shape is None else list(input_shape),
         "mean": mean, "std": std, "replace_head": replace_head, "exclude": exclude or None,
+        "threads": threads,
     }  # fmt: skip
     s, tgt = resolve_settings(ck, flags, config, method_options=method_options)
     log = StageLog(console or Console(stderr=True, highlight=False), progress)
@@ -150,6 +152,9 @@ def _stages(ctx: RunContext, *, trust_pickle: bool) -> Report | WorkerResult:
     where = f"; report: {ctx.ws.report_html}"
     load(ctx, trust_pickle=trust_pickle)
     profile(ctx)
+    from compressor.pipeline.threads import choose_threads
+
+    choose_threads(ctx, "search", ctx.model)
     try:
         search(ctx)
     except BudgetStop as e:

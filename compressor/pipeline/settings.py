@@ -122,6 +122,9 @@ class Settings:
     max_acc_drop: float = setting(1.0, from_target="budget.max_acc_drop", help="largest top-1 drop (points)")
     data: str | None = setting(None, help="data spec (default: the checkpoint's dataset)")
     epochs: int = setting(10, minimum=0, help="fine-tuning epochs (0 skips fine-tuning)")
+    threads: int = setting(
+        0, minimum=0, fingerprint=False, help="CPU threads (0: measured at the start of each heavy stage)"
+    )
     device: str = setting("auto", fingerprint=False, check=_check_device, help="auto, cpu, cuda or cuda:N")
     seed: int = setting(0, help="random seed")
     out: str = setting("out", fingerprint=False, help="output folder")

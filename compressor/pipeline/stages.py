@@ -389,7 +389,10 @@ def slim_and_finetune(ctx: RunContext) -> Any:
             st["status"] = "resumed"
             st["note"] = "fine-tuned model.pt from the earlier run"
             return model
+        from compressor.pipeline.threads import choose_threads
         from compressor.train import FinetuneConfig, finetune, state_path
+
+        choose_threads(ctx, "finetune", small)
 
         if state_path(model_path).is_file():
             ctx.log.note(
