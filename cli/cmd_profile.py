@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from compressor.cli._common import cli_errors, console, parse_shape, print_json
+from compressor.cli._common import (
+    ARCH_ARGS_HELP,
+    ARCH_HELP,
+    cli_errors,
+    console,
+    parse_kv,
+    parse_shape,
+    print_json,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -14,9 +22,9 @@ def register(app: typer.Typer) -> None:
         checkpoint: Annotated[
             str | None, typer.Argument(help="Checkpoint to profile (omit with --arch).")
         ] = None,
-        arch: Annotated[
-            str | None,
-            typer.Option(help="Architecture: registered name, torchvision name or module:factory."),
+        arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
+        arch_args: Annotated[
+            list[str] | None, typer.Option("--arch-args", metavar="KEY=VALUE", help=ARCH_ARGS_HELP)
         ] = None,
         input_shape: Annotated[
             str | None,
@@ -45,6 +53,7 @@ def register(app: typer.Typer) -> None:
             res = run_profile(
                 checkpoint,
                 arch=arch,
+                arch_kwargs=parse_kv(arch_args) or None,
                 input_shape=parse_shape(input_shape),
                 batch=batch,
                 trust_pickle=trust_pickle,

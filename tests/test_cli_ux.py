@@ -235,6 +235,25 @@ def test_arch_from_a_module_in_the_current_folder(tmp_path: Path) -> None:
     )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["prunable_groups"] > 0
+    res = subprocess.run(
+        [
+            *cmd,
+            "profile",
+            "--arch",
+            "mynets:r8",
+            "--arch-args",
+            "num_classes=7",
+            "--input-shape",
+            "3,16,16",
+            "--json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    assert {g["name"]: g["size"] for g in json.loads(res.stdout)["groups"]}["fc"] == 7
     help_text = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).stdout
     assert "current folder" in help_text
 

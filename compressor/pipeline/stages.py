@@ -304,8 +304,8 @@ def profile(ctx: RunContext) -> None:
 def warn_if_chance(ctx: RunContext) -> None:
     """Warn loudly when the original model scores at chance: wrong data, classes or normalisation."""
     top1, n = ctx.original.get("top1"), ctx.bundle.num_classes
-    if top1 is None or n < 2 or top1 > 1.5 * 100.0 / n:
-        return
+    if top1 is None or n < 2 or top1 > 1.5 * 100.0 / n or ctx.meta.get("head_replaced"):
+        return  # a replaced head is at chance by construction (said at load)
     ctx.log.warn(
         f"the original model scores {top1:.1f}% top-1 on {ctx.s.data}, chance level for {n} classes "
         f"({100.0 / n:.1f}%): check the data, its classes and the normalisation (mean "
