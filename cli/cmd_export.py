@@ -43,7 +43,7 @@ def export_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the export result as JSON."),
 ) -> None:
     """Export a checkpoint to a simplified ONNX model for a deploy target."""
-    with cli_errors():
+    with cli_errors(as_json=as_json):
         from compressor.export import export_checkpoint
 
         res = export_checkpoint(
@@ -123,7 +123,7 @@ def validate_cmd(
     Exit codes: 0 all checks pass, 3 a budget is missed (accuracy drop, latency), 4 the ONNX model
     differs from PyTorch (numerics or accuracy disagreement).
     """
-    with cli_errors():
+    with cli_errors(as_json=as_json):
         from compressor.export import validate_checkpoint
         from compressor.io import atomic_write_json
 
@@ -162,43 +162,38 @@ def targets_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the targets as JSON."),
 ) -> None:
     """List the shipped deploy targets with their budgets and runtime settings."""
-    with cli_errors():
+    with cli_errors(as_json=as_json):
         from compressor.targets import list_targets, load_target, target_summary
 
         rows = [target_summary(load_target(n)) for n in list_targets()]
         if as_json:
             print_json(rows)
             return
-        from rich.table import Table
+        for line in targets_text(rows):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
 
-        table = Table(title="deploy targets (use --target NAME, or --target path/to/own.toml)")
-        for col in (
-            "name",
-            "FLOPs kept",
-            "latency",
-            "max acc drop",
-            "runtime",
-            "input",
-            "export",
-            "description",
-        ):
-            table.add_column(col, overflow="fold")
-        for r in rows:
-            lat = f"{r['latency_ms']:g} ms @ p{r['percentile']:g}" if r["latency_ms"] else "no budget"
-            shape = "x".join(map(str, r["shape"])) if r["shape"] else "from checkpoint"
-            table.add_row(
-                r["name"],
-                f"{r['flops']:g}",
-                lat,
-                f"{r['max_acc_drop']:g} pt",
-                f"{r['provider'].replace('ExecutionProvider', '')}, {r['intra_op_threads']} threads, "
-                f"opt {r['graph_optimization_level']}",
-                f"batch {r['batch']}, {shape}",
-                f"opset {r['opset']}, x{r['channel_multiple']} channels, "
-                f"{'dynamic' if r['dynamic_batch'] else 'static'} batch",
-                r["description"],
-            )
-        console.print(table)
+
+def targets_text(rows: list[dict[str, Any]]) -> list[str]:
+    """The targets as short indented lines (readable at 80 columns, one fact per line)."""
+    import textwrap
+
+    out = ["deploy targets: use --target NAME, or --target path/to/own.toml (same layout)", ""]
+    for r in rows:
+        lat = f"{r['latency_ms']:g} ms at p{r['percentile']:g}" if r["latency_ms"] else "no latency budget"
+        shape = ",".join(map(str, r["shape"])) if r["shape"] else "from the checkpoint"
+        out += textwrap.wrap(
+            r["description"], width=78, initial_indent=f"{r['name']}: ", subsequent_indent="    "
+        )
+        out += [
+            f"    budget   FLOPs kept {r['flops']:g}, {lat}, max acc drop {r['max_acc_drop']:g} pt",
+            f"    runtime  {r['provider'].replace('ExecutionProvider', '')}, {r['intra_op_threads']} threads, "
+            f"graph opt {r['graph_optimization_level']}",
+            f"    input    batch {r['batch']}, shape {shape}",
+            f"    export   opset {r['opset']}, widths x{r['channel_multiple']}, "
+            f"{'dynamic' if r['dynamic_batch'] else 'static'} batch",
+            "",
+        ]
+    return out
 
 
 def _fmt(v: Any, unit: str = "") -> str:

@@ -49,10 +49,11 @@ def finetune_cmd(
         "checkpoint, data or options (without it such a state is refused, exit 2).",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress (same as --no-progress)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result (accuracies, history) as JSON."),
 ) -> None:
     """Fine-tune CHECKPOINT on its data and write the best epoch to -o (resumable; DDP under torchrun)."""
-    with cli_errors():
+    with cli_errors(as_json=as_json):
         from compressor.checkpoint import load_checkpoint
         from compressor.data import load_data
         from compressor.errors import UsageError
@@ -77,7 +78,7 @@ def finetune_cmd(
         )  # fmt: skip
         res = finetune(
             model, bundle, recipe, out=output, meta=meta, teacher=teacher_model, device=device,
-            progress=progress and not as_json, force=force,
+            progress=progress and not quiet and not as_json, force=force,
         )  # fmt: skip
         from compressor.device import dist_env
 

@@ -21,7 +21,9 @@ def register(app: typer.Typer) -> None:
     @app.command(cls=MethodsHelpCommand)
     def prune(
         checkpoint: Annotated[str, typer.Argument(help="Checkpoint to prune.")],
-        out: Annotated[str, typer.Option("-o", "--out", help="Where to write the slimmed checkpoint.")],
+        out: Annotated[
+            str, typer.Option("--output", "-o", "--out", help="Where to write the slimmed checkpoint.")
+        ],
         method: Annotated[
             str, typer.Option(help="A registered pruning method (listed below).")
         ] = "l1-uniform",
@@ -46,6 +48,9 @@ def register(app: typer.Typer) -> None:
         input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
         verify: Annotated[bool, typer.Option(help="Check the slim model equals the masked original.")] = True,
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+        quiet: Annotated[
+            bool, typer.Option("--quiet", "-q", help="No progress (warnings and errors still show).")
+        ] = False,
         trust_pickle: Annotated[
             bool, typer.Option(help="Allow loading a pickled nn.Module (runs code from the file).")
         ] = False,
@@ -54,7 +59,7 @@ def register(app: typer.Typer) -> None:
 
         The slim checkpoint records its input shape, so [bold]compress export[/] needs no --input-shape.
         """
-        with cli_errors():
+        with cli_errors(as_json=json_out):
             from compressor.api import prune as run_prune
 
             opts = {} if multiple is None else {"multiple": multiple}
@@ -63,7 +68,7 @@ def register(app: typer.Typer) -> None:
             res = run_prune(
                 checkpoint, out=out, method=method, flops=flops, plan=plan, data=data, arch=arch,
                 input_shape=parse_shape(input_shape), trust_pickle=trust_pickle, verify=verify,
-                progress=not json_out, **opts,
+                progress=not (json_out or quiet), **opts,
             )  # fmt: skip
             if json_out:
                 res = {k: v for k, v in res.items() if k != "plan"}

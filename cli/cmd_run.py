@@ -9,12 +9,17 @@ from typing import Any
 
 import typer
 from compressor.cli._common import (
+    ARCH_ARGS_HELP,
+    ARCH_HELP,
     OPTION_HELP,
     MethodsHelpCommand,
     cli_errors,
     console,
     err_console,
+    parse_floats,
+    parse_kv,
     parse_options,
+    parse_shape,
     print_json,
 )
 
@@ -56,6 +61,11 @@ def register(app: typer.Typer) -> None:
             help="Fine-tuning learning rate (default: the checkpoint's training lr scaled to the batch, else 0.01).",
         ),
         device: str = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (default auto)."),
+        threads: int = typer.Option(
+            None,
+            "--threads",
+            help="CPU threads (default: OMP_NUM_THREADS if set, else the fastest of 1, 2, 4 ... measured at the start of the search and the fine-tune).",
+        ),
         seed: int = typer.Option(None, "--seed", help="Random seed (default 0)."),
         candidates: int = typer.Option(
             None, "--candidates", help="Candidates a method that scores candidates evaluates (default 20)."
@@ -68,9 +78,40 @@ def register(app: typer.Typer) -> None:
         max_acc_drop: float = typer.Option(
             None, "--max-acc-drop", help="Largest allowed top-1 drop in points (default: the target's)."
         ),
-        arch: str = typer.Option(None, "--arch", help="Architecture for a bare state_dict checkpoint."),
-        config: Path = typer.Option(None, "--config", help="Run settings TOML (target < config < flags)."),
-        out: Path = typer.Option(None, "--out", "-o", help="Output folder for the artifacts (default out/)."),
+        arch: str = typer.Option(None, "--arch", help=ARCH_HELP),
+        arch_args: list[str] = typer.Option(None, "--arch-args", metavar="KEY=VALUE", help=ARCH_ARGS_HELP),
+        input_shape: str = typer.Option(
+            None,
+            "--input-shape",
+            help="Input shape C,H,W, e.g. 3,224,224 (default: the checkpoint's, the target's, else the data's).",
+        ),
+        mean: str = typer.Option(
+            None,
+            "--mean",
+            help="Normalisation mean per channel, e.g. 0.485,0.456,0.406 (default: the checkpoint's, else the data's).",
+        ),
+        std: str = typer.Option(
+            None,
+            "--std",
+            help="Normalisation std per channel, e.g. 0.229,0.224,0.225 (with --mean; 0,0,0 and 1,1,1 = none).",
+        ),
+        replace_head: bool = typer.Option(
+            False,
+            "--replace-head",
+            help="When the data has another class count than the model: replace the classifier with a new one (trained by the fine-tuning).",
+        ),
+        exclude: list[str] = typer.Option(
+            None,
+            "--exclude",
+            metavar="PATTERN",
+            help="Never prune the output channels of modules matching this glob, e.g. 'layer4.*' (repeatable).",
+        ),
+        config: Path = typer.Option(
+            None, "--config", help="Run settings TOML (target < config < flags); layout: docs/cli.md."
+        ),
+        out: Path = typer.Option(
+            None, "--output", "-o", "--out", help="Output folder for the artifacts (default out/)."
+        ),
         dry_run: bool = typer.Option(
             False, "--dry-run", help="Load and profile, print what would run and a time estimate."
         ),
@@ -83,18 +124,20 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(
             False, "--json", help="Print the report as JSON on stdout (progress goes to stderr)."
         ),
+        quiet: bool = typer.Option(
+            False, "--quiet", "-q", help="No progress (warnings and errors still show)."
+        ),
     ) -> None:
         """Compress a checkpoint for a deploy target: search, slim, fine-tune, export, validate, report.
 
         Exit codes: 0 all passed, 2 bad input, 3 a budget not met, 4 validation failed.
         """
-        with cli_errors():
+        with cli_errors(as_json=as_json):
             from compressor.errors import CompressorError
             from compressor.methods import DEFAULT_METHOD
             from compressor.pipeline import run
 
             command = _command_line(ctx)
-            progress_console = err_console if as_json else console
             try:
                 report = run(
                     checkpoint,
@@ -115,9 +158,17 @@ def register(app: typer.Typer) -> None:
                     lr=lr,
                     max_acc_drop=max_acc_drop,
                     arch=arch,
+                    arch_args=parse_kv(arch_args),
+                    input_shape=parse_shape(input_shape),
+                    mean=parse_floats(mean, "--mean"),
+                    std=parse_floats(std, "--std"),
+                    replace_head=replace_head or None,
+                    exclude=exclude or None,
+                    threads=threads,
                     trust_pickle=trust_pickle,
+                    progress=not quiet,
                     command=command,
-                    console=progress_console,
+                    console=err_console,  # progress and logs: stderr, always
                     method_options=parse_options(method or DEFAULT_METHOD, option) if option else None,
                 )
             except CompressorError as e:  # a budget or validation failure still has a report: show it

@@ -28,6 +28,20 @@ def _check_method(value: str) -> str:
     return value
 
 
+#: Options whose defaults ``compress search`` takes from ``compress run`` (one set of defaults).
+SHARED_DEFAULTS = ("candidates", "calib_batches", "top_k")
+
+
+def run_defaults(method: str, options: dict) -> dict:
+    """``options`` completed with ``compress run``'s defaults for the options the method has."""
+    from compressor.methods import get_method
+    from compressor.pipeline.settings import DEFAULTS
+
+    spec = get_method(method)
+    extra = {k: DEFAULTS[k] for k in SHARED_DEFAULTS if k not in options and spec.has_option(k)}
+    return {**extra, **options}
+
+
 def register(app: typer.Typer) -> None:
     @app.command("search", cls=MethodsHelpCommand)
     def search(
@@ -55,18 +69,22 @@ def register(app: typer.Typer) -> None:
             help="mnist5k | cifar10:DIR | imagefolder:DIR (default: the checkpoint's dataset, for methods that need data).",
         ),
         candidates: int | None = typer.Option(
-            None, "--candidates", help="Shorthand for --option candidates=N."
+            None, "--candidates", help="Shorthand for --option candidates=N (default 20, as compress run)."
         ),
         time_budget: float | None = typer.Option(
             None, "--time-budget", help="Shorthand for --option time_budget=SECONDS."
         ),
         calib_batches: int | None = typer.Option(
-            None, "--calib-batches", help="Shorthand for --option calib_batches=N."
+            None,
+            "--calib-batches",
+            help="Shorthand for --option calib_batches=N (default 10, as compress run).",
         ),
         batch_size: int | None = typer.Option(
             None, "--batch-size", help="Shorthand for --option batch_size=N."
         ),
-        top_k: int | None = typer.Option(None, "--top-k", help="Shorthand for --option top_k=K."),
+        top_k: int | None = typer.Option(
+            None, "--top-k", help="Shorthand for --option top_k=K (default 3, as compress run)."
+        ),
         finetune_epochs: int | None = typer.Option(
             None, "--finetune-epochs", help="Shorthand for --option finetune_epochs=N."
         ),
@@ -94,7 +112,9 @@ def register(app: typer.Typer) -> None:
             False, "--trust-pickle", help="Allow a pickled whole nn.Module (runs code from the file)."
         ),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+        quiet: bool = typer.Option(
+            False, "--quiet", "-q", help="No progress (warnings and errors still show)."
+        ),
     ) -> None:
         """Search a pruning plan: [bold]compress search model.pt --method eagleeye --flops 0.5 -o plan.json[/].
 
@@ -102,7 +122,7 @@ def register(app: typer.Typer) -> None:
         [bold]torchrun --nproc-per-node N -m compressor.cli.main search ...[/] the candidates are shared
         across ranks.
         """
-        with cli_errors():
+        with cli_errors(as_json=json_out):
             from compressor.api import search_checkpoint
             from compressor.device import dist_env
 
@@ -119,6 +139,7 @@ def register(app: typer.Typer) -> None:
             }
             options = {k: v for k, v in shorthands.items() if v is not None}
             options.update(parse_options(method, option))
+            options = run_defaults(method, options)
             plan, summary = search_checkpoint(
                 checkpoint,
                 method=method,

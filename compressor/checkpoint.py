@@ -221,6 +221,44 @@ def _build(arch: str, kwargs: dict[str, Any]) -> nn.Module:
         ) from None
 
 
+def _head_classes(model: nn.Module, sd: dict[str, torch.Tensor]) -> int | None:
+    """When the weights differ from ``model`` only in one ``nn.Linear``'s output count (a classifier
+    trained for another number of classes), that count; else None."""
+    own = model.state_dict()
+    if set(own) != set(sd):
+        return None
+    bad = {k.rpartition(".")[0] for k in own if tuple(own[k].shape) != tuple(sd[k].shape)}
+    if len(bad) != 1:
+        return None
+    (name,) = bad
+    try:
+        mod = model.get_submodule(name)
+    except AttributeError:
+        return None
+    w = sd.get(f"{name}.weight")
+    if not isinstance(mod, nn.Linear) or w is None or w.dim() != 2 or w.shape[1] != mod.in_features:
+        return None
+    return int(w.shape[0])
+
+
+def _build_for(
+    arch: str, kwargs: dict[str, Any], sd: dict[str, torch.Tensor]
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build ``arch`` for weights ``sd``: when ``num_classes`` is not given and the weights' classifier
+    has another class count than the factory's default, build it with the weights' count (a
+    ResNet-18 trained for 3 classes needs no ``--arch-args num_classes=3``)."""
+    model = _build(arch, kwargs)
+    if "num_classes" in kwargs:
+        return model, kwargs
+    n = _head_classes(model, sd)
+    if n is None:
+        return model, kwargs
+    try:
+        return _build(arch, {**kwargs, "num_classes": n}), {**kwargs, "num_classes": n}
+    except CheckpointError:
+        return model, kwargs
+
+
 def load_checkpoint(
     path: str | os.PathLike[str],
     arch: str | None = None,
@@ -291,9 +329,10 @@ def load_checkpoint(
             )
         if not arch and not trust_pickle and not _trusted_arch(named):
             raise _untrusted(p, named)
-        model = _build(named, user_kwargs)
-        load_state_dict_checked(model, _strip_prefix(obj["model"], "module."), source=str(p))
-        return model.eval(), {"arch": canonical_arch(named), "arch_kwargs": user_kwargs}
+        sd = _strip_prefix(obj["model"], "module.")
+        model, kwargs = _build_for(named, user_kwargs, sd)
+        load_state_dict_checked(model, sd, source=str(p))
+        return model.eval(), {"arch": canonical_arch(named), "arch_kwargs": kwargs}
 
     sd = obj.get("state_dict") if isinstance(obj, dict) and _is_state_dict(obj.get("state_dict")) else obj
     if _is_state_dict(sd):
@@ -302,9 +341,10 @@ def load_checkpoint(
                 f"{p} is a bare state_dict (weights without an architecture); pass --arch, e.g. "
                 "--arch torchvision.models:resnet18 or --arch mypkg.nets:build"
             )
-        model = _build(arch, user_kwargs)
-        load_state_dict_checked(model, _strip_prefix(sd, "module."), source=str(p))
-        return model.eval(), {"arch": canonical_arch(arch), "arch_kwargs": user_kwargs}
+        sd = _strip_prefix(sd, "module.")
+        model, kwargs = _build_for(arch, user_kwargs, sd)
+        load_state_dict_checked(model, sd, source=str(p))
+        return model.eval(), {"arch": canonical_arch(arch), "arch_kwargs": kwargs}
 
     kind = type(obj).__name__
     keys = f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else ""

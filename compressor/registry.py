@@ -10,6 +10,14 @@ from compressor.errors import UsageError
 T = TypeVar("T")
 
 
+def did_you_mean(name: object, valid: object) -> str:
+    """``" (did you mean 'eagleeye'?)"`` for a near miss among ``valid`` names, else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.6)  # type: ignore[attr-defined]
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 class Registry(Generic[T]):
     """A name -> object table. ``register`` works as a decorator.
 
@@ -38,7 +46,9 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             valid = ", ".join(sorted(self._items)) or "(none)"
-            raise UsageError(f"unknown {self.kind} {name!r}; valid: {valid}") from None
+            raise UsageError(
+                f"unknown {self.kind} {name!r}{did_you_mean(name, self._items)}; valid: {valid}"
+            ) from None
 
     def unregister(self, name: str) -> T:
         """Remove ``name`` and return what it named (an unknown name is a :class:`UsageError`)."""

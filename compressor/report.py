@@ -807,6 +807,28 @@ def render_html(report: dict[str, Any]) -> str:
             )
         )
 
+    # Fine-tuning curve
+    history = (report.get("finetune") or {}).get("history") or []
+    if history:
+        out.append("<h2>Fine-tuning</h2>")
+        out.append(
+            _table(
+                ["epoch", "lr", "train loss", "train top-1 %", "val top-1 %", "images/s"],
+                [
+                    [
+                        _e(h.get("epoch")),
+                        _e(fmt_num(h.get("lr"), 4)),
+                        _e(fmt_num(h.get("train_loss"), 4)),
+                        _e(fmt_num(h.get("train_acc"))),
+                        _e(fmt_num(h.get("val_acc"))),
+                        _e(fmt_num(h.get("img_per_s"), 0)),
+                    ]
+                    for h in history
+                ],
+                num_cols=(0, 1, 2, 3, 4, 5),
+            )
+        )
+
     # Stages
     stages = report.get("stages") or []
     if stages:
@@ -814,7 +836,7 @@ def render_html(report: dict[str, Any]) -> str:
         out.append("<h2>Stages</h2>")
         out.append(
             _table(
-                ["stage", "seconds", "status", "note"],
+                ["stage", "seconds", "status", "note"],  # a resumed stage: the earlier run's time
                 [
                     [
                         _e(st.get("name")),

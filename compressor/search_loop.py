@@ -77,7 +77,15 @@ class _Progress:
         self.bar: Any = None
         if not enabled:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
@@ -86,7 +94,9 @@ class _Progress:
             TextColumn("best {task.fields[best]}"),
             TextColumn("{task.fields[rate]} cand/min"),
             TimeElapsedColumn(),
+            TimeRemainingColumn(),
             transient=False,
+            console=Console(stderr=True, soft_wrap=True),  # stdout is the command's result (--json)
         )
         self.task = self.bar.add_task(
             description, total=total, completed=done, best="-" if best is None else f"{best:.2f}", rate="-"

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from compressor.errors import UsageError
+from compressor.registry import did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -148,7 +149,7 @@ def _read(spec: str) -> tuple[str, str, str]:
     names = list_targets()
     if spec not in names:
         raise UsageError(
-            f"unknown target {spec!r}; valid: {', '.join(names)} (or a path to your own .toml file, "
+            f"unknown target {spec!r}{did_you_mean(spec, names)}; valid: {', '.join(names)} (or a path to your own .toml file, "
             "see `compress targets`)"
         )
     res = _package_dir() / f"{spec}.toml"

@@ -205,7 +205,14 @@ class _Bar:
     def __enter__(self) -> _Bar:
         if self.enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.progress = Progress(
                 TextColumn("[bold]epoch {task.fields[epoch]}"),
@@ -215,7 +222,8 @@ class _Bar:
                     "loss {task.fields[loss]:.4f}  acc {task.fields[acc]:5.1f}%  {task.fields[ips]:6.0f} img/s"
                 ),
                 TimeElapsedColumn(),
-                console=Console(stderr=True),
+                TimeRemainingColumn(),
+                console=Console(stderr=True, soft_wrap=True),  # piped: one unwrapped line per epoch
             )
             self.progress.__enter__()
         return self
@@ -233,8 +241,12 @@ class _Bar:
             self.progress.update(self.task, advance=advance, **fields)
 
     def log(self, text: str) -> None:
+        """One line for a finished epoch; its bar goes (an epoch is shown once, not line and bar)."""
         if self.progress is not None:
-            self.progress.console.print(text)
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+                self.task = None
+            self.progress.console.print(text, soft_wrap=True)
 
 
 # -------------------------------------------------------------------------------------------- finetune

@@ -68,6 +68,19 @@ class Strategy:
         return {g: 1.0 - self.counts[g] / self.sizes[g] for g in self.counts}
 
 
+def _topk_line(i: int, k: int, rec: dict[str, Any], acc: float, elapsed: float) -> None:
+    """One stderr line per top-k candidate fine-tuned, with the time left."""
+    import sys
+
+    eta = elapsed / i * (k - i)
+    print(
+        f"  top-k fine-tune {i}/{k}: candidate #{int(rec['index'])} score {float(rec['score']):.2f} -> "
+        f"{acc:.2f}% after fine-tuning ({elapsed:.0f} s, about {eta:.0f} s left)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _within(macs: float, target: float, tolerance: float) -> bool:
     return abs(macs - target) <= tolerance * target
 
@@ -430,11 +443,14 @@ def search(
     if top_k > 1 and len(ranked) > 1:
         from compressor.train import finetune
 
-        for rec in ranked[:top_k]:
+        t0, k = time.perf_counter(), min(top_k, len(ranked))
+        for i, rec in enumerate(ranked[:top_k]):
             sub = scorer.build(plan_of(rec["counts"]))
             res = finetune(sub, bundle, epochs=o.finetune_epochs, device=str(dev), seed=seed, progress=False)
             ft = scorer.accuracy(res.model.to(dev))
             finetuned.append({"index": int(rec["index"]), "score": float(rec["score"]), "finetuned": ft})
+            if context.progress:
+                _topk_line(i + 1, k, rec, ft, time.perf_counter() - t0)
         best_ft = max(finetuned, key=lambda r: (r["finetuned"], -r["index"]))
         chosen = next(r for r in ranked if int(r["index"]) == best_ft["index"])
 

@@ -58,10 +58,22 @@ def is_trusted(spec: str) -> bool:
     return canonical_arch(spec).startswith(TRUSTED_PREFIXES)
 
 
+def _current_folder_importable() -> None:
+    """``--arch mynets:build`` finds ``mynets.py`` in the current folder (as ``python -m`` would);
+    the console script's ``sys.path`` does not hold it."""
+    import os
+    import sys
+
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+
+
 def resolve_arch(spec: str) -> Callable[..., Any]:
     """Return the factory a spec names (importing its module)."""
     path = canonical_arch(spec)
     mod_name, _, attr = path.partition(":")
+    _current_folder_importable()
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:

@@ -40,6 +40,11 @@ class StageLog:
         if self.progress:
             self.console.print(text)
 
+    def warn(self, text: str) -> None:
+        """A loud warning: always shown on stderr (even without progress) and kept in the report."""
+        self.notes.append(f"WARNING: {text}")
+        self.console.print(f"[bold yellow]WARNING:[/] {text}", soft_wrap=True)
+
     def note(self, text: str) -> None:
         self.notes.append(text)
         self.say(f"  [cyan]·[/] {text}")
@@ -97,6 +102,8 @@ class RunContext:
     multiple_noted: bool = False
     dist: Dist = field(default_factory=Dist)
     lr: float = FALLBACK_LR
+    finetune_history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch
+    threads: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> CPU threads chosen
 
     @property
     def rank(self) -> int:

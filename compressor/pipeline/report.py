@@ -179,6 +179,8 @@ def build_report(ctx: RunContext, status: Status, exit_code: int, message: str) 
         "export": ctx.export_info,
         "validation": ctx.validation,
         "stages": ctx.log.stages,
+        "finetune": {"history": ctx.finetune_history},
+        "threads": ctx.threads,
         "versions": collect_versions(),
         "artifacts": ctx.ws.artifacts(),
         "notes": list(ctx.log.notes),
@@ -193,10 +195,31 @@ def build_report(ctx: RunContext, status: Status, exit_code: int, message: str) 
     return report
 
 
+def keep_earlier_timings(ctx: RunContext) -> None:
+    """A resumed stage keeps the time the earlier run spent on it (from the earlier report.json),
+    says it was resumed, and records how long resuming took (``resume_seconds``)."""
+    import json
+
+    try:
+        earlier = json.loads(ctx.ws.report_json.read_text(encoding="utf-8")).get("stages") or []
+    except (OSError, ValueError, AttributeError):
+        return
+    before = {st.get("name"): st for st in earlier if isinstance(st, dict)}
+    for st in ctx.log.stages:
+        old = before.get(st["name"])
+        if st.get("status") != "resumed" or not old or old.get("seconds") is None:
+            continue
+        st["resume_seconds"] = st.get("seconds", 0.0)  # type: ignore[typeddict-unknown-key]
+        st["seconds"] = float(old["seconds"])
+        if "earlier run" not in (st.get("note") or ""):
+            st["note"] = ((st.get("note") or "") + "; time of the earlier run").lstrip("; ")
+
+
 def finish(ctx: RunContext, status: Status, exit_code: int, message: str) -> Report:
     """Build the report and write report.json and report.html (the report stage)."""
     from compressor.report import write_report
 
+    keep_earlier_timings(ctx)
     with ctx.log.stage("report"):
         report = build_report(ctx, status, exit_code, message)
         report["artifacts"].update(

@@ -34,6 +34,13 @@ def run(
     lr: float | None = None,
     max_acc_drop: float | None = None,
     arch: str | None = None,
+    arch_args: dict[str, Any] | None = None,
+    input_shape: list[int] | tuple[int, ...] | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    replace_head: bool | None = None,
+    exclude: list[str] | None = None,
+    threads: int | None = None,
     trust_pickle: bool = False,
     command: str | None = None,
     console: Any = None,
@@ -70,6 +77,9 @@ def run(
         "target": target, "flops": flops, "latency_ms": latency_ms, "method": method, "data": data,
         "epochs": epochs, "device": device, "seed": seed, "out": None if out is None else str(out),
         "candidates": candidates, "top_k": top_k, "lr": lr, "max_acc_drop": max_acc_drop, "arch": arch,
+        "arch_args": arch_args or None, "input_shape": None if input_shape is None else list(input_shape),
+        "mean": mean, "std": std, "replace_head": replace_head, "exclude": exclude or None,
+        "threads": threads,
     }  # fmt: skip
     s, tgt = resolve_settings(ck, flags, config, method_options=method_options)
     log = StageLog(console or Console(stderr=True, highlight=False), progress)
@@ -84,8 +94,13 @@ def run(
         return estimate(ctx, trust_pickle=trust_pickle)
     refuse_replacing_inputs(ctx.ws, [ck, *([Path(config)] if config else [])])
     _join_torchrun(ctx, progress)
-    _prepare(ctx, force)
-    return _stages(ctx, trust_pickle=trust_pickle)
+    from contextlib import nullcontext
+
+    from compressor.pipeline.lock import out_lock
+
+    with out_lock(ctx.ws.out) if ctx.rank == 0 else nullcontext():  # one run per out folder
+        _prepare(ctx, force)
+        return _stages(ctx, trust_pickle=trust_pickle)
 
 
 def _resolve_device(device: str) -> str:
@@ -170,6 +185,9 @@ def _run_stages(ctx: RunContext, *, trust_pickle: bool) -> Report | WorkerResult
     where = f"; report: {ctx.ws.report_html}"
     load(ctx, trust_pickle=trust_pickle)
     profile(ctx)
+    from compressor.pipeline.threads import choose_threads
+
+    choose_threads(ctx, "search", ctx.model)
     try:
         search(ctx)
     except BudgetStop as e:

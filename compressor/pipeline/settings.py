@@ -89,6 +89,22 @@ def _check_lr(v: Any) -> None:
         raise UsageError(f"lr {v} must be positive")
 
 
+def _check_input_shape(v: Any) -> None:
+    if v is not None:
+        from compressor.shapes import sample_shape
+
+        sample_shape(v, what="input_shape")
+
+
+def _check_norm(v: Any) -> None:
+    if v is not None and (
+        not v or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+    ):
+        raise UsageError(
+            f"mean/std {v!r} must be a list of numbers, one per input channel (e.g. 0.5,0.5,0.5)"
+        )
+
+
 @dataclass
 class Settings:
     """Resolved settings of one run (target < config file < flags)."""
@@ -106,6 +122,9 @@ class Settings:
     max_acc_drop: float = setting(1.0, from_target="budget.max_acc_drop", help="largest top-1 drop (points)")
     data: str | None = setting(None, help="data spec (default: the checkpoint's dataset)")
     epochs: int = setting(10, minimum=0, help="fine-tuning epochs (0 skips fine-tuning)")
+    threads: int = setting(
+        0, minimum=0, fingerprint=False, help="CPU threads (0: measured at the start of each heavy stage)"
+    )
     device: str = setting("auto", fingerprint=False, check=_check_device, help="auto, cpu, cuda or cuda:N")
     seed: int = setting(0, help="random seed")
     out: str = setting("out", fingerprint=False, help="output folder")
@@ -122,6 +141,30 @@ class Settings:
     latency_candidates: int = setting(4, minimum=1, help="plans timed against a latency budget")
     flops_tolerance: float = setting(0.01, help="relative slack on the FLOPs budget")
     arch: str | None = setting(None, help="architecture of a bare state_dict")
+    arch_args: dict[str, Any] = setting(
+        default_factory=dict, help="keyword arguments of the architecture's factory (num_classes = 3)"
+    )
+    input_shape: list[int] | None = setting(
+        None,
+        check=_check_input_shape,
+        help="model input C,H,W (default: the checkpoint's, the target's, else the data's)",
+    )
+    mean: list[float] | None = setting(
+        None,
+        check=_check_norm,
+        help="per-channel normalisation mean (default: the checkpoint's, else the data's)",
+    )
+    std: list[float] | None = setting(
+        None,
+        check=_check_norm,
+        help="per-channel normalisation std (default: the checkpoint's, else the data's)",
+    )
+    replace_head: bool = setting(
+        False, help="replace the classifier head when the data has another class count (then fine-tune)"
+    )
+    exclude: list[str] = setting(
+        default_factory=list, help="glob patterns of module names whose output channels are never pruned"
+    )
     channel_multiple: int = setting(
         1, config=False, from_target="export.channel_multiple", help="kept widths rounded to this multiple"
     )
@@ -178,8 +221,48 @@ FINGERPRINT_KEYS: tuple[str, ...] = tuple(f.name for f in FIELDS if info(f).fing
 TARGET_OVERRIDES: tuple[str, ...] = tuple(f.name for f in FIELDS if info(f).config and info(f).from_target)
 
 
+#: The tables of a target file a config file may also use (the same layout): table -> {key: setting}.
+TARGET_TABLES: dict[str, dict[str, str]] = {
+    "budget": {
+        "flops": "flops",
+        "latency_ms": "latency_ms",
+        "percentile": "percentile",
+        "max_acc_drop": "max_acc_drop",
+    },
+    "input": {"shape": "input_shape"},
+}
+
+
+def _flatten_layout(p: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """One layout for config and target files: run settings flat or under ``[run]``, budgets under
+    ``[budget]``, the input shape as ``[input] shape``; ``[method_options]`` stays a table."""
+    flat: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k == "run" and isinstance(v, dict):
+            flat.update(v)
+        elif k in TARGET_TABLES and isinstance(v, dict):
+            for kk, vv in v.items():
+                if kk not in TARGET_TABLES[k]:
+                    valid = ", ".join(TARGET_TABLES[k])
+                    raise UsageError(
+                        f"{p}: [{k}] {kk} is not a run setting (valid in [{k}]: {valid}); deploy settings "
+                        "such as [runtime] and [export] belong in a target file (--target my.toml)"
+                    )
+                flat[TARGET_TABLES[k][kk]] = vv
+        elif k in ("runtime", "export") and isinstance(v, dict):
+            raise UsageError(
+                f"{p}: [{k}] is a deploy-target table; put it in a target file (--target my.toml, layout as "
+                "deploy_targets/*.toml) and keep run settings in --config"
+            )
+        else:
+            flat[k] = v
+    return flat
+
+
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a run config TOML: flat keys of :data:`CONFIG_KEYS`; unknown keys are an error."""
+    """Read a run config TOML: keys of :data:`CONFIG_KEYS` (flat or under ``[run]``; budgets
+    may sit under ``[budget]`` and the shape under ``[input]`` as in a target file); unknown keys
+    are an error."""
     import tomllib
 
     p = Path(path)
@@ -189,8 +272,7 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"config file {str(p)!r} is not valid TOML: {e}") from e
-    if isinstance(raw.get("run"), dict) and len(raw) == 1:  # also accept everything under [run]
-        raw = raw["run"]
+    raw = _flatten_layout(p, raw)
     for k, v in raw.items():
         if k not in CONFIG_KEYS:
             raise UsageError(f"{p}: unknown key {k!r}; valid keys: {', '.join(sorted(CONFIG_KEYS))}")

@@ -118,32 +118,156 @@ def finetune_lr(s: Settings, meta: dict[str, Any]) -> float:
 
 # ----------------------------------------------------------------------------- load / profile
 def load(ctx: RunContext, *, trust_pickle: bool) -> None:
-    """The checkpoint, its input shape (C,H,W: the checkpoint's, else the target's), its data and
-    its channel graph."""
+    """The checkpoint (built with the run's architecture arguments), its input shape (C,H,W: the
+    run's, the checkpoint's, the target's, else the data's), its data (normalised as the run or the
+    checkpoint says), a class-count check (or a new head), and its channel graph."""
     from compressor.checkpoint import load_checkpoint
-    from compressor.data import load_data
     from compressor.graph import build_graph
-    from compressor.shapes import resolve_input_shape
 
     s = ctx.s
     with ctx.log.stage("load") as st:
-        ctx.model, meta = load_checkpoint(s.checkpoint, arch=s.arch, trust_pickle=trust_pickle)
+        ctx.model, meta = load_checkpoint(
+            s.checkpoint, arch=s.arch, arch_kwargs=s.arch_args or None, trust_pickle=trust_pickle
+        )
         ctx.meta = dict(meta or {})
-        ctx.shape = resolve_input_shape(None, ctx.meta, ctx.target, source=f"checkpoint {s.checkpoint!r}")
         spec = s.data or ctx.meta.get("dataset")
         if not spec:
             raise UsageError(
                 f"checkpoint {s.checkpoint!r} does not name its dataset: pass --data (mnist5k, cifar10:DIR or imagefolder:DIR)"
             )
         s.data = str(spec)
-        ctx.bundle = load_data(s.data, meta={**ctx.meta, "input_shape": list(ctx.shape)})
+        ctx.shape, ctx.bundle = _shape_and_data(ctx)
+        ctx.meta.update(input_shape=list(ctx.shape), mean=list(ctx.bundle.mean), std=list(ctx.bundle.std))
+        _check_classes(ctx)
+        _warn_small_splits(ctx)
         ctx.lr = finetune_lr(s, ctx.meta)
         ctx.graph = build_graph(ctx.model, input_shape=(1, *ctx.shape))
+        exclude_groups(ctx.graph, s.exclude)
         n_pr = len(ctx.graph.prunable)
         st["note"] = (
             f"{ctx.meta.get('arch', type(ctx.model).__name__)}, input {list(ctx.shape)}, data {s.data}, "
             f"{len(ctx.graph.groups)} channel groups ({n_pr} prunable)"
         )
+
+
+def _shape_and_data(ctx: RunContext) -> tuple[tuple[int, int, int], Any]:
+    """The input shape and the data transformed for it. The shape comes from ``--input-shape``,
+    the checkpoint, the target's ``[input].shape``, else the data itself (an image folder's
+    image size, a dataset's native size)."""
+    from compressor.data import load_data
+    from compressor.shapes import resolve_input_shape
+
+    s = ctx.s
+    meta = {k: v for k, v in ctx.meta.items() if k != "input_shape"}
+    if s.replace_head:  # the data's class count is the one the new head gets
+        meta.pop("num_classes", None)
+    if s.mean is not None or s.std is not None:
+        if s.mean is None or s.std is None:
+            raise UsageError("give both --mean and --std (one value per input channel each)")
+        meta.update(mean=list(s.mean), std=list(s.std))
+    try:
+        shape = resolve_input_shape(
+            s.input_shape, ctx.meta, ctx.target, source=f"checkpoint {s.checkpoint!r}"
+        )
+    except UsageError:
+        bundle = load_data(s.data, meta=meta)
+        ctx.log.note(
+            f"input shape {','.join(map(str, bundle.input_shape))} taken from the data {s.data} "
+            "(the checkpoint and the target record none; --input-shape C,H,W sets it)"
+        )
+        return bundle.input_shape, bundle
+    return shape, load_data(s.data, meta={**meta, "input_shape": list(shape)})
+
+
+def exclude_groups(graph: Any, patterns: list[str]) -> list[str]:
+    """Freeze the channel groups whose name or producing module matches a glob of ``patterns``
+    (``--exclude``, like Torch-Pruning's ignored_layers); returns the names frozen. A pattern that
+    matches no group is a :class:`UsageError` (a typo must not silently prune everything)."""
+    from fnmatch import fnmatchcase
+
+    frozen: list[str] = []
+    for pat in patterns or []:
+        hits = [
+            g
+            for g in graph.groups
+            if fnmatchcase(g.name, pat) or any(fnmatchcase(m, pat) for m, role in g.members if role == "out")
+        ]
+        if not hits:
+            names = ", ".join(g.name for g in graph.prunable[:10])
+            raise UsageError(
+                f"--exclude {pat!r} matches no channel group or module; groups: {names} ... "
+                "(`compress profile` lists them)"
+            )
+        for g in hits:
+            if not g.frozen:
+                g.frozen, g.reason = True, f"excluded by --exclude {pat!r}"
+                frozen.append(g.name)
+    return frozen
+
+
+def model_classes(model: Any, shape: tuple[int, int, int]) -> int | None:
+    """How many classes ``model`` predicts (its output width on one input), None if not a 2-D output."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, *shape))
+    model.train(was_training)
+    return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+
+
+def replace_head(model: Any, old: int, new: int) -> str:
+    """Replace the last ``nn.Linear`` with ``old`` outputs by a fresh one with ``new``; returns its name."""
+    import torch.nn as nn
+
+    heads = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == old]
+    if not heads:
+        raise UsageError(f"--replace-head: the model has no nn.Linear layer with {old} outputs to replace")
+    name, lin = heads[-1]
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(parent, name.rpartition(".")[2], nn.Linear(lin.in_features, new, bias=lin.bias is not None))
+    return name
+
+
+def _check_classes(ctx: RunContext) -> None:
+    """The model's class count must be the data's (checked now, not after the search); with
+    ``replace_head`` a new classifier head is fitted to the data's."""
+    s, n_data = ctx.s, ctx.bundle.num_classes
+    n_model = model_classes(ctx.model, ctx.shape)
+    if n_model is None or n_model == n_data:
+        ctx.meta["num_classes"] = n_data
+        return
+    if not s.replace_head:
+        raise UsageError(
+            f"the model predicts {n_model} classes but the data {s.data} has {n_data}; pass the data "
+            f"the model was trained on, build it for {n_data} classes (--arch-args num_classes={n_data}, "
+            f"for a bare state_dict trained that way), or pass --replace-head to replace its classifier "
+            f"with a new {n_data}-class one (trained by the fine-tuning)"
+        )
+    name = replace_head(ctx.model, n_model, n_data)
+    ctx.meta["num_classes"] = n_data
+    ctx.meta["head_replaced"] = {"module": name, "classes_before": n_model, "classes_after": n_data}
+    ctx.log.warn(
+        f"--replace-head: {name} now predicts {n_data} classes instead of {n_model}, with new random "
+        "weights: the original's accuracy is at chance and the fine-tuning trains the head"
+    )
+
+
+#: A search split smaller than this ranks candidates coarsely (one image is a large step).
+MIN_SEARCH_IMAGES = 50
+
+
+def _warn_small_splits(ctx: RunContext) -> None:
+    """Warn when a split is too small for its job (ranking candidates, measuring accuracy)."""
+    b = ctx.bundle
+    for split, job in (("val", "rank the search's candidates"), ("test", "measure the accuracy drop")):
+        n = len(getattr(b, split))
+        if n < max(MIN_SEARCH_IMAGES, 5 * b.num_classes):
+            ctx.log.warn(
+                f"the {split} split has only {n} images, too few to {job} (one image = "
+                f"{100 / max(n, 1):.1f} points); use more data for trustworthy numbers"
+            )
 
 
 def profile(ctx: RunContext) -> None:
@@ -160,6 +284,7 @@ def profile(ctx: RunContext) -> None:
             ctx.original = json.loads(cache.read_text(encoding="utf-8"))
             st["status"] = "resumed"
             st["note"] = "profile of the original read from the earlier run"
+            warn_if_chance(ctx)
             return
         cost = count(ctx.model, input_shape=(1, *ctx.shape))
         ctx.original = {"macs": int(cost.macs), "params": int(cost.params), "input_shape": list(ctx.shape)}
@@ -173,10 +298,23 @@ def profile(ctx: RunContext) -> None:
             test_images=acc.get("samples"),
         )
         atomic_write_json(cache, ctx.original)
+        warn_if_chance(ctx)
         st["note"] = (
             f"{ctx.original['macs'] / 1e6:.2f} M MACs, {ctx.original['params'] / 1e3:.1f} k params, "
             f"top-1 {ctx.original['top1']:.2f}% (ONNX Runtime {ctx.original['top1_ort']:.2f}%)"
         )
+
+
+def warn_if_chance(ctx: RunContext) -> None:
+    """Warn loudly when the original model scores at chance: wrong data, classes or normalisation."""
+    top1, n = ctx.original.get("top1"), ctx.bundle.num_classes
+    if top1 is None or n < 2 or top1 > 1.5 * 100.0 / n or ctx.meta.get("head_replaced"):
+        return  # a replaced head is at chance by construction (said at load)
+    ctx.log.warn(
+        f"the original model scores {top1:.1f}% top-1 on {ctx.s.data}, chance level for {n} classes "
+        f"({100.0 / n:.1f}%): check the data, its classes and the normalisation (mean "
+        f"{list(ctx.bundle.mean)}, std {list(ctx.bundle.std)}; --mean/--std set them)"
+    )
 
 
 def original_latency(ctx: RunContext) -> None:
@@ -254,13 +392,18 @@ def slim_and_finetune(ctx: RunContext) -> Any:
             st["status"] = "skipped"
             st["note"] = "epochs = 0"
             return small
+        history_file = ctx.ws.state / "finetune_history.json"
         if ctx.shared(done_flag.is_file() and model_path.is_file()):
             model, _ = load_checkpoint(model_path)
+            if history_file.is_file():
+                ctx.finetune_history = json.loads(history_file.read_text(encoding="utf-8"))
             st["status"] = "resumed"
             st["note"] = "fine-tuned model.pt from the earlier run"
-            ctx.log.note("resumed: fine-tuning had finished; model.pt reused")
             return model
+        from compressor.pipeline.threads import choose_threads
         from compressor.train import FinetuneConfig, finetune, state_path
+
+        choose_threads(ctx, "finetune", small)
 
         if state_path(model_path).is_file():
             ctx.log.note(
@@ -280,7 +423,9 @@ def slim_and_finetune(ctx: RunContext) -> Any:
             progress=ctx.log.progress,
             keep_state=False,
         )
+        ctx.finetune_history = [dict(h) for h in res.history]
         if ctx.rank == 0:
+            atomic_write_json(history_file, ctx.finetune_history)
             atomic_write_text(done_flag, "done\n")
         ctx.compressed["finetune_best_acc"] = res.best_acc
         return res.model.cpu().eval()
