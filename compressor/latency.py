@@ -180,14 +180,16 @@ def _layer_module(lay: Layer, cin: int, cout: int) -> tuple[Any, tuple[int, ...]
             (c, *lay.hw),
         )
     groups = math.gcd(lay.groups, math.gcd(cin, cout)) if lay.groups > 1 else 1
-    return nn.Conv2d(cin, cout, lay.kernel, lay.stride, lay.padding, lay.dilation, groups, True), (cin, *lay.hw)
+    return nn.Conv2d(cin, cout, lay.kernel, lay.stride, lay.padding, lay.dilation, groups, True), (
+        cin,
+        *lay.hw,
+    )
 
 
 def time_module(module: Any, shape: tuple[int, ...], target: Any, *, seconds: float, tmp: Path) -> float:
     """Median ONNX Runtime latency (ms) of ``module`` on a ``(batch, *shape)`` input, target settings."""
     import torch
 
-    from compressor.export.runtime import make_session, time_sessions
 
     batch = int(target.input.batch)
     path = tmp / "layer.onnx"
@@ -330,9 +332,11 @@ def cache_key(layers: list[Layer], sizes: dict[str, int], target: Any, input_sha
 
     desc = {
         "format": CACHE_FORMAT,
-        "runtime": {"provider": target.runtime.provider,
-                    "threads": min(int(target.runtime.intra_op_threads), cpu_count()),
-                    "level": target.runtime.graph_optimization_level},  # fmt: skip
+        "runtime": {
+            "provider": target.runtime.provider,
+            "threads": min(int(target.runtime.intra_op_threads), cpu_count()),
+            "level": target.runtime.graph_optimization_level,
+        },  # fmt: skip
         "batch": int(target.input.batch),
         "opset": int(target.export.opset),
         "onnxruntime": ort.__version__,
@@ -342,7 +346,9 @@ def cache_key(layers: list[Layer], sizes: dict[str, int], target: Any, input_sha
         "multiple": int(multiple),
         "max_points": int(max_points),
         "model": hashlib.sha256(
-            json.dumps([[ly.name, ly.key(), ly.coef_in, ly.coef_out] for ly in layers] + [sizes], sort_keys=True).encode()
+            json.dumps(
+                [[ly.name, ly.key(), ly.coef_in, ly.coef_out] for ly in layers] + [sizes], sort_keys=True
+            ).encode()
         ).hexdigest()[:16],
     }
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20], desc
@@ -398,10 +404,19 @@ def build_latency_model(
     info = {**desc, "key": key, "calibration": calib, "measure_seconds": round(time.perf_counter() - t0, 2)}
     atomic_write_json(
         path,
-        {"key": key, "describe": desc, "tables": {k: vars(v) for k, v in tables.items()},
-         "scale": scale, "rest": rest, "full_ms": full_ms, "info": info},  # fmt: skip
+        {
+            "key": key,
+            "describe": desc,
+            "tables": {k: vars(v) for k, v in tables.items()},
+            "scale": scale,
+            "rest": rest,
+            "full_ms": full_ms,
+            "info": info,
+        },  # fmt: skip
     )
-    return LatencyModel(layers, tables, sizes, scale, rest, full_ms, {**info, "cache": str(path), "cache_hit": False})
+    return LatencyModel(
+        layers, tables, sizes, scale, rest, full_ms, {**info, "cache": str(path), "cache_hit": False}
+    )
 
 
 def _measure_tables(layers: list[Layer], target: Any, m: int, max_points: int, seconds: float,
@@ -413,7 +428,11 @@ def _measure_tables(layers: list[Layer], target: Any, m: int, max_points: int, s
     plans = {}
     for k, lay in todo.items():
         gi = _grid(lay.cin, m, max_points) if lay.coef_in and lay.kind != "dwconv" else [lay.cin]
-        go = _grid(lay.cout, m, max_points) if lay.coef_out or (lay.kind == "dwconv" and lay.coef_in) else [lay.cout]
+        go = (
+            _grid(lay.cout, m, max_points)
+            if lay.coef_out or (lay.kind == "dwconv" and lay.coef_in)
+            else [lay.cout]
+        )
         if lay.kind == "dwconv":
             gi = go
         plans[k] = (lay, gi, go)
@@ -439,7 +458,9 @@ def _measure_tables(layers: list[Layer], target: Any, m: int, max_points: int, s
     return tables
 
 
-def random_counts(sizes: dict[str, int], rng: np.random.Generator, multiple: int, low: float = 0.2) -> dict[str, int]:
+def random_counts(
+    sizes: dict[str, int], rng: np.random.Generator, multiple: int, low: float = 0.2
+) -> dict[str, int]:
     """A random plan's counts: each group keeps a uniform fraction in [low, 1], on the multiple."""
     out = {}
     for g, s in sizes.items():
@@ -456,7 +477,9 @@ def measure_plan(model: Any, graph: Any, counts: Mapping[str, int], target: Any,
     from compressor.export import export_onnx
     from compressor.graph import slim
 
-    small = slim(model, graph.plan_from_counts(dict(counts), method="probe"), graph=graph) if counts else model
+    small = (
+        slim(model, graph.plan_from_counts(dict(counts), method="probe"), graph=graph) if counts else model
+    )
     batch = int(target.input.batch)
     with tempfile.TemporaryDirectory(prefix="compressor-lat-") as td:
         p = Path(td) / "m.onnx"
@@ -485,7 +508,9 @@ def _calibrate(model: Any, graph: Any, layers: list[Layer], tables: dict[str, La
         scale, rest = 1.0, float(y[0] - x[0])
     if scale <= 0.05:  # noise swamped the fit: keep the tables' own scale
         scale, rest = 1.0, float(np.median(y - x))
-    calib = [{"table_ms": round(float(a), 5), "measured_ms": round(float(b), 5)} for a, b in zip(x, y, strict=True)]
+    calib = [
+        {"table_ms": round(float(a), 5), "measured_ms": round(float(b), 5)} for a, b in zip(x, y, strict=True)
+    ]
     return float(scale), float(rest), float(y[0]), calib
 
 
