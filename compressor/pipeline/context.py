@@ -97,6 +97,8 @@ class RunContext:
     multiple_noted: bool = False
     dist: Dist = field(default_factory=Dist)
     lr: float = FALLBACK_LR
+    latency_model: Any = None  # compressor.latency.LatencyModel when latency is the objective
+    budget: Any = None  # compressor.methods.spec.CostBudget when latency is the objective
 
     @property
     def rank(self) -> int:
