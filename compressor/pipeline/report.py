@@ -191,6 +191,17 @@ def build_report(ctx: RunContext, status: Status, exit_code: int, message: str) 
         "artifacts": ctx.ws.artifacts(),
         "notes": list(ctx.log.notes),
     }
+    lm = ctx.latency_model
+    if lm is not None:
+        report["latency_model"] = {
+            "scale": lm.scale,
+            "rest_ms": lm.rest,
+            "full_predicted_ms": lm.predict_ms({}),
+            "cache": lm.info.get("cache"),
+            "cache_hit": lm.info.get("cache_hit"),
+            "calibration": lm.info.get("calibration"),
+            "layers": lm.table_rows(),
+        }
     frozen = [g for g in report["layers"] if g["frozen"]] if ctx.plan is not None else []
     if frozen:
         report["notes"].append(

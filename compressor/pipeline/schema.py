@@ -164,6 +164,7 @@ class Report(TypedDict, total=False):
     versions: dict[str, str | None]
     artifacts: dict[str, str]
     notes: list[str]
+    latency_model: dict[str, Any]  # a run with a latency objective: the table, its fit and its cache
 
 
 class DryRunStage(TypedDict):
