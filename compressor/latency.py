@@ -270,6 +270,10 @@ class LatencyModel:
         """Predicted latency (ms) of the model keeping ``counts`` (absent groups: all channels)."""
         return self.scale * sum(self.layer_terms(counts).values()) + self.rest
 
+    def plan_counts(self, plan: Any) -> dict[str, int]:
+        """Kept channels per prunable group of a :class:`~compressor.plan.Plan` (unlisted: all)."""
+        return {g: len(plan.groups[g]) if g in plan.groups else s for g, s in self.sizes.items()}
+
     def fraction(self, counts: Mapping[str, int]) -> float:
         """Predicted latency as a fraction of the full model's predicted latency."""
         return self.predict_ms(counts) / self._full_pred

@@ -225,7 +225,7 @@ def latency_select(ctx: RunContext, best_plan: Any) -> tuple[Any, list[LatencyCh
         pred = ""
         if ctx.latency_model is not None:
             lm = ctx.latency_model
-            row["predicted_ms"] = round(lm.predict_ms({g: plan.kept(g) for g in lm.sizes}), 4)
+            row["predicted_ms"] = round(lm.predict_ms(lm.plan_counts(plan)), 4)
             pred = f"predicted p50 {row['predicted_ms']:.3f} ms, "
         checked.append(row)
         ctx.log.say(
