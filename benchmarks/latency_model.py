@@ -5,7 +5,7 @@ linear layer timed alone over its channel grid at the target's rounding multiple
 ``scale`` and ``rest`` fitted on the full model and a few random plans), then ``--plans`` other
 random plans (each group keeps a uniform fraction in [0.2, 1] of its channels, on the multiple)
 are slimmed, exported and timed end to end with the target's runtime settings (median of
-``--seconds`` of runs), and compared with the prediction. Goal: median absolute error <= 10%.
+``--seconds`` of runs; its 10th percentile, as the table: the unloaded latency), and compared with the prediction. Goal: median absolute error <= 10%.
 
 Models: the MNIST demo (examples/resnet_mnist.pt, 1x28x28), and untrained torchvision ResNet-18
 and MobileNetV2 at ``--size`` (default 112: at 224 a shared 2-core machine cannot time 20 plans

@@ -837,7 +837,7 @@ def render_html(report: dict[str, Any]) -> str:
                     "candidate",
                     "FLOPs kept",
                     "score",
-                    "predicted p50 (ms)",
+                    "predicted (ms)",
                     "measured p50 (ms)",
                     "latency (ms)",
                     "fits",

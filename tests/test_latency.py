@@ -117,7 +117,9 @@ def test_methods_meet_a_latency_budget(built: tuple, method: str) -> None:
     model, graph, _, _, _, lm = built
     budget = _budget(lm, 0.6)
     opts = {"multiple": 8} if get_method(method).has_option("multiple") else {}
-    plan = get_method(method)(model, graph, flops=None, context=MethodContext(progress=False, budget=budget), **opts)
+    plan = get_method(method)(
+        model, graph, flops=None, context=MethodContext(progress=False, budget=budget), **opts
+    )
     counts = lm.plan_counts(plan)
     assert all(1 <= counts[g] <= s for g, s in lm.sizes.items())
     reached = lm.fraction(counts)
@@ -153,3 +155,53 @@ def test_counts_for_cost_matches_flops(built: tuple) -> None:
     c = counts_for_cost(graph, lambda k: graph.cost_of_counts(dict(k)).macs / full, 0.5)
     f = graph.cost_of_counts(c).macs / full
     assert 0.45 <= f <= 0.5
+
+
+DEMO = Path(__file__).resolve().parents[1] / "examples" / "resnet_mnist.pt"
+
+
+def test_compress_run_with_a_latency_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`compress run --latency 0.7 --method halp` searches under the latency model and either meets
+    the budget as measured (exit 0) or exits 3 saying what it reached; the report carries the
+    latency model, predicted and measured latency per timed candidate, and the table plot."""
+    import json
+
+    from compressor.cli.main import app
+    from typer.testing import CliRunner
+
+    monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    args = ["run", str(DEMO), "--target", "mobile", "--latency", "0.7", "--method", "halp", "--epochs", "0",
+            "--max-acc-drop", "100", "--out", str(out)]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code in (0, 3), res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["settings"]["latency_objective"] is True and rep["settings"]["latency"] == 0.7
+    lm = rep["latency_model"]
+    assert lm["cache_hit"] is False and len(lm["layers"]) == 10 and lm["calibration"]
+    checked = rep["search"]["latency_checked"]
+    assert checked and all(c["predicted_ms"] > 0 for c in checked)
+    lat = next(b for b in rep["budgets"] if b["name"].startswith("latency"))
+    orig = rep["original"]["latency"]["at_percentile"]
+    assert lat["limit"] == pytest.approx(0.7 * orig, rel=1e-3)  # of the original timed alongside
+    flops = next(b for b in rep["budgets"] if b["name"].startswith("FLOPs"))
+    assert flops["passed"] is None  # latency is the objective, FLOPs only reported
+    if res.exit_code == 0:
+        assert lat["passed"] is True and lat["value"] <= lat["limit"]
+    else:
+        assert lat["passed"] is False and "latency" in rep["message"]
+    assert "latency model: per-layer latency table" in (out / "report.html").read_text()
+    assert list((tmp_path / "cache" / "latency").glob("*.json"))  # cached for the next run
+
+
+@pytest.mark.parametrize("bad", ["0", "1.5", "-0.2"])
+def test_latency_fraction_is_checked(bad: str, tmp_path: Path) -> None:
+    """--latency outside (0, 1] is a usage error (exit 2) naming the flag."""
+    from compressor.cli.main import app
+    from typer.testing import CliRunner
+
+    res = CliRunner().invoke(
+        app, ["run", str(DEMO), "--target", "mobile", "--latency", bad, "--out", str(tmp_path / "o")]
+    )
+    assert res.exit_code == 2, res.output
+    assert "--latency" in res.output

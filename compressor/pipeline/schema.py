@@ -110,7 +110,7 @@ class LatencyCheckRow(TypedDict):
     latency_ms: float
     p50: float
     fits: bool
-    predicted_ms: NotRequired[float]  # the latency model's prediction (a run with a latency objective)
+    predicted_ms: NotRequired[float]  # the latency model's prediction (unloaded: a low percentile)
 
 
 class SearchSection(TypedDict):

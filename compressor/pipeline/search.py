@@ -63,7 +63,8 @@ def latency_budget(ctx: RunContext) -> Any:
     """With a latency objective: the target's latency model (built or read from the cache), the
     budget in ms (``--latency F`` times the original's measured latency), and the
     :class:`CostBudget` the method searches under (a fraction of the full model's predicted
-    latency). A budget below what the most-pruned plan is predicted to reach is a :class:`BudgetStop`."""
+    latency). A budget below what the most-pruned plan is predicted to reach searches at that
+    floor: the timing then decides (a miss is exit 3 with the fastest reached)."""
     from compressor.latency import build_latency_model
     from compressor.methods.spec import CostBudget
     from compressor.pipeline.stages import at_percentile, original_latency
@@ -226,7 +227,7 @@ def latency_select(ctx: RunContext, best_plan: Any) -> tuple[Any, list[LatencyCh
         if ctx.latency_model is not None:
             lm = ctx.latency_model
             row["predicted_ms"] = round(lm.predict_ms(lm.plan_counts(plan)), 4)
-            pred = f"predicted p50 {row['predicted_ms']:.3f} ms, "
+            pred = f"predicted {row['predicted_ms']:.3f} ms, "
         checked.append(row)
         ctx.log.say(
             f"    candidate #{row['id']}: FLOPs {row['flops']:.3f}, {pred}p{s.percentile:g} {v:.3f} ms "
