@@ -252,13 +252,17 @@ def prune(
     verify: bool = True,
     seed: int = 0,
     progress: bool = False,
+    target: str | None = None,
+    latency: float | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Prune a checkpoint by ``method`` (or apply a saved ``plan``), slim it and save it.
 
     The saved checkpoint's meta records the input shape (C,H,W) it was traced with, so exporting
     it needs no ``--input-shape``. ``data`` is used by methods that need data (default: the
-    checkpoint's dataset).
+    checkpoint's dataset). ``target``: a deploy target whose channel multiple is the method's
+    ``multiple`` unless given; ``latency`` (with ``target``): prune to this fraction of the full
+    model's latency as the target's latency model predicts it, instead of ``flops``.
     """
     from compressor.checkpoint import save_checkpoint
     from compressor.graph import count, slim
@@ -269,9 +273,20 @@ def prune(
     if out.exists() and out.is_dir():
         raise UsageError(f"output {str(out)!r} is a directory; give a file name such as slim.pt")
     spec = None
+    tgt = None
+    if target is not None:
+        from compressor.targets import load_target
+
+        tgt = load_target(target)
+    if latency is not None and (tgt is None or not 0 < float(latency) <= 1):
+        raise UsageError(
+            f"--latency {latency} needs --target and a fraction in (0, 1] of the model's predicted latency"
+        )
     if plan is None:
         check_flops(flops)
         spec = get_method(method)
+        if tgt is not None and spec.has_option("multiple") and "multiple" not in options:
+            options = {**options, "multiple": int(tgt.export.channel_multiple)}
         opts = method_options(method, options)  # fail on a bad name or option before loading anything
     elif options:
         raise UsageError(f"--plan applies a saved plan: method options ({', '.join(options)}) do not apply")
@@ -290,8 +305,22 @@ def prune(
         assert plan is not None
         the_plan = Plan.load(plan)
     else:
-        ctx = MethodContext(progress=progress, meta=meta)
+        budget = None
+        if latency is not None:
+            from compressor.latency import build_latency_model
+            from compressor.methods.spec import CostBudget
+
+            m = int(tgt.export.channel_multiple)  # type: ignore[union-attr]
+            lm = build_latency_model(
+                model, graph, tgt, tuple(inputs.input_shape), multiple=m, progress=progress
+            )
+            budget = CostBudget(
+                "latency", float(latency), lm.fraction, snap=lambda c: lm.snap(c, m), model=lm
+            )
+        ctx = MethodContext(progress=progress, meta=meta, budget=budget)
         the_plan = spec(model, graph, flops=flops, data=inputs.data, seed=seed, options=opts, context=ctx)
+        if budget is not None:
+            the_plan.info["latency_predicted_fraction"] = budget.cost(lm.plan_counts(the_plan))
     shape = (1, *inputs.input_shape)
     small = slim(model, the_plan, graph=graph)
     before, after = count(model, shape), count(small, shape)
@@ -306,5 +335,7 @@ def prune(
         "flops_ratio": after.macs / before.macs,
         "params_ratio": after.params / before.params,
         "equivalence_error": err,
+        "multiple": getattr(opts, "multiple", None) if spec is not None else None,
+        "latency_predicted_fraction": the_plan.info.get("latency_predicted_fraction"),
         "plan": the_plan.to_dict(),
     }

@@ -205,3 +205,32 @@ def test_latency_fraction_is_checked(bad: str, tmp_path: Path) -> None:
     )
     assert res.exit_code == 2, res.output
     assert "--latency" in res.output
+
+
+def test_prune_takes_the_targets_multiple_and_a_latency_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`compress prune --target mobile` rounds to the target's multiple (8); with --latency it keeps
+    that fraction of the predicted latency."""
+    import json
+
+    from compressor.cli.main import app
+    from typer.testing import CliRunner
+
+    monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path / "cache"))
+    run = CliRunner().invoke
+    res = run(app, ["prune", str(DEMO), "-o", str(tmp_path / "a.pt"), "--target", "mobile", "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    assert r["multiple"] == 8
+    from compressor.checkpoint import load_checkpoint
+
+    slim, _ = load_checkpoint(tmp_path / "a.pt")
+    widths = [m.out_channels for m in slim.modules() if isinstance(m, nn.Conv2d)]
+    assert widths and all(w % 8 == 0 for w in widths)
+    res = run(app, ["prune", str(DEMO), "-o", str(tmp_path / "b.pt"), "--method", "halp", "--target", "mobile",
+                    "--latency", "0.75", "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["latency_predicted_fraction"] <= 0.75 * 1.001
+    res = run(app, ["prune", str(DEMO), "-o", str(tmp_path / "c.pt"), "--latency", "0.5"])
+    assert res.exit_code == 2 and "--target" in res.output
