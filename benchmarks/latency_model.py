@@ -14,6 +14,7 @@ of each in a few minutes; pass --size 224 for the full size).
     python benchmarks/latency_model.py                                  # ~10 minutes on 2 cores
     python benchmarks/latency_model.py --models demo --plans 20
     python benchmarks/latency_model.py --size 224 --max-points 8 --seconds 1.0
+    python benchmarks/latency_model.py --threads 1 --clock thread_cpu   # steady on a loaded machine
 
 Writes benchmarks/results/latency_model.json (after each model).
 """
@@ -72,7 +73,7 @@ def run_model(name: str, args: argparse.Namespace, target: Any) -> dict[str, Any
     t0 = time.perf_counter()
     lm = build_latency_model(
         model, graph, target, shape, max_points=args.max_points, seconds_per_point=args.seconds_per_point,
-        calib_plans=args.calib_plans, cache=args.cache, progress=True,
+        calib_plans=args.calib_plans, cache=args.cache, progress=True, clock=args.clock,
     )  # fmt: skip
     build_s = time.perf_counter() - t0
     rng = np.random.default_rng(1000)
@@ -82,7 +83,9 @@ def run_model(name: str, args: argparse.Namespace, target: Any) -> dict[str, Any
         for i in range(args.plans):
             counts = random_counts(lm.sizes, rng, m)
             pred = lm.predict_ms(counts)
-            meas = measure_plan(model, graph, counts, target, shape, seconds=args.seconds, tmp=Path(td))
+            meas = measure_plan(
+                model, graph, counts, target, shape, seconds=args.seconds, tmp=Path(td), clock=args.clock
+            )
             err = (pred - meas) / meas
             rows.append({"plan": i, "predicted_ms": round(pred, 5), "measured_ms": round(meas, 5),
                          "error": round(err, 4), "predicted_fraction": round(lm.fraction(counts), 4)})  # fmt: skip
@@ -119,13 +122,26 @@ def main() -> None:
     ap.add_argument("--max-points", type=int, default=6, help="grid points per width axis")
     ap.add_argument("--calib-plans", type=int, default=6)
     ap.add_argument("--cache", default=None, help="latency table cache folder (default ~/.cache/compressor)")
-    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument(
+        "--clock",
+        default="wall",
+        choices=("wall", "thread_cpu"),
+        help="thread_cpu (needs --threads 1): CPU time of the calling thread, steady on a loaded machine",
+    )
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the target's)")
+    ap.add_argument(
+        "--out", default=None, help="default: results/latency_model.json, _thread_cpu.json for that clock"
+    )
     args = ap.parse_args()
+    if args.out is None:
+        args.out = str(OUT if args.clock == "wall" else OUT.with_name(f"latency_model_{args.clock}.json"))
+    if args.clock == "thread_cpu" and args.threads != 1:
+        ap.error("--clock thread_cpu needs --threads 1 (ONNX Runtime then runs on the calling thread)")
 
     from compressor.io import atomic_write_json
     from compressor.targets import load_target
 
-    target = load_target(args.target)
+    target = load_target(args.target, **({"intra_op_threads": args.threads} if args.threads else {}))
     import onnxruntime
 
     result: dict[str, Any] = {

@@ -190,7 +190,9 @@ def _layer_module(lay: Layer, cin: int, cout: int) -> tuple[Any, tuple[int, ...]
     )
 
 
-def time_module(module: Any, shape: tuple[int, ...], target: Any, *, seconds: float, tmp: Path) -> float:
+def time_module(
+    module: Any, shape: tuple[int, ...], target: Any, *, seconds: float, tmp: Path, clock: str = "wall"
+) -> float:
     """ONNX Runtime latency (ms, :data:`TIMING_PERCENTILE`) of ``module`` on a ``(batch, *shape)`` input, target settings."""
     import torch
 
@@ -202,17 +204,19 @@ def time_module(module: Any, shape: tuple[int, ...], target: Any, *, seconds: fl
             module, (torch.zeros(batch, *shape),), str(path), opset_version=int(target.export.opset),
             input_names=["x"], output_names=["y"], dynamo=False,
         )  # fmt: skip
-    return time_onnx(path, target, (batch, *shape), seconds=seconds)
+    return time_onnx(path, target, (batch, *shape), seconds=seconds, clock=clock)
 
 
-def time_onnx(path: Path | str, target: Any, shape: tuple[int, ...], *, seconds: float) -> float:
+def time_onnx(
+    path: Path | str, target: Any, shape: tuple[int, ...], *, seconds: float, clock: str = "wall"
+) -> float:
     """Latency (ms, :data:`TIMING_PERCENTILE` of the runs) of an ONNX file with the target's runtime settings."""
     from compressor.export.runtime import input_meta, make_session, time_sessions
 
     sess, _ = make_session(path, target.runtime)
     name, _, _ = input_meta(sess)
     feed = {name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-    t = time_sessions([(sess, feed)], warmup=3, min_runs=10, time_budget_s=seconds, block=5)[0]
+    t = time_sessions([(sess, feed)], warmup=3, min_runs=10, time_budget_s=seconds, block=5, clock=clock)[0]
     return float(np.percentile(t, TIMING_PERCENTILE))
 
 
@@ -375,12 +379,15 @@ def build_latency_model(
     use_cache: bool = True,
     progress: bool = True,
     seed: int = 0,
+    clock: str = "wall",
 ) -> LatencyModel:
     """Measure (or read from the cache) the latency table of ``model`` on ``target``.
 
     ``input_shape``: (C, H, W); ``multiple``: the grid step (default: the target's channel
     multiple); ``max_points``: the most grid points per width axis (interpolated between);
-    ``calib_plans``: random plans timed end-to-end (besides the full model) to fit scale and rest.
+    ``calib_plans``: random plans timed end-to-end (besides the full model) to fit scale and rest;
+    ``clock``: ``"wall"`` (latency as seen) or ``"thread_cpu"`` (with one intra-op thread: the
+    calling thread's CPU time, which leaves out time other processes take on a shared machine).
     """
     from compressor.targets import load_target
 
@@ -390,6 +397,9 @@ def build_latency_model(
     layers = find_layers(model, graph, input_shape)
     sizes = {g.name: int(g.size) for g in graph.prunable}
     key, desc = cache_key(layers, sizes, target, input_shape, m, max_points)
+    if clock != "wall":
+        desc["clock"] = clock
+        key = hashlib.sha256((key + clock).encode()).hexdigest()[:20]
     path = cache_dir(cache) / f"{key}.json"
     if use_cache and path.is_file():
         try:
@@ -400,9 +410,9 @@ def build_latency_model(
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a broken cache file is measured again
     t0 = time.perf_counter()
-    tables = _measure_tables(layers, target, m, max_points, seconds_per_point, progress)
+    tables = _measure_tables(layers, target, m, max_points, seconds_per_point, progress, clock)
     scale, rest, full_ms, calib = _calibrate(
-        model, graph, layers, tables, sizes, target, input_shape, m, calib_plans, seed, progress
+        model, graph, layers, tables, sizes, target, input_shape, m, calib_plans, seed, progress, clock
     )
     if progress:
         _progress(f"latency table: done in {time.perf_counter() - t0:.1f} s, cached in {path}", force=True)
@@ -427,7 +437,7 @@ def build_latency_model(
 
 
 def _measure_tables(layers: list[Layer], target: Any, m: int, max_points: int, seconds: float,
-                    progress: bool) -> dict[str, LayerTable]:  # fmt: skip
+                    progress: bool, clock: str = "wall") -> dict[str, LayerTable]:  # fmt: skip
     """Time every distinct layer shape over its grid."""
     todo: dict[str, Layer] = {}
     for lay in layers:
@@ -455,7 +465,7 @@ def _measure_tables(layers: list[Layer], target: Any, m: int, max_points: int, s
                     if lay.kind == "dwconv" and i != j:
                         continue
                     mod, shape = _layer_module(lay, ci, co)
-                    ms[i][j] = time_module(mod, shape, target, seconds=seconds, tmp=tmp)
+                    ms[i][j] = time_module(mod, shape, target, seconds=seconds, tmp=tmp, clock=clock)
                     done += 1
                     if progress:
                         _progress(f"latency table: {done}/{total} layer timings ({lay.name} {ci}->{co})")
@@ -479,7 +489,7 @@ def random_counts(
 
 
 def measure_plan(model: Any, graph: Any, counts: Mapping[str, int], target: Any, input_shape: tuple[int, ...],
-                 *, seconds: float = 0.4, tmp: Path | None = None) -> float:  # fmt: skip
+                 *, seconds: float = 0.4, tmp: Path | None = None, clock: str = "wall") -> float:  # fmt: skip
     """Measured end-to-end latency (ms, :data:`TIMING_PERCENTILE`, target settings) of the model slimmed to ``counts``."""
     from compressor.export import export_onnx
     from compressor.graph import slim
@@ -492,12 +502,12 @@ def measure_plan(model: Any, graph: Any, counts: Mapping[str, int], target: Any,
         p = Path(td) / "m.onnx"
         export_onnx(small, p, input_shape=(batch, *input_shape), opset=int(target.export.opset),
                     dynamic_batch=False, simplify=True)  # fmt: skip
-        return time_onnx(p, target, (batch, *input_shape), seconds=seconds)
+        return time_onnx(p, target, (batch, *input_shape), seconds=seconds, clock=clock)
 
 
 def _calibrate(model: Any, graph: Any, layers: list[Layer], tables: dict[str, LayerTable], sizes: dict[str, int],
                target: Any, input_shape: tuple[int, ...], m: int, n: int, seed: int,
-               progress: bool) -> tuple[float, float, float, list[dict[str, float]]]:  # fmt: skip
+               progress: bool, clock: str = "wall") -> tuple[float, float, float, list[dict[str, float]]]:  # fmt: skip
     """Fit ``measured = scale * sum(layer terms) + rest`` on the full model and ``n`` random plans."""
     tmp_model = LatencyModel(layers, tables, sizes, 1.0, 0.0, 0.0, {})
     rng = np.random.default_rng([seed, 15])
@@ -507,7 +517,7 @@ def _calibrate(model: Any, graph: Any, layers: list[Layer], tables: dict[str, La
         if progress:
             _progress(f"latency table: calibrating end to end {i + 1}/{len(plans)}")
         xs.append(tmp_model.predict_ms(c))
-        ys.append(measure_plan(model, graph, c, target, input_shape))
+        ys.append(measure_plan(model, graph, c, target, input_shape, clock=clock))
     x, y = np.asarray(xs), np.asarray(ys)
     if len(x) >= 3 and np.ptp(x) > 0:
         scale, rest = np.polyfit(x, y, 1)
