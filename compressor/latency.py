@@ -505,6 +505,20 @@ def measure_plan(model: Any, graph: Any, counts: Mapping[str, int], target: Any,
         return time_onnx(p, target, (batch, *input_shape), seconds=seconds, clock=clock)
 
 
+def fit_scale_rest(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """``y ~ scale * x + rest``, robust to a few timings inflated by other processes: least squares,
+    the scale clipped to [0.5, 3] of the ratio of medians, then the median intercept; ``rest`` is
+    kept at least ``-0.5 * min(scale * x)`` so no plan is predicted near or below zero."""
+    ratio = float(np.median(y) / max(float(np.median(x)), 1e-12))
+    scale = ratio
+    if len(x) >= 3 and np.ptp(x) > 0:
+        scale = float(np.polyfit(x, y, 1)[0])
+    scale = float(np.clip(scale, 0.5 * ratio, 3.0 * ratio))
+    rest = float(np.median(y - scale * x))
+    rest = max(rest, -0.5 * float(np.min(scale * x)))
+    return scale, rest
+
+
 def _calibrate(model: Any, graph: Any, layers: list[Layer], tables: dict[str, LayerTable], sizes: dict[str, int],
                target: Any, input_shape: tuple[int, ...], m: int, n: int, seed: int,
                progress: bool, clock: str = "wall") -> tuple[float, float, float, list[dict[str, float]]]:  # fmt: skip
@@ -519,12 +533,7 @@ def _calibrate(model: Any, graph: Any, layers: list[Layer], tables: dict[str, La
         xs.append(tmp_model.predict_ms(c))
         ys.append(measure_plan(model, graph, c, target, input_shape, clock=clock))
     x, y = np.asarray(xs), np.asarray(ys)
-    if len(x) >= 3 and np.ptp(x) > 0:
-        scale, rest = np.polyfit(x, y, 1)
-    else:
-        scale, rest = 1.0, float(y[0] - x[0])
-    if scale <= 0.05:  # noise swamped the fit: keep the tables' own scale
-        scale, rest = 1.0, float(np.median(y - x))
+    scale, rest = fit_scale_rest(x, y)
     calib = [
         {"table_ms": round(float(a), 5), "measured_ms": round(float(b), 5)} for a, b in zip(x, y, strict=True)
     ]
