@@ -37,7 +37,7 @@ import numpy as np
 from compressor.io import atomic_write_json
 
 #: Format of the cached table (a change invalidates old caches).
-CACHE_FORMAT = "compressor.latency/2"
+CACHE_FORMAT = "compressor.latency/3"
 
 #: Percentile of the timed runs the table and its calibration use: a low one, since other
 #: processes on a shared machine only ever add time (the model predicts the unloaded latency).
