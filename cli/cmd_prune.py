@@ -38,7 +38,21 @@ def register(app: typer.Typer) -> None:
             list[str] | None, typer.Option("--option", "-O", metavar="KEY=VALUE", help=OPTION_HELP)
         ] = None,
         multiple: Annotated[
-            int | None, typer.Option(help="Shorthand for --option multiple=M (round kept widths to M).")
+            int | None,
+            typer.Option(
+                help="Shorthand for --option multiple=M (round kept widths to M; default: the target's)."
+            ),
+        ] = None,
+        target: Annotated[
+            str | None,
+            typer.Option(help="Deploy target: its channel multiple rounds kept widths; needed by --latency."),
+        ] = None,
+        latency: Annotated[
+            float | None,
+            typer.Option(
+                help="Keep this fraction of the model's latency as the target's latency model predicts it "
+                "(instead of --flops; needs --target)."
+            ),
         ] = None,
         data: Annotated[
             str | None,
@@ -68,7 +82,7 @@ def register(app: typer.Typer) -> None:
             res = run_prune(
                 checkpoint, out=out, method=method, flops=flops, plan=plan, data=data, arch=arch,
                 input_shape=parse_shape(input_shape), trust_pickle=trust_pickle, verify=verify,
-                progress=not (json_out or quiet), **opts,
+                progress=not (json_out or quiet), target=target, latency=latency, **opts,
             )  # fmt: skip
             if json_out:
                 res = {k: v for k, v in res.items() if k != "plan"}

@@ -40,6 +40,12 @@ def register(app: typer.Typer) -> None:
         latency_ms: float = typer.Option(
             None, "--latency-ms", help="Latency budget in ms on ONNX Runtime (default: the target's)."
         ),
+        latency: float = typer.Option(
+            None,
+            "--latency",
+            help="Latency budget as a fraction of the original's measured latency, in (0, 1]; with it (or "
+            "--latency-ms) the search meets the target's predicted latency instead of FLOPs.",
+        ),
         method: str = typer.Option(
             None,
             "--method",
@@ -144,6 +150,7 @@ def register(app: typer.Typer) -> None:
                     target=target,
                     flops=flops,
                     latency_ms=latency_ms,
+                    latency=latency,
                     method=method,
                     data=data,
                     epochs=epochs,

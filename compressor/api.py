@@ -256,6 +256,8 @@ def prune(
     verify: bool = True,
     seed: int = 0,
     progress: bool = False,
+    target: str | None = None,
+    latency: float | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Prune a checkpoint by ``method`` (or apply a saved ``plan``), slim it and save it.
@@ -265,7 +267,10 @@ def prune(
     checkpoint's dataset). With ``verify`` the slim model is checked against the masked original
     (``equivalence_rel_err``: max error relative to the output scale); above
     :data:`PRUNE_REL_TOL` it is a :class:`ValidationError` (exit 4) and nothing is written.
-    ``out`` may not be one of the inputs (:class:`UsageError`).
+    ``out`` may not be one of the inputs (:class:`UsageError`). ``target``: a deploy target whose
+    channel multiple is the method's ``multiple`` unless given; ``latency`` (with ``target``):
+    prune to this fraction of the full model's latency as the target's latency model predicts it,
+    instead of ``flops``.
     """
     from compressor.checkpoint import save_checkpoint
     from compressor.graph import count, slim
@@ -279,9 +284,20 @@ def prune(
 
     refuse_overwriting_inputs(out, {"checkpoint": checkpoint, "--plan": plan})
     spec = None
+    tgt = None
+    if target is not None:
+        from compressor.targets import load_target
+
+        tgt = load_target(target)
+    if latency is not None and (tgt is None or not 0 < float(latency) <= 1):
+        raise UsageError(
+            f"--latency {latency} needs --target and a fraction in (0, 1] of the model's predicted latency"
+        )
     if plan is None:
         check_flops(flops)
         spec = get_method(method)
+        if tgt is not None and spec.has_option("multiple") and "multiple" not in options:
+            options = {**options, "multiple": int(tgt.export.channel_multiple)}
         opts = method_options(method, options)  # fail on a bad name or option before loading anything
     elif options:
         raise UsageError(f"--plan applies a saved plan: method options ({', '.join(options)}) do not apply")
@@ -300,8 +316,22 @@ def prune(
         assert plan is not None
         the_plan = Plan.load(plan)
     else:
-        ctx = MethodContext(progress=progress, meta=meta)
+        budget = None
+        if latency is not None:
+            from compressor.latency import build_latency_model
+            from compressor.methods.spec import CostBudget
+
+            m = int(tgt.export.channel_multiple)  # type: ignore[union-attr]
+            lm = build_latency_model(
+                model, graph, tgt, tuple(inputs.input_shape), multiple=m, progress=progress
+            )
+            budget = CostBudget(
+                "latency", float(latency), lm.fraction, snap=lambda c: lm.snap(c, m), model=lm
+            )
+        ctx = MethodContext(progress=progress, meta=meta, budget=budget)
         the_plan = spec(model, graph, flops=flops, data=inputs.data, seed=seed, options=opts, context=ctx)
+        if budget is not None:
+            the_plan.info["latency_predicted_fraction"] = budget.cost(lm.plan_counts(the_plan))
     shape = (1, *inputs.input_shape)
     small = slim(model, the_plan, graph=graph)
     before, after = count(model, shape), count(small, shape)
@@ -321,5 +351,7 @@ def prune(
         "flops_ratio": after.macs / before.macs,
         "params_ratio": after.params / before.params,
         "equivalence_rel_err": rel_err,
+        "multiple": getattr(opts, "multiple", None) if spec is not None else None,
+        "latency_predicted_fraction": the_plan.info.get("latency_predicted_fraction"),
         "plan": the_plan.to_dict(),
     }

@@ -636,6 +636,47 @@ def _pf(ok: Any) -> str:
     return '<span class="na">not checked</span>'
 
 
+#: Line colours of the per-layer latency plot (cycled).
+_LINE_COLOURS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04")
+
+
+def svg_latency_table(rows: Sequence[dict[str, Any]], width: int = 900, height: int = 320) -> str:
+    """The latency model's table: per layer, its measured latency (ms) against its output channels
+    (at its full input width; an input-only layer against its input channels), one line each."""
+    lines = []
+    for r in rows:
+        gi, go, ms = r.get("grid_in") or [], r.get("grid_out") or [], r.get("ms") or []
+        if not ms:
+            continue
+        if len(go) > 1:
+            xs, ys = list(go), list(ms[-1])
+        elif len(gi) > 1:
+            xs, ys = list(gi), [row[0] for row in ms]
+        else:
+            continue
+        if all(_finite(v) for v in [*xs, *ys]):
+            lines.append((str(r.get("layer")), xs, ys))
+    if not lines:
+        return ""
+    xmax = max(max(x) for _, x, _ in lines)
+    ymax = max(max(y) for _, _, y in lines)
+    ax = _Axes(width, height, (0.0, float(xmax)), (0.0, float(ymax) * 1.1), margin=(34, 170, 48, 64))
+    p = ax.frame("channels (output; input for a layer with fixed output)", "latency alone (ms)")
+    for i, (name, xs, ys) in enumerate(lines):
+        c = _LINE_COLOURS[i % len(_LINE_COLOURS)]
+        pts = " ".join(f"{ax.px(x):.1f},{ax.py(y):.1f}" for x, y in zip(xs, ys, strict=True))
+        p.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-width="1.8"/>')
+        for x, y in zip(xs, ys, strict=True):
+            p.append(
+                f'<circle cx="{ax.px(x):.1f}" cy="{ax.py(y):.1f}" r="2.5" fill="{c}"><title>{_e(name)}: {x} ch, {y:.4f} ms</title></circle>'
+            )
+        ly = ax.top + 12 + 15 * i
+        if ly < height - ax.bottom:
+            p.append(f'<rect x="{width - ax.right + 10}" y="{ly - 9}" width="10" height="10" fill="{c}"/>')
+            p.append(f'<text x="{width - ax.right + 25}" y="{ly}" font-size="11">{_e(name[-22:])}</text>')
+    return _svg(width, height, p, "latency model: per-layer latency table")
+
+
 def _search_plots(search: dict[str, Any], settings: dict[str, Any]) -> str:
     parts: list[str] = []
     cands = [
@@ -792,19 +833,38 @@ def render_html(report: dict[str, Any]) -> str:
         out.append("<h3>Candidates measured against the latency budget</h3>")
         out.append(
             _table(
-                ["candidate", "FLOPs kept", "score", "latency (ms)", "fits"],
+                [
+                    "candidate",
+                    "FLOPs kept",
+                    "score",
+                    "predicted (ms)",
+                    "measured p50 (ms)",
+                    "latency (ms)",
+                    "fits",
+                ],
                 [
                     [
                         _e(f"#{r.get('id')}"),
                         _e(fmt_num(r.get("flops"), 4)),
                         _e(fmt_num(r.get("score"))),
+                        _e(fmt_num(r.get("predicted_ms"), 3)),
+                        _e(fmt_num(r.get("p50"), 3)),
                         _e(fmt_num(r.get("latency_ms"), 3)),
                         _pf(r.get("fits")),
                     ]
                     for r in lc
                 ],
-                num_cols=(1, 2, 3),
+                num_cols=(1, 2, 3, 4, 5),
             )
+        )
+    lmodel = report.get("latency_model") or {}
+    svg_t = svg_latency_table(lmodel.get("layers") or [])
+    if svg_t:
+        out.append("<h3>Latency model</h3>")
+        out.append(
+            f'<div class="fig">{svg_t}<div class="cap">Each layer timed alone on ONNX Runtime with the target\'s '
+            f"settings over its channel grid; a plan's latency is predicted as {fmt_num(lmodel.get('scale'), 3)} x "
+            f"the sum of its layers + {fmt_num(lmodel.get('rest_ms'), 4)} ms (fitted on end-to-end timings).</div></div>"
         )
 
     # Fine-tuning curve

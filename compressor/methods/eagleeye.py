@@ -29,7 +29,7 @@ import numpy as np
 
 from compressor.errors import BudgetError, DataError, UsageError
 from compressor.methods import check_flops, register_method
-from compressor.methods.spec import MethodContext, MethodSpec, SearchCost, option
+from compressor.methods.spec import CostBudget, MethodContext, MethodSpec, SearchCost, option
 
 #: Official upper bounds R of the sampled ratios (the EagleEye paper's code): ResNet-50 keeping 75%/50%/25%
 #: of the FLOPs used 0.4/0.7/0.8 (MobileNetV1 at 50%: 0.7). Other targets interpolate linearly.
@@ -62,6 +62,7 @@ class Strategy:
     params: int
     attempts: int = 1
     sizes: dict[str, int] = field(default_factory=dict)
+    cost: float | None = None  # the budget's cost (e.g. predicted latency fraction), when not FLOPs
 
     def ratios(self) -> dict[str, float]:
         """Fraction of channels removed per group (after the FLOPs correction)."""
@@ -95,8 +96,12 @@ def sample_strategy(
     tolerance: float = 0.01,
     multiple: int = 1,
     max_attempts: int = 20,
+    budget: CostBudget | None = None,
 ) -> Strategy:
     """Candidate ``index`` of the search with ``seed``: deterministic, within ``tolerance`` of ``flops``.
+
+    ``budget`` (a cost other than FLOPs, e.g. predicted latency): the draw is rescaled to meet
+    ``budget.fraction`` of that cost instead (:func:`sample_under_budget`).
 
     Ratios are drawn uniformly from ``[0, R]`` per prunable group and rescaled by one common
     factor to hit the target (``graph.counts_for_flops(flops, shape=ratios)``); a miss left by
@@ -118,6 +123,9 @@ def sample_strategy(
             "the model has no prunable channel group (every group is frozen), so no FLOPs target below 1 "
             "can be met; see 'compress profile' for why each group is frozen"
         )
+    if budget is not None and budget.kind != "flops":
+        return sample_under_budget(graph, budget, seed=seed, index=index, ratio_max=R, multiple=multiple,
+                                   tolerance=tolerance, max_attempts=max_attempts)  # fmt: skip
     sizes = {g.name: int(g.size) for g in groups}
     full = float(graph.full.macs)
     target = float(flops) * full
@@ -164,6 +172,55 @@ def sample_strategy(
     raise BudgetError(
         f"candidate {index}: no pruning strategy within {tolerance:.1%} of the FLOPs target {flops} after "
         f"{max_attempts} draws (closest: {best.flops:.4f}); loosen --tolerance or choose another --flops"
+    )
+
+
+def sample_under_budget(
+    graph: Any,
+    budget: CostBudget,
+    *,
+    seed: int,
+    index: int,
+    ratio_max: float,
+    multiple: int = 1,
+    tolerance: float = 0.01,
+    max_attempts: int = 20,
+) -> Strategy:
+    """As :func:`sample_strategy`, for any cost: ratios drawn uniformly from ``[0, R]``, one shared
+    scale so ``budget.cost`` stays within ``budget.fraction`` (``counts_for_cost``), then snapped to
+    where the cost steps up. A draw below ``(1 - 5 * tolerance)`` of the budget (coarse steps) is
+    drawn again; the nearest under the budget is returned after ``max_attempts``."""
+    from compressor.latency import counts_for_cost
+
+    sizes = {g.name: int(g.size) for g in graph.prunable}
+    full = float(graph.full.macs)
+    rng = np.random.default_rng([int(seed), int(index)])
+    best: Strategy | None = None
+    for attempt in range(1, max_attempts + 1):
+        drawn = {
+            n: float(r) for n, r in zip(sizes, rng.uniform(0.0, ratio_max, size=len(sizes)), strict=True)
+        }
+        counts = counts_for_cost(graph, budget.cost, budget.fraction, shape=drawn, multiple=multiple)
+        counts = {g: int(counts.get(g, sizes[g])) for g in sizes}
+        if budget.snap is not None:
+            snapped = budget.snap(counts)
+            if budget.cost(snapped) <= budget.fraction:
+                counts = snapped
+        c = float(budget.cost(counts))
+        macs = graph.cost_of_counts(counts)
+        cand = Strategy(
+            index, drawn, counts, macs.macs / full, int(macs.macs), int(macs.params), attempt, sizes, c
+        )
+        ok = c <= budget.fraction * (1 + tolerance)
+        if ok and c >= budget.fraction * (1 - 5 * tolerance):
+            return cand
+        if ok and (best is None or c > (best.cost or 0.0)):
+            best = cand
+    if best is not None:
+        return best
+    raise BudgetError(
+        f"candidate {index}: no pruning strategy meets {budget.fraction:g} of the {budget.kind} after "
+        f"{max_attempts} draws; choose a larger budget"
     )
 
 
@@ -337,11 +394,17 @@ def search(
     from compressor.search_loop import run_search, search_id
 
     o = options
-    if flops is None:
+    budget = context.budget
+    if flops is None and budget is None:
         raise UsageError(
             "eagleeye needs a FLOPs target: pass --flops F (fraction of the original FLOPs, e.g. 0.5)"
         )
     check_flops(flops)
+    if budget is not None and budget.kind == "flops":
+        flops, budget = budget.fraction, None
+    if budget is not None:
+        flops = budget.fraction  # sets R and names the search; the constraint is the budget's cost
+    assert flops is not None  # given, or set from the budget above
     candidates, time_budget, calib_batches, batch_size = (
         o.candidates,
         o.time_budget,
@@ -395,6 +458,7 @@ def search(
             "data": getattr(bundle, "name", None),
             "groups": [[g.name, int(g.size)] for g in graph.prunable],
             "macs": int(graph.full.macs),
+            **({"budget": [budget.kind, budget.fraction]} if budget is not None else {}),
         }
     )
 
@@ -407,7 +471,14 @@ def search(
 
     def evaluate(i: int) -> dict[str, Any]:
         s = sample_strategy(
-            graph, flops, seed=seed, index=i, ratio_max=R, tolerance=tolerance, multiple=multiple
+            graph,
+            flops,
+            seed=seed,
+            index=i,
+            ratio_max=R,
+            tolerance=tolerance,
+            multiple=multiple,
+            budget=budget,
         )
         sub = scorer.build(plan_of(s.counts))
         score = scorer.accuracy(sub)
@@ -420,6 +491,7 @@ def search(
             "counts": s.counts,
             "drawn": s.drawn,
             "attempts": s.attempts,
+            **({budget.kind: s.cost} if budget is not None else {}),
         }
 
     with torch.no_grad():
@@ -430,7 +502,7 @@ def search(
             candidates_file=context.candidates_file,
             search_key=key,
             progress=context.progress,
-            description=f"eagleeye @ {flops:g} FLOPs",
+            description=f"eagleeye @ {flops:g} {budget.kind if budget is not None else 'FLOPs'}",
         )
     ranked = result.ranked()
     if not ranked:
@@ -455,7 +527,13 @@ def search(
         chosen = next(r for r in ranked if int(r["index"]) == best_ft["index"])
 
     plan = plan_of(chosen["counts"])
-    plan.flops_target = float(flops)
+    plan.flops_target = float(flops) if budget is None else None
+    if budget is not None:
+        plan.info["budget"] = {
+            "kind": budget.kind,
+            "fraction": budget.fraction,
+            "reached": chosen.get(budget.kind),
+        }
     if plan.input_shape is None and getattr(graph, "input_shape", None) is not None:
         plan.input_shape = [int(s) for s in graph.input_shape]
     plan.info.update(

@@ -145,6 +145,13 @@ def _fraction(graph: Any, keep: dict[str, list[int]]) -> float:
     return graph.cost(keep).macs / graph.full.macs
 
 
+def _budget_fraction(graph: Any, budget: Any, keep: dict[str, list[int]]) -> float:
+    """The plan's cost under ``budget`` (a :class:`CostBudget`; None: FLOPs)."""
+    if budget is None:
+        return _fraction(graph, keep)
+    return float(budget.cost({g: len(k) for g, k in keep.items()}))
+
+
 def find_beta(
     fraction_at: Callable[[float], float],
     target: float,
@@ -251,8 +258,11 @@ def search(
     whole every group with several producing layers (residual channels: the official code
     never prunes residual outputs of ImageNet ResNets).
     """
-    del model, data, seed, context
+    del model, data, seed
     o = options
+    budget = context.budget  # a cost other than FLOPs (predicted latency) replaces the FLOPs target
+    if budget is not None and o.beta is None:
+        flops = budget.fraction
     beta, median, tolerance, groups, coupled = o.beta, o.median, o.tolerance, o.groups, o.coupled
     damping, max_iter, convergence_iter, device = o.damping, o.max_iter, o.convergence_iter, o.device
     if beta is None and flops is None:
@@ -306,16 +316,21 @@ def search(
             b, frac = 1.0, 1.0
         else:
             b, frac, hist = find_beta(
-                lambda x: _fraction(graph, cache.keep(x)), flops_target, tolerance=tolerance
+                lambda x: _budget_fraction(graph, budget, cache.keep(x)), flops_target, tolerance=tolerance
             )
         info["beta_given"] = False
-        info["bisection"] = [{"beta": x, "flops": v} for x, v in hist]
+        kind = "flops" if budget is None else budget.kind
+        info["bisection"] = [{"beta": x, kind: v} for x, v in hist]
         info["within_tolerance"] = abs(frac - flops_target) <= tolerance * flops_target
         if not info["within_tolerance"]:
             info["note"] = (
-                f"no beta keeps {flops_target:.4f} of the FLOPs within {tolerance:.1%}; nearest achievable "
+                f"no beta keeps {flops_target:.4f} of the {kind} within {tolerance:.1%}; nearest achievable "
                 f"{frac:.4f} at beta {b:.6g}"
             )
+        if budget is not None:
+            info["budget"] = {"kind": kind, "fraction": flops_target, "reached": frac}
+            frac = _fraction(graph, cache.keep(b)) if names else 1.0
+            flops_target = None
     res = cache.results([b])[b] if names else {}
     kept: dict[str, list[int]] = {}
     sizes: dict[str, int] = {}

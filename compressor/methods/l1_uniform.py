@@ -36,8 +36,20 @@ def search(
     context: MethodContext,
 ) -> Plan:
     """Prune every prunable group by one ratio so that ``flops`` of the MACs remain (0.5 if None)."""
-    del model, data, context
+    del model, data
+    budget = context.budget
+    if budget is not None and budget.kind != "flops":  # one ratio meeting another cost (latency)
+        from compressor.latency import counts_for_cost
+
+        counts = counts_for_cost(graph, budget.cost, budget.fraction, multiple=options.multiple)
+        achieved = graph.cost_of_counts(counts).macs / graph.full.macs
+        return graph.plan_from_counts(
+            counts, method="l1-uniform", seed=seed, flops_achieved=achieved, multiple=options.multiple,
+            budget={"kind": budget.kind, "fraction": budget.fraction, "reached": budget.cost(counts)},
+        )  # fmt: skip
     fraction = 0.5 if flops is None else float(flops)
+    if budget is not None:
+        fraction = budget.fraction
     counts = graph.counts_for_flops(fraction, multiple=options.multiple)
     achieved = graph.cost_of_counts(counts).macs / graph.full.macs
     return graph.plan_from_counts(

@@ -37,17 +37,44 @@ def option(default: Any, help: str) -> Any:
 
 
 @dataclass(frozen=True)
+class CostBudget:
+    """The constraint a method searches under, over kept channel counts per prunable group.
+
+    ``kind``: what is measured (``"flops"`` or ``"latency"``); ``fraction``: the most a plan may
+    cost, as a fraction of the full model; ``cost(counts)``: a plan's cost as such a fraction
+    (absent groups keep every channel); ``snap(counts)``: optional, raises counts to where the cost
+    actually steps up (channels that cost nothing); ``model``: what computes the cost (the
+    :class:`~compressor.latency.LatencyModel` for latency), for methods that need per-layer terms.
+    """
+
+    kind: str
+    fraction: float
+    cost: Callable[[Mapping[str, int]], float]
+    snap: Callable[[Mapping[str, int]], dict[str, int]] | None = None
+    model: Any = None
+
+
+def flops_budget(graph: Any, fraction: float) -> CostBudget:
+    """A FLOPs budget: ``cost`` is the analytic MACs of the counts over the full model's."""
+    full = float(graph.full.macs)
+    return CostBudget("flops", float(fraction), lambda counts: graph.cost_of_counts(dict(counts)).macs / full)
+
+
+@dataclass(frozen=True)
 class MethodContext:
     """What every method may be handed besides its options (none of it changes the plan).
 
     ``progress``: show a progress bar; ``candidates_file``: where a method that scores candidates
     appends each one as it is scored (a rerun resumes from it); ``meta``: the checkpoint's meta
-    (to load a data spec given as a string with the model's shape and normalisation).
+    (to load a data spec given as a string with the model's shape and normalisation);
+    ``budget``: a cost constraint other than FLOPs (predicted latency: :class:`CostBudget`); when
+    set, a method meets ``budget.fraction`` of that cost instead of the ``flops`` argument.
     """
 
     progress: bool = True
     candidates_file: str | os.PathLike[str] | None = None
     meta: Mapping[str, Any] | None = None
+    budget: CostBudget | None = None
 
 
 CONTEXT_FIELDS = tuple(f.name for f in dataclasses.fields(MethodContext))
@@ -286,6 +313,8 @@ def _parse_text(raw: str, hint: Any) -> Any:
 
 __all__ = [
     "CONTEXT_FIELDS",
+    "CostBudget",
+    "flops_budget",
     "MethodContext",
     "MethodSpec",
     "OptionInfo",

@@ -104,6 +104,8 @@ class RunContext:
     lr: float = FALLBACK_LR
     finetune_history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch
     threads: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> CPU threads chosen
+    latency_model: Any = None  # compressor.latency.LatencyModel when latency is the objective
+    budget: Any = None  # compressor.methods.spec.CostBudget when latency is the objective
 
     @property
     def rank(self) -> int:

@@ -46,11 +46,19 @@ def budgets(ctx: RunContext) -> list[Budget]:
                 "name": "FLOPs kept (fraction)",
                 "limit": s.flops,
                 "value": round(v, 4),
-                "passed": v <= s.flops * (1 + s.flops_tolerance) + 1e-9,
-                "detail": f"compressed MACs / original MACs; {s.flops_tolerance:.0%} tolerance",
+                "passed": None if s.latency_objective else v <= s.flops * (1 + s.flops_tolerance) + 1e-9,
+                "detail": "compressed MACs / original MACs; "
+                + (
+                    "not a budget: latency is the objective"
+                    if s.latency_objective
+                    else f"{s.flops_tolerance:.0%} tolerance"
+                ),
             }
         )
     lat = c.get("latency")
+    if s.latency is not None and lat and o.get("latency"):
+        # a fraction of the original: of the original timed together with the compressed model
+        s.latency_ms = round(s.latency * at_percentile(o["latency"], s.percentile), 6)  # type: ignore[typeddict-item]
     if s.latency_ms is not None:
         detail = f"ONNX Runtime, target {s.target!r} runtime settings, batch {s.batch}, on this machine"
         value = at_percentile(lat, s.percentile) if lat else None
@@ -185,6 +193,17 @@ def build_report(ctx: RunContext, status: Status, exit_code: int, message: str) 
         "artifacts": ctx.ws.artifacts(),
         "notes": list(ctx.log.notes),
     }
+    lm = ctx.latency_model
+    if lm is not None:
+        report["latency_model"] = {
+            "scale": lm.scale,
+            "rest_ms": lm.rest,
+            "full_predicted_ms": lm.predict_ms({}),
+            "cache": lm.info.get("cache"),
+            "cache_hit": lm.info.get("cache_hit"),
+            "calibration": lm.info.get("calibration"),
+            "layers": lm.table_rows(),
+        }
     frozen = [g for g in report["layers"] if g["frozen"]] if ctx.plan is not None else []
     if frozen:
         report["notes"].append(

@@ -20,6 +20,7 @@ def run(
     target: str | None = None,
     flops: float | None = None,
     latency_ms: float | None = None,
+    latency: float | None = None,
     method: str | None = None,
     data: str | None = None,
     epochs: int | None = None,
@@ -51,6 +52,9 @@ def run(
 
     Arguments left ``None`` take their value from the config file, then the target, then
     :data:`~compressor.pipeline.settings.DEFAULTS` (method ``"eagleeye"``, out ``"out"``...).
+    ``latency`` (a fraction of the original's measured latency) or ``latency_ms`` given here makes
+    latency the search's objective: the method searches under the target's latency model
+    (:mod:`compressor.latency`) instead of FLOPs.
     ``method_options`` (the method's options dataclass fields) go over the config's
     ``[method_options]``. ``dry_run`` loads and profiles the model and returns what would run with
     a time estimate, writing nothing.
@@ -75,6 +79,7 @@ def run(
         )
     flags = {
         "target": target, "flops": flops, "latency_ms": latency_ms, "method": method, "data": data,
+        "latency": latency, "latency_objective": True if latency is not None or latency_ms is not None else None,
         "epochs": epochs, "device": device, "seed": seed, "out": None if out is None else str(out),
         "candidates": candidates, "top_k": top_k, "lr": lr, "max_acc_drop": max_acc_drop, "arch": arch,
         "arch_args": arch_args or None, "input_shape": None if input_shape is None else list(input_shape),

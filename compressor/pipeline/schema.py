@@ -8,7 +8,7 @@ measured). :mod:`compressor.report` renders a report as HTML and tables; this pa
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 Status = Literal["passed", "budget_not_met", "validation_failed", "dry_run"]
 StageStatus = Literal["done", "resumed", "skipped", "failed", "budget not met"]
@@ -110,6 +110,7 @@ class LatencyCheckRow(TypedDict):
     latency_ms: float
     p50: float
     fits: bool
+    predicted_ms: NotRequired[float]  # the latency model's prediction (unloaded: a low percentile)
 
 
 class SearchSection(TypedDict):
@@ -163,6 +164,7 @@ class Report(TypedDict, total=False):
     versions: dict[str, str | None]
     artifacts: dict[str, str]
     notes: list[str]
+    latency_model: dict[str, Any]  # a run with a latency objective: the table, its fit and its cache
 
 
 class DryRunStage(TypedDict):

@@ -10,10 +10,16 @@ Runtime with the target's settings. The best few candidates (a method that score
 score; other methods: the plan at the FLOPs target, then plans at 15%, 30%... lower FLOPs) are
 slimmed, exported and timed, and the first that fits is chosen; when none fits,
 :class:`BudgetStop` says what was reached.
+
+Latency objective (``--latency F`` or ``--latency-ms MS`` given to the run): the target's latency
+model (:mod:`compressor.latency`, measured once and cached) predicts each plan's latency, and the
+method searches under that predicted latency (a :class:`~compressor.methods.spec.CostBudget` in
+its context) instead of FLOPs; the timed candidates then show predicted and measured latency.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterator
 from typing import Any
@@ -53,8 +59,50 @@ def method_options(ctx: RunContext) -> Any:
     return spec.make_options(values)
 
 
-def method_plan(ctx: RunContext, flops: float) -> Any:
-    """The method's plan at ``flops`` (a method that scores candidates appends them to candidates.jsonl)."""
+def latency_budget(ctx: RunContext) -> Any:
+    """With a latency objective: the target's latency model (built or read from the cache), the
+    budget in ms (``--latency F`` times the original's measured latency), and the
+    :class:`CostBudget` the method searches under (a fraction of the full model's predicted
+    latency). A budget below what the most-pruned plan is predicted to reach searches at that
+    floor: the timing then decides (a miss is exit 3 with the fastest reached)."""
+    from compressor.latency import build_latency_model
+    from compressor.methods.spec import CostBudget
+    from compressor.pipeline.stages import at_percentile, original_latency
+
+    s = ctx.s
+    m = max(int(s.channel_multiple), 1)
+    ctx.log.say(f"  latency model of target {s.target!r} (ONNX Runtime, x{m} channel grid)")
+    lm = build_latency_model(
+        ctx.model, ctx.graph, ctx.target, ctx.shape, multiple=m, progress=ctx.log.progress, seed=s.seed
+    )
+    ctx.latency_model = lm
+    if "latency" not in ctx.original:
+        original_latency(ctx)
+    orig = at_percentile(ctx.original["latency"], s.percentile)  # type: ignore[typeddict-item]
+    if s.latency is not None:
+        s.latency_ms = round(s.latency * orig, 6)
+    assert s.latency_ms is not None
+    fraction = float(s.latency_ms) / orig
+    ctx.budget = CostBudget("latency", fraction, lm.fraction, snap=lambda c: lm.snap(c, m), model=lm)
+    cal = lm.info.get("calibration") or []
+    ctx.log.say(
+        f"  {len(lm.layers)} layers, {'cached' if lm.info.get('cache_hit') else 'measured'} table "
+        f"({lm.info.get('cache')}); budget p{s.percentile:g} {s.latency_ms:.4g} ms = {fraction:.3f} of the "
+        f"original's {orig:.4g} ms" + (f"; calibrated on {len(cal)} end-to-end timings" if cal else "")
+    )
+    floor = lm.fraction({g.name: 1 for g in ctx.graph.prunable})
+    if fraction < floor:  # search for the fastest predicted plan; timing decides (exit 3 if it misses)
+        ctx.log.note(
+            f"the latency budget is {fraction:.3f} of the original's latency, below the {floor:.3f} the latency "
+            "model predicts for the most-pruned plan: searching at that floor"
+        )
+        ctx.budget = dataclasses.replace(ctx.budget, fraction=floor * 1.0001)
+    return ctx.budget
+
+
+def method_plan(ctx: RunContext, flops: float, budget: Any = None) -> Any:
+    """The method's plan at ``flops``, or under ``budget`` (a latency objective's CostBudget); a
+    method that scores candidates appends them to candidates.jsonl."""
     from compressor.methods import MethodContext
 
     spec = _spec(ctx)
@@ -62,6 +110,7 @@ def method_plan(ctx: RunContext, flops: float) -> Any:
         progress=ctx.log.progress,
         candidates_file=ctx.ws.candidates if spec.scores_candidates else None,
         meta=ctx.meta,
+        budget=budget,
     )
     return spec(
         ctx.model,
@@ -135,10 +184,13 @@ def candidate_plans(ctx: RunContext, best_plan: Any) -> Iterator[tuple[dict[str,
                 yield c, plan
         return
     for k in range(1, s.latency_candidates):
+        budget = ctx.budget
+        if budget is not None:  # a lower predicted-latency budget, in smaller steps
+            budget = dataclasses.replace(budget, fraction=round(budget.fraction * (1.0 - 0.07 * k), 4))
         f = round(s.flops * (1.0 - 0.15 * k), 4)
         if f <= 0.05:
             return
-        plan = method_plan(ctx, f)
+        plan = method_plan(ctx, f, budget)
         plan.info = {**(plan.info or {}), "candidate": k}
         yield record_candidate(ctx, plan, k, f), plan
 
@@ -171,9 +223,14 @@ def latency_select(ctx: RunContext, best_plan: Any) -> tuple[Any, list[LatencyCh
             "p50": lat["p50"],
             "fits": fits,
         }
+        pred = ""
+        if ctx.latency_model is not None:
+            lm = ctx.latency_model
+            row["predicted_ms"] = round(lm.predict_ms(lm.plan_counts(plan)), 4)
+            pred = f"predicted {row['predicted_ms']:.3f} ms, "
         checked.append(row)
         ctx.log.say(
-            f"    candidate #{row['id']}: FLOPs {row['flops']:.3f}, p{s.percentile:g} {v:.3f} ms "
+            f"    candidate #{row['id']}: FLOPs {row['flops']:.3f}, {pred}p{s.percentile:g} {v:.3f} ms "
             + ("[green]fits[/]" if fits else "[red]over budget[/]")
         )
         if fits:
@@ -215,7 +272,12 @@ def search(ctx: RunContext) -> None:
             st["status"] = "resumed"
         elif ws.candidates.is_file() and ctx.rank == 0:  # other methods recompute their few plans in seconds
             ws.candidates.unlink()
-        plan = method_plan(ctx, s.flops)  # every rank: a search shards its candidates under torchrun
+        try:
+            budget = latency_budget(ctx) if s.latency_objective else None
+        except BudgetStop as e:
+            ctx.shared(e.message)
+            raise
+        plan = method_plan(ctx, s.flops, budget)  # every rank: a search shards its candidates under torchrun
         if ctx.rank != 0:  # rank 0 times candidates on ONNX Runtime and writes the plan
             got = ctx.shared(None)
             if isinstance(got, (list, tuple)):  # rank 0 failed: the same error, same class, here

@@ -72,6 +72,13 @@ def _check_latency_ms(v: Any) -> None:
         raise UsageError(f"--latency-ms {v} must be a positive number of milliseconds")
 
 
+def _check_latency(v: Any) -> None:
+    if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1):
+        raise UsageError(
+            f"--latency {v} is outside (0, 1]: it is the fraction of the original's measured latency, e.g. 0.5"
+        )
+
+
 def _check_method(v: Any) -> None:
     from compressor.methods import get_method
 
@@ -117,6 +124,12 @@ class Settings:
     )
     latency_ms: float | None = setting(
         None, from_target="budget.latency_ms", check=_check_latency_ms, help="latency budget (ms)"
+    )
+    latency: float | None = setting(
+        None, check=_check_latency, help="latency budget as a fraction of the original's measured latency"
+    )
+    latency_objective: bool = setting(
+        False, help="search under predicted latency (set by --latency or --latency-ms on the command line)"
     )
     percentile: float = setting(90.0, from_target="budget.percentile", help="latency percentile")
     max_acc_drop: float = setting(1.0, from_target="budget.max_acc_drop", help="largest top-1 drop (points)")

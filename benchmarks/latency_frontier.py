@@ -1,0 +1,263 @@
+"""Top-1 against measured ONNX Runtime latency: latency-aware pruning against FLOPs-driven pruning.
+
+For each latency budget (a fraction of the original's measured latency), method and seed: the
+plan is searched, slimmed, fine-tuned (same recipe for every method), exported and timed on
+ONNX Runtime with the target's settings, interleaved with the original (p50 and the target's
+percentile, as a fraction of the original's timed alongside). Methods:
+
+* ``l1-uniform`` and ``eagleeye-flops``: FLOPs-driven, asked for the budget as a FLOPs fraction
+  (what a user without a latency model does);
+* ``eagleeye-latency``, ``epruner-latency`` and ``halp``: under the target's latency model
+  (:mod:`compressor.latency`), meeting the budget as predicted latency.
+
+The reduced default (the MNIST demo ResNet, budgets 0.7 and 0.5, 2 seeds, 1 fine-tune epoch,
+8 EagleEye candidates) fits ~15 minutes of a shared 2-core machine; the issue's full sizes are
+options (``--budgets 0.7,0.5,0.35 --seeds 0,1,2 --epochs 5 --candidates 50``).
+
+    python benchmarks/latency_frontier.py
+    python benchmarks/latency_frontier.py --methods halp,l1-uniform --budgets 0.5 --seeds 0
+
+Writes benchmarks/results/latency_frontier.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+for p in (ROOT, ROOT / "benchmarks"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from machine_info import machine_info  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "latency_frontier.json"
+
+#: method label -> (registered method, search under the latency model?)
+METHODS = {
+    "l1-uniform": ("l1-uniform", False),
+    "eagleeye-flops": ("eagleeye", False),
+    "eagleeye-latency": ("eagleeye", True),
+    "epruner-latency": ("epruner", True),
+    "halp": ("halp", True),
+}
+
+
+def search_plan(
+    label: str, budget_frac: float, seed: int, env: dict[str, Any], args: argparse.Namespace
+) -> Any:
+    """The plan of one method at one budget."""
+    from compressor.methods import MethodContext, get_method
+    from compressor.methods.spec import CostBudget
+
+    name, by_latency = METHODS[label]
+    spec = get_method(name)
+    lm, m = env["lm"], env["multiple"]
+    budget = None
+    if by_latency:
+        budget = CostBudget("latency", budget_frac, lm.fraction, snap=lambda c: lm.snap(c, m), model=lm)
+    opts: dict[str, Any] = {}
+    if spec.has_option("multiple"):
+        opts["multiple"] = m
+    if name == "eagleeye":
+        opts.update(candidates=args.candidates, calib_batches=args.calib_batches, val_images=args.val_images,
+                    top_k=1, device="cpu")  # fmt: skip
+    ctx = MethodContext(progress=False, budget=budget)
+    return spec(
+        env["model"], env["graph"], flops=budget_frac, data=env["bundle"], seed=seed, context=ctx, **opts
+    )
+
+
+def evaluate(
+    plan: Any, seed: int, env: dict[str, Any], args: argparse.Namespace, tmp: Path
+) -> dict[str, Any]:
+    """Slim, fine-tune, top-1 on the test split, latency interleaved with the original."""
+    from compressor.data import make_loader
+    from compressor.evaluate import accuracy
+    from compressor.export import export_onnx, measure_latency
+    from compressor.graph import slim
+    from compressor.train import FinetuneConfig, finetune
+
+    model, graph, target, shape = env["model"], env["graph"], env["target"], env["shape"]
+    small = slim(model, plan, graph=graph)
+    if args.epochs > 0:
+        cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=64, seed=seed)
+        small = finetune(small, env["bundle"], cfg, device="cpu", progress=False).model.cpu().eval()
+    top1 = float(accuracy(small, make_loader(env["bundle"].test, batch_size=256))["top1"])
+    path = tmp / "c.onnx"
+    export_onnx(small, path, input_shape=(1, *shape), opset=int(target.export.opset), dynamic_batch=False)
+    lat = measure_latency([env["orig_onnx"], path], target=target, time_budget_s=args.seconds)["models"]
+    counts = env["lm"].plan_counts(plan)
+    pct = target.budget.percentile
+    return {
+        "top1": round(top1, 3),
+        "flops": round(graph.cost(plan).macs / graph.full.macs, 4),
+        "predicted_fraction": round(env["lm"].fraction(counts), 4),
+        "latency_p50_ms": lat[1]["p50"],
+        "original_p50_ms": lat[0]["p50"],
+        "latency_fraction_p50": round(lat[1]["p50"] / lat[0]["p50"], 4),
+        f"latency_fraction_p{pct:g}": round(lat[1]["at_percentile"] / lat[0]["at_percentile"], 4),
+        "counts": counts,
+    }
+
+
+def setup(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from compressor.checkpoint import load_checkpoint
+    from compressor.data import load_data
+    from compressor.export import export_onnx
+    from compressor.graph import build_graph
+    from compressor.latency import build_latency_model
+    from compressor.targets import load_target
+
+    model, meta = load_checkpoint(ROOT / args.checkpoint)
+    model.eval()
+    shape = tuple(meta.get("input_shape") or (1, 28, 28))
+    bundle = load_data(str(meta.get("dataset") or "mnist5k"), meta=dict(meta))
+    graph = build_graph(model, input_shape=(1, *shape))
+    target = load_target(args.target)
+    m = int(target.export.channel_multiple)
+    lm = build_latency_model(model, graph, target, shape, multiple=m, progress=True)
+    orig = tmp / "orig.onnx"
+    export_onnx(model, orig, input_shape=(1, *shape), opset=int(target.export.opset), dynamic_batch=False)
+    from compressor.data import make_loader
+    from compressor.evaluate import accuracy
+
+    top1 = float(accuracy(model, make_loader(bundle.test, batch_size=256))["top1"])
+    return dict(model=model, graph=graph, bundle=bundle, target=target, shape=shape, lm=lm, multiple=m,
+                orig_onnx=orig, original_top1=top1)  # fmt: skip
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Top-1 against measured latency fraction: mean over seeds per (method, budget), bars = spread."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label in result["settings"]["methods"]:
+        pts = []
+        for b in result["settings"]["budgets"]:
+            rs = [r for r in result["runs"] if r["method"] == label and r["budget"] == b and "top1" in r]
+            if rs:
+                x = np.array([r["latency_fraction_p50"] for r in rs])
+                y = np.array([r["top1"] for r in rs])
+                pts.append((x.mean(), y.mean(), x.min(), x.max(), y.min(), y.max()))
+        if not pts:
+            continue
+        pts.sort()
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        xerr = [[p[0] - p[2] for p in pts], [p[3] - p[0] for p in pts]]
+        yerr = [[p[1] - p[4] for p in pts], [p[5] - p[1] for p in pts]]
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=3, label=label)
+    for b in result["settings"]["budgets"]:
+        ax.axvline(b, color="#999", ls="--", lw=0.8)
+    ax.set_xlabel("measured latency p50 / original's (ONNX Runtime, target settings)")
+    ax.set_ylabel("top-1 after fine-tuning (%)")
+    ax.set_title(f"latency frontier: {result['settings']['checkpoint']} (mean over seeds, bars: min-max)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default="examples/resnet_mnist.pt")
+    ap.add_argument("--target", default="mobile")
+    ap.add_argument("--budgets", default="0.7,0.5")
+    ap.add_argument("--methods", default="l1-uniform,eagleeye-flops,eagleeye-latency,halp")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--candidates", type=int, default=8)
+    ap.add_argument("--calib-batches", type=int, default=5)
+    ap.add_argument("--val-images", type=int, default=500)
+    ap.add_argument("--seconds", type=float, default=1.5, help="latency timing of each model")
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args()
+    budgets = [float(b) for b in args.budgets.split(",")]
+    labels = [m.strip() for m in args.methods.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    unknown = [m for m in labels if m not in METHODS]
+    if unknown:
+        ap.error(f"unknown method(s) {unknown}; valid: {', '.join(METHODS)}")
+
+    import onnxruntime
+
+    from compressor.io import atomic_write_json
+
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        env = setup(args, tmp)
+        lm = env["lm"]
+        result: dict[str, Any] = {
+            "benchmark": "latency_frontier",
+            "settings": {
+                **{k: v for k, v in vars(args).items() if k != "out"},
+                "budgets": budgets,
+                "methods": labels,
+                "seeds": seeds,
+            },  # fmt: skip
+            "machine": machine_info(
+                "shared 2-core machine (other jobs running): latency timings are noisy",
+                onnxruntime=onnxruntime.__version__,
+                target_runtime=env["target"].to_dict()["runtime"],
+            ),
+            "original_top1": env["original_top1"],
+            "latency_model": {
+                "scale": lm.scale,
+                "rest_ms": lm.rest,
+                "cache_hit": lm.info.get("cache_hit"),
+                "floor_fraction": lm.fraction({g.name: 1 for g in env["graph"].prunable}),
+            },  # fmt: skip
+            "runs": [],
+        }
+        for b in budgets:
+            for label in labels:
+                for seed in seeds:
+                    t0 = time.perf_counter()
+                    row: dict[str, Any] = {"budget": b, "method": label, "seed": seed}
+                    try:
+                        plan = search_plan(label, b, seed, env, args)
+                        row["search_seconds"] = round(time.perf_counter() - t0, 1)
+                        row.update(evaluate(plan, seed, env, args, tmp))
+                    except Exception as e:  # noqa: BLE001 - a failed run is recorded, the others go on
+                        row["error"] = f"{type(e).__name__}: {e}"
+                    row["seconds"] = round(time.perf_counter() - t0, 1)
+                    result["runs"].append(row)
+                    print({k: v for k, v in row.items() if k != "counts"}, flush=True)
+                    atomic_write_json(args.out, result)
+        summary = []
+        for b in budgets:
+            for label in labels:
+                rs = [r for r in result["runs"] if r["method"] == label and r["budget"] == b and "top1" in r]
+                if rs:
+                    summary.append({
+                        "budget": b, "method": label, "runs": len(rs),
+                        "top1_mean": round(float(np.mean([r["top1"] for r in rs])), 3),
+                        "top1_min": min(r["top1"] for r in rs), "top1_max": max(r["top1"] for r in rs),
+                        "latency_fraction_p50_mean": round(float(np.mean([r["latency_fraction_p50"] for r in rs])), 4),
+                        "met_within_5pct": sum(r["latency_fraction_p50"] <= b * 1.05 for r in rs),
+                    })  # fmt: skip
+        result["summary"] = summary
+        result["seconds"] = round(time.perf_counter() - t_all, 1)
+        atomic_write_json(args.out, result)
+        plot(result, Path(args.out).with_suffix(".png"))
+    for s in summary:
+        print(s)
+
+
+if __name__ == "__main__":
+    main()

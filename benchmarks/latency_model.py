@@ -1,0 +1,166 @@
+"""How well does the latency model predict? Prediction error against measured end-to-end latency.
+
+For each model, the target's latency model (:mod:`compressor.latency`) is built (each conv and
+linear layer timed alone over its channel grid at the target's rounding multiple, then
+``scale`` and ``rest`` fitted on the full model and a few random plans), then ``--plans`` other
+random plans (each group keeps a uniform fraction in [0.2, 1] of its channels, on the multiple)
+are slimmed, exported and timed end to end with the target's runtime settings (median of
+``--seconds`` of runs; its 10th percentile, as the table: the unloaded latency), and compared with the prediction. Goal: median absolute error <= 10%.
+
+Models: the MNIST demo (examples/resnet_mnist.pt, 1x28x28), and untrained torchvision ResNet-18
+and MobileNetV2 at ``--size`` (default 112: at 224 a shared 2-core machine cannot time 20 plans
+of each in a few minutes; pass --size 224 for the full size).
+
+    python benchmarks/latency_model.py                                  # ~10 minutes on 2 cores
+    python benchmarks/latency_model.py --models demo --plans 20
+    python benchmarks/latency_model.py --size 224 --max-points 8 --seconds 1.0
+    python benchmarks/latency_model.py --threads 1 --clock thread_cpu   # steady on a loaded machine
+
+Writes benchmarks/results/latency_model.json (after each model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+for p in (ROOT, ROOT / "benchmarks"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from machine_info import machine_info  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "latency_model.json"
+
+
+def load(name: str, size: int) -> tuple[Any, tuple[int, int, int]]:
+    """(model in eval mode, input C,H,W)."""
+    import torch
+
+    torch.manual_seed(0)
+    if name == "demo":
+        from compressor.checkpoint import load_checkpoint
+
+        m, _ = load_checkpoint(ROOT / "examples" / "resnet_mnist.pt")
+        return m.eval(), (1, 28, 28)
+    if name == "mbconv_demo":
+        from compressor.checkpoint import load_checkpoint
+
+        m, meta = load_checkpoint(ROOT / "examples" / "mbconv_mnist.pt")
+        return m.eval(), tuple(meta.get("input_shape") or (1, 28, 28))  # type: ignore[return-value]
+    import torchvision
+
+    m = getattr(torchvision.models, name)(weights=None)
+    return m.eval(), (3, size, size)
+
+
+def run_model(name: str, args: argparse.Namespace, target: Any) -> dict[str, Any]:
+    from compressor.graph import build_graph
+    from compressor.latency import build_latency_model, measure_plan, random_counts
+
+    model, shape = load(name, args.size)
+    graph = build_graph(model, input_shape=(1, *shape))
+    t0 = time.perf_counter()
+    lm = build_latency_model(
+        model, graph, target, shape, max_points=args.max_points, seconds_per_point=args.seconds_per_point,
+        calib_plans=args.calib_plans, cache=args.cache, progress=True, clock=args.clock,
+    )  # fmt: skip
+    build_s = time.perf_counter() - t0
+    rng = np.random.default_rng(1000)
+    m = int(target.export.channel_multiple)
+    rows = []
+    with tempfile.TemporaryDirectory() as td:
+        for i in range(args.plans):
+            counts = random_counts(lm.sizes, rng, m)
+            pred = lm.predict_ms(counts)
+            meas = measure_plan(
+                model, graph, counts, target, shape, seconds=args.seconds, tmp=Path(td), clock=args.clock
+            )
+            err = (pred - meas) / meas
+            rows.append({"plan": i, "predicted_ms": round(pred, 5), "measured_ms": round(meas, 5),
+                         "error": round(err, 4), "predicted_fraction": round(lm.fraction(counts), 4)})  # fmt: skip
+            print(
+                f"{name} plan {i}: predicted {pred:.4f} ms, measured {meas:.4f} ms, error {err:+.1%}",
+                flush=True,
+            )
+    errs = np.abs([r["error"] for r in rows])
+    return {
+        "model": name,
+        "input_shape": list(shape),
+        "layers": len(lm.layers),
+        "table_seconds": round(build_s, 1),
+        "cache_hit": lm.info.get("cache_hit"),
+        "scale": round(lm.scale, 4),
+        "rest_ms": round(lm.rest, 5),
+        "full_measured_ms": round(lm.full_ms, 5),
+        "calibration": lm.info.get("calibration"),
+        "median_abs_error": round(float(np.median(errs)), 4),
+        "max_abs_error": round(float(errs.max()), 4),
+        "mean_signed_error": round(float(np.mean([r["error"] for r in rows])), 4),
+        "plans": rows,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="demo,resnet18,mobilenet_v2")
+    ap.add_argument("--target", default="mobile")
+    ap.add_argument("--size", type=int, default=112, help="input H=W of the torchvision models")
+    ap.add_argument("--plans", type=int, default=20)
+    ap.add_argument("--seconds", type=float, default=0.5, help="timing of each plan end to end")
+    ap.add_argument("--seconds-per-point", type=float, default=0.05, help="timing of each table point")
+    ap.add_argument("--max-points", type=int, default=6, help="grid points per width axis")
+    ap.add_argument("--calib-plans", type=int, default=6)
+    ap.add_argument("--cache", default=None, help="latency table cache folder (default ~/.cache/compressor)")
+    ap.add_argument(
+        "--clock",
+        default="wall",
+        choices=("wall", "thread_cpu"),
+        help="thread_cpu (needs --threads 1): CPU time of the calling thread, steady on a loaded machine",
+    )
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the target's)")
+    ap.add_argument(
+        "--out", default=None, help="default: results/latency_model.json, _thread_cpu.json for that clock"
+    )
+    args = ap.parse_args()
+    if args.out is None:
+        args.out = str(OUT if args.clock == "wall" else OUT.with_name(f"latency_model_{args.clock}.json"))
+    if args.clock == "thread_cpu" and args.threads != 1:
+        ap.error("--clock thread_cpu needs --threads 1 (ONNX Runtime then runs on the calling thread)")
+
+    from compressor.io import atomic_write_json
+    from compressor.targets import load_target
+
+    target = load_target(args.target, **({"intra_op_threads": args.threads} if args.threads else {}))
+    import onnxruntime
+
+    result: dict[str, Any] = {
+        "benchmark": "latency_model",
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "machine": machine_info(
+            "shared 2-core machine (other jobs running): timings are noisy",
+            onnxruntime=onnxruntime.__version__,
+            target_runtime=target.to_dict()["runtime"],
+        ),
+        "models": [],
+    }
+    for name in args.models.split(","):
+        result["models"].append(run_model(name.strip(), args, target))
+        atomic_write_json(args.out, result)
+    for r in result["models"]:
+        print(f"{r['model']}: median |error| {r['median_abs_error']:.1%}, max {r['max_abs_error']:.1%}, "
+              f"table {r['table_seconds']} s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,621 @@
+"""A latency model of a deploy target's ONNX Runtime: predicted latency of a plan from a lookup table.
+
+Every convolution and linear layer of the model is timed alone (a standalone ONNX model of that
+one layer, bias included since BatchNorm folds into it) with the target's provider, threads and
+optimisation level, over its possible input and output channel counts on a grid at the target's
+rounding multiple. A plan's latency is then predicted as ``scale * sum(layer terms) + rest``,
+where ``scale`` and ``rest`` (everything that is not a layer: activations, additions, pooling,
+the runtime's per-call cost) are fitted by least squares on end-to-end measurements of the full
+model and a few random plans.
+
+How a layer's channels depend on the plan is read from the engine itself: each prunable group is
+shrunk by one step in turn, the model slimmed, and every layer's ``in_channels``/``out_channels``
+compared with the full model's; a layer's width is then a linear function of the groups' counts.
+
+The table is cached on disk (``~/.cache/compressor/latency`` or ``$COMPRESSOR_CACHE``/latency),
+keyed by the target's runtime settings, the ONNX Runtime version, the CPU, the model's layer
+shapes and the input shape, so a second run reuses it. Progress goes to stderr while measuring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compressor.io import atomic_write_json
+
+#: Format of the cached table (a change invalidates old caches).
+CACHE_FORMAT = "compressor.latency/3"
+
+#: Percentile of the timed runs the table and its calibration use: a low one, since other
+#: processes on a shared machine only ever add time (the model predicts the unloaded latency).
+TIMING_PERCENTILE = 10.0
+
+
+# ----------------------------------------------------------------------------- layers
+@dataclass
+class Layer:
+    """One convolution or linear layer: its shape in the full model and how its widths follow the
+    groups' counts (``width = full - sum(coef[g] * (size[g] - count[g]))``)."""
+
+    name: str
+    kind: str  # "conv", "dwconv" or "linear"
+    cin: int
+    cout: int
+    hw: tuple[int, int]  # input spatial size (conv only)
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    coef_in: dict[str, float] = field(default_factory=dict)
+    coef_out: dict[str, float] = field(default_factory=dict)
+
+    def key(self) -> str:
+        """The shape that decides its timing (layers of one shape share a table)."""
+        return json.dumps(
+            [self.kind, self.hw, self.kernel, self.stride, self.padding, self.dilation, self.groups,
+             self.cin, self.cout, bool(self.coef_in), bool(self.coef_out)]
+        )  # fmt: skip
+
+    def widths(self, removed: Mapping[str, int]) -> tuple[float, float]:
+        """(cin, cout) when ``removed[g]`` channels of each group are gone."""
+        cin = self.cin - sum(c * removed.get(g, 0) for g, c in self.coef_in.items())
+        cout = self.cout - sum(c * removed.get(g, 0) for g, c in self.coef_out.items())
+        return max(cin, 1.0), max(cout, 1.0)
+
+
+def _modules(model: Any) -> dict[str, Any]:
+    import torch.nn as nn
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def _input_sizes(model: Any, input_shape: tuple[int, ...]) -> dict[str, tuple[int, int]]:
+    """Spatial input size of every conv (batch-1 forward with hooks)."""
+    import torch
+
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = []
+    for name, m in _modules(model).items():
+
+        def hook(mod: Any, inp: Any, out: Any, name: str = name) -> None:
+            x = inp[0]
+            sizes[name] = (int(x.shape[-2]), int(x.shape[-1])) if x.dim() == 4 else (1, 1)
+
+        hooks.append(m.register_forward_hook(hook))
+    try:
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+        model.train(was)
+    finally:
+        for h in hooks:
+            h.remove()
+    return sizes
+
+
+def _widths(model: Any) -> dict[str, tuple[int, int]]:
+    out = {}
+    for n, m in _modules(model).items():
+        if hasattr(m, "in_channels"):
+            out[n] = (int(m.in_channels), int(m.out_channels))
+        else:
+            out[n] = (int(m.in_features), int(m.out_features))
+    return out
+
+
+def find_layers(model: Any, graph: Any, input_shape: tuple[int, ...]) -> list[Layer]:
+    """The model's conv/linear layers with their width coefficients per prunable group."""
+    import torch.nn as nn
+
+    from compressor.graph import slim
+
+    sizes = _input_sizes(model, input_shape)
+    full = _widths(model)
+    layers: dict[str, Layer] = {}
+    for name, m in _modules(model).items():
+        if name not in sizes:
+            continue  # not on the forward path
+        cin, cout = full[name]
+        if isinstance(m, nn.Conv2d):
+            dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+            layers[name] = Layer(
+                name, "dwconv" if dw else "conv", cin, cout, sizes[name], tuple(m.kernel_size),
+                tuple(m.stride), tuple(m.padding) if not isinstance(m.padding, str) else (0, 0),
+                tuple(m.dilation), int(m.groups),
+            )  # fmt: skip
+        else:
+            layers[name] = Layer(name, "linear", cin, cout, (1, 1))
+    for g in graph.prunable:
+        d = 1
+        small = slim(model, graph.plan_from_counts({g.name: g.size - d}, method="probe"), graph=graph)
+        after = _widths(small)
+        for name, lay in layers.items():
+            if name not in after:
+                continue
+            di, do = full[name][0] - after[name][0], full[name][1] - after[name][1]
+            if di:
+                lay.coef_in[g.name] = di / d
+            if do:
+                lay.coef_out[g.name] = do / d
+    return list(layers.values())
+
+
+# ----------------------------------------------------------------------------- timing
+def _grid(full: int, multiple: int, max_points: int) -> list[int]:
+    """Channel counts a layer can take at ``multiple`` (always its full width), at most
+    ``max_points`` of them spread evenly."""
+    if full < 2 * multiple:
+        pts = list(range(1, full + 1)) if multiple == 1 else [full]
+        if multiple > 1 and full > 1:
+            pts = sorted({max(1, full // 2), full})
+    else:
+        pts = sorted({multiple * k for k in range(1, full // multiple + 1)} | {full})
+    if len(pts) > max_points:
+        idx = np.unique(np.round(np.linspace(0, len(pts) - 1, max_points)).astype(int))
+        pts = [pts[i] for i in idx]
+    return pts
+
+
+def _layer_module(lay: Layer, cin: int, cout: int) -> tuple[Any, tuple[int, ...]]:
+    """A standalone torch module of ``lay`` at widths (cin, cout) and its input shape (batch 1)."""
+    import torch.nn as nn
+
+    if lay.kind == "linear":
+        return nn.Linear(cin, cout), (cin,)
+    if lay.kind == "dwconv":
+        c = cout
+        return (
+            nn.Conv2d(c, c, lay.kernel, lay.stride, lay.padding, lay.dilation, groups=c, bias=True),
+            (c, *lay.hw),
+        )
+    groups = math.gcd(lay.groups, math.gcd(cin, cout)) if lay.groups > 1 else 1
+    return nn.Conv2d(cin, cout, lay.kernel, lay.stride, lay.padding, lay.dilation, groups, True), (
+        cin,
+        *lay.hw,
+    )
+
+
+def time_module(
+    module: Any, shape: tuple[int, ...], target: Any, *, seconds: float, tmp: Path, clock: str = "wall"
+) -> float:
+    """ONNX Runtime latency (ms, :data:`TIMING_PERCENTILE`) of ``module`` on a ``(batch, *shape)`` input, target settings."""
+    import torch
+
+    batch = int(target.input.batch)
+    path = tmp / "layer.onnx"
+    module = module.eval()
+    with torch.no_grad():
+        torch.onnx.export(
+            module, (torch.zeros(batch, *shape),), str(path), opset_version=int(target.export.opset),
+            input_names=["x"], output_names=["y"], dynamo=False,
+        )  # fmt: skip
+    return time_onnx(path, target, (batch, *shape), seconds=seconds, clock=clock)
+
+
+def time_onnx(
+    path: Path | str, target: Any, shape: tuple[int, ...], *, seconds: float, clock: str = "wall"
+) -> float:
+    """Latency (ms, :data:`TIMING_PERCENTILE` of the runs) of an ONNX file with the target's runtime settings."""
+    from compressor.export.runtime import input_meta, make_session, time_sessions
+
+    sess, _ = make_session(path, target.runtime)
+    name, _, _ = input_meta(sess)
+    feed = {name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    t = time_sessions([(sess, feed)], warmup=3, min_runs=10, time_budget_s=seconds, block=5, clock=clock)[0]
+    return float(np.percentile(t, TIMING_PERCENTILE))
+
+
+_last_progress = [0.0]
+
+
+def _progress(msg: str, *, force: bool = False) -> None:
+    """One progress line on stderr: rewritten in place on a terminal, else at most one line a second."""
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r{msg:<78}")
+    elif force or time.monotonic() - _last_progress[0] >= 1.0:
+        _last_progress[0] = time.monotonic()
+        sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+# ----------------------------------------------------------------------------- the model
+@dataclass
+class LayerTable:
+    """Measured latency (ms) of one layer shape over its grid of (cin, cout)."""
+
+    grid_in: list[int]
+    grid_out: list[int]
+    ms: list[list[float]]
+
+    def at(self, cin: float, cout: float) -> float:
+        """Bilinear interpolation (clamped to the grid)."""
+        a = np.asarray(self.ms, dtype=np.float64)
+        gi, go = np.asarray(self.grid_in, float), np.asarray(self.grid_out, float)
+        row = np.array([np.interp(cout, go, a[i]) for i in range(len(gi))])
+        return float(np.interp(cin, gi, row))
+
+
+class LatencyModel:
+    """Predicted end-to-end latency of a plan (by kept channel counts per prunable group)."""
+
+    def __init__(self, layers: list[Layer], tables: dict[str, LayerTable], sizes: dict[str, int],
+                 scale: float, rest: float, full_ms: float, info: dict[str, Any]) -> None:  # fmt: skip
+        self.layers = layers
+        self.tables = tables
+        self.sizes = sizes
+        self.scale = scale
+        self.rest = rest
+        self.full_ms = full_ms
+        self.info = info
+        self._full_pred = self.predict_ms({})
+
+    def layer_terms(self, counts: Mapping[str, int]) -> dict[str, float]:
+        """Each layer's table latency (ms, before scaling) for ``counts``."""
+        removed = {g: self.sizes[g] - int(c) for g, c in counts.items() if g in self.sizes}
+        out = {}
+        for lay in self.layers:
+            cin, cout = lay.widths(removed)
+            out[lay.name] = self.tables[lay.key()].at(cin, cout)
+        return out
+
+    def predict_ms(self, counts: Mapping[str, int]) -> float:
+        """Predicted latency (ms) of the model keeping ``counts`` (absent groups: all channels)."""
+        return self.scale * sum(self.layer_terms(counts).values()) + self.rest
+
+    def plan_counts(self, plan: Any) -> dict[str, int]:
+        """Kept channels per prunable group of a :class:`~compressor.plan.Plan` (unlisted: all)."""
+        return {g: len(plan.groups[g]) if g in plan.groups else s for g, s in self.sizes.items()}
+
+    def fraction(self, counts: Mapping[str, int]) -> float:
+        """Predicted latency as a fraction of the full model's predicted latency."""
+        return self.predict_ms(counts) / self._full_pred
+
+    def snap(self, counts: Mapping[str, int], multiple: int = 1, tol: float = 1e-3) -> dict[str, int]:
+        """Raise each group's count to the largest count (on its ``multiple`` steps) that the table
+        says costs no more latency: latency drops only at some steps, channels in between are free."""
+        out = {g: int(c) for g, c in counts.items()}
+        for g in list(out):
+            size = self.sizes.get(g)
+            if size is None:
+                continue
+            base = self.predict_ms(out)
+            step = multiple if size >= 2 * multiple else 1
+            best = out[g]
+            k = (best // step + 1) * step
+            while k <= size:
+                if self.predict_ms({**out, g: k}) > base * (1 + tol):
+                    break
+                best = k
+                k += step
+            out[g] = best
+        return out
+
+    def table_rows(self) -> list[dict[str, Any]]:
+        """Per layer: full widths and the measured table (for the report's plot)."""
+        rows = []
+        for lay in self.layers:
+            t = self.tables[lay.key()]
+            rows.append({"layer": lay.name, "kind": lay.kind, "cin": lay.cin, "cout": lay.cout,
+                         "grid_in": t.grid_in, "grid_out": t.grid_out, "ms": t.ms})  # fmt: skip
+        return rows
+
+
+# ----------------------------------------------------------------------------- building and caching
+def cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Where latency tables are cached."""
+    if explicit is not None:
+        return Path(explicit)
+    root = os.environ.get("COMPRESSOR_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "compressor") / "latency"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_key(layers: list[Layer], sizes: dict[str, int], target: Any, input_shape: tuple[int, ...],
+              multiple: int, max_points: int) -> tuple[str, dict[str, Any]]:  # fmt: skip
+    """A hash of what decides the table, and that description."""
+    import onnxruntime as ort
+
+    from compressor.export.runtime import cpu_count
+
+    desc = {
+        "format": CACHE_FORMAT,
+        "runtime": {
+            "provider": target.runtime.provider,
+            "threads": min(int(target.runtime.intra_op_threads), cpu_count()),
+            "level": target.runtime.graph_optimization_level,
+        },  # fmt: skip
+        "batch": int(target.input.batch),
+        "opset": int(target.export.opset),
+        "onnxruntime": ort.__version__,
+        "cpu": _cpu_name(),
+        "cores": cpu_count(),
+        "input_shape": list(input_shape),
+        "multiple": int(multiple),
+        "max_points": int(max_points),
+        "model": hashlib.sha256(
+            json.dumps(
+                [[ly.name, ly.key(), ly.coef_in, ly.coef_out] for ly in layers] + [sizes], sort_keys=True
+            ).encode()
+        ).hexdigest()[:16],
+    }
+    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20], desc
+
+
+def build_latency_model(
+    model: Any,
+    graph: Any,
+    target: Any,
+    input_shape: tuple[int, ...],
+    *,
+    multiple: int | None = None,
+    max_points: int = 8,
+    seconds_per_point: float = 0.05,
+    calib_plans: int = 6,
+    cache: str | os.PathLike[str] | None = None,
+    use_cache: bool = True,
+    progress: bool = True,
+    seed: int = 0,
+    clock: str = "wall",
+) -> LatencyModel:
+    """Measure (or read from the cache) the latency table of ``model`` on ``target``.
+
+    ``input_shape``: (C, H, W); ``multiple``: the grid step (default: the target's channel
+    multiple); ``max_points``: the most grid points per width axis (interpolated between);
+    ``calib_plans``: random plans timed end-to-end (besides the full model) to fit scale and rest;
+    ``clock``: ``"wall"`` (latency as seen) or ``"thread_cpu"`` (with one intra-op thread: the
+    calling thread's CPU time, which leaves out time other processes take on a shared machine).
+    """
+    from compressor.targets import load_target
+
+    target = load_target(target)
+    m = int(multiple if multiple is not None else target.export.channel_multiple) or 1
+    input_shape = tuple(int(s) for s in input_shape)
+    layers = find_layers(model, graph, input_shape)
+    sizes = {g.name: int(g.size) for g in graph.prunable}
+    key, desc = cache_key(layers, sizes, target, input_shape, m, max_points)
+    if clock != "wall":
+        desc["clock"] = clock
+        key = hashlib.sha256((key + clock).encode()).hexdigest()[:20]
+    path = cache_dir(cache) / f"{key}.json"
+    if use_cache and path.is_file():
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            tables = {k: LayerTable(**v) for k, v in d["tables"].items()}
+            info = {**d["info"], "cache": str(path), "cache_hit": True}
+            return LatencyModel(layers, tables, sizes, d["scale"], d["rest"], d["full_ms"], info)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a broken cache file is measured again
+    t0 = time.perf_counter()
+    tables = _measure_tables(layers, target, m, max_points, seconds_per_point, progress, clock)
+    scale, rest, full_ms, calib = _calibrate(
+        model, graph, layers, tables, sizes, target, input_shape, m, calib_plans, seed, progress, clock
+    )
+    if progress:
+        _progress(f"latency table: done in {time.perf_counter() - t0:.1f} s, cached in {path}", force=True)
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+    info = {**desc, "key": key, "calibration": calib, "measure_seconds": round(time.perf_counter() - t0, 2)}
+    atomic_write_json(
+        path,
+        {
+            "key": key,
+            "describe": desc,
+            "tables": {k: vars(v) for k, v in tables.items()},
+            "scale": scale,
+            "rest": rest,
+            "full_ms": full_ms,
+            "info": info,
+        },  # fmt: skip
+    )
+    return LatencyModel(
+        layers, tables, sizes, scale, rest, full_ms, {**info, "cache": str(path), "cache_hit": False}
+    )
+
+
+def _measure_tables(layers: list[Layer], target: Any, m: int, max_points: int, seconds: float,
+                    progress: bool, clock: str = "wall") -> dict[str, LayerTable]:  # fmt: skip
+    """Time every distinct layer shape over its grid."""
+    todo: dict[str, Layer] = {}
+    for lay in layers:
+        todo.setdefault(lay.key(), lay)
+    plans = {}
+    for k, lay in todo.items():
+        gi = _grid(lay.cin, m, max_points) if lay.coef_in and lay.kind != "dwconv" else [lay.cin]
+        go = (
+            _grid(lay.cout, m, max_points)
+            if lay.coef_out or (lay.kind == "dwconv" and lay.coef_in)
+            else [lay.cout]
+        )
+        if lay.kind == "dwconv":
+            gi = go
+        plans[k] = (lay, gi, go)
+    total = sum(len(gi) * len(go) if lay.kind != "dwconv" else len(go) for lay, gi, go in plans.values())
+    done = 0
+    tables: dict[str, LayerTable] = {}
+    with tempfile.TemporaryDirectory(prefix="compressor-lat-") as td:
+        tmp = Path(td)
+        for k, (lay, gi, go) in plans.items():
+            ms = [[0.0] * len(go) for _ in gi]
+            for i, ci in enumerate(gi):
+                for j, co in enumerate(go):
+                    if lay.kind == "dwconv" and i != j:
+                        continue
+                    mod, shape = _layer_module(lay, ci, co)
+                    ms[i][j] = time_module(mod, shape, target, seconds=seconds, tmp=tmp, clock=clock)
+                    done += 1
+                    if progress:
+                        _progress(f"latency table: {done}/{total} layer timings ({lay.name} {ci}->{co})")
+            if lay.kind == "dwconv":  # the table is the diagonal; fill rows so interpolation works
+                ms = [[ms[j][j] for j in range(len(go))] for _ in gi]
+            tables[k] = LayerTable(list(gi), list(go), ms)
+    return tables
+
+
+def random_counts(
+    sizes: dict[str, int], rng: np.random.Generator, multiple: int, low: float = 0.2
+) -> dict[str, int]:
+    """A random plan's counts: each group keeps a uniform fraction in [low, 1], on the multiple."""
+    out = {}
+    for g, s in sizes.items():
+        k = max(1, int(round(s * rng.uniform(low, 1.0))))
+        if multiple > 1 and s >= 2 * multiple:
+            k = int(min(s, max(multiple, round(k / multiple) * multiple)))
+        out[g] = k
+    return out
+
+
+def measure_plan(model: Any, graph: Any, counts: Mapping[str, int], target: Any, input_shape: tuple[int, ...],
+                 *, seconds: float = 0.4, tmp: Path | None = None, clock: str = "wall") -> float:  # fmt: skip
+    """Measured end-to-end latency (ms, :data:`TIMING_PERCENTILE`, target settings) of the model slimmed to ``counts``."""
+    from compressor.export import export_onnx
+    from compressor.graph import slim
+
+    small = (
+        slim(model, graph.plan_from_counts(dict(counts), method="probe"), graph=graph) if counts else model
+    )
+    batch = int(target.input.batch)
+    with tempfile.TemporaryDirectory(prefix="compressor-lat-") as td:
+        p = Path(td) / "m.onnx"
+        export_onnx(small, p, input_shape=(batch, *input_shape), opset=int(target.export.opset),
+                    dynamic_batch=False, simplify=True)  # fmt: skip
+        return time_onnx(p, target, (batch, *input_shape), seconds=seconds, clock=clock)
+
+
+def fit_scale_rest(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """``y ~ scale * x + rest``, robust to a few timings inflated by other processes: least squares,
+    the scale clipped to [0.5, 3] of the ratio of medians, then the median intercept; ``rest`` is
+    kept at least ``-0.5 * min(scale * x)`` so no plan is predicted near or below zero."""
+    ratio = float(np.median(y) / max(float(np.median(x)), 1e-12))
+    scale = ratio
+    if len(x) >= 3 and np.ptp(x) > 0:
+        scale = float(np.polyfit(x, y, 1)[0])
+    scale = float(np.clip(scale, 0.5 * ratio, 3.0 * ratio))
+    rest = float(np.median(y - scale * x))
+    rest = max(rest, -0.5 * float(np.min(scale * x)))
+    return scale, rest
+
+
+def _calibrate(model: Any, graph: Any, layers: list[Layer], tables: dict[str, LayerTable], sizes: dict[str, int],
+               target: Any, input_shape: tuple[int, ...], m: int, n: int, seed: int,
+               progress: bool, clock: str = "wall") -> tuple[float, float, float, list[dict[str, float]]]:  # fmt: skip
+    """Fit ``measured = scale * sum(layer terms) + rest`` on the full model and ``n`` random plans."""
+    tmp_model = LatencyModel(layers, tables, sizes, 1.0, 0.0, 0.0, {})
+    rng = np.random.default_rng([seed, 15])
+    plans: list[dict[str, int]] = [{}] + [random_counts(sizes, rng, m) for _ in range(n)]
+    xs, ys = [], []
+    for i, c in enumerate(plans):
+        if progress:
+            _progress(f"latency table: calibrating end to end {i + 1}/{len(plans)}")
+        xs.append(tmp_model.predict_ms(c))
+        ys.append(measure_plan(model, graph, c, target, input_shape, clock=clock))
+    x, y = np.asarray(xs), np.asarray(ys)
+    scale, rest = fit_scale_rest(x, y)
+    calib = [
+        {"table_ms": round(float(a), 5), "measured_ms": round(float(b), 5)} for a, b in zip(x, y, strict=True)
+    ]
+    return float(scale), float(rest), float(y[0]), calib
+
+
+# ----------------------------------------------------------------------------- constraint
+def counts_for_cost(
+    graph: Any,
+    cost: Callable[[Mapping[str, int]], float],
+    fraction: float,
+    shape: Mapping[str, float] | None = None,
+    *,
+    multiple: int = 1,
+    max_ratio: float = 0.95,
+) -> dict[str, int]:
+    """Kept counts per prunable group so that ``cost(counts)`` (a fraction of the full model's
+    cost: FLOPs, predicted latency...) is at most ``fraction``, as close as the steps allow.
+
+    As :meth:`ChannelGraph.counts_for_flops`: ratios ``s * shape[g]`` with one shared scale found
+    by bisection, widths on ``multiple``; then single steps toward the target.
+    """
+    names = [g.name for g in graph.prunable if shape is None or g.name in shape]
+    sizes = {g.name: int(g.size) for g in graph.prunable}
+    rel = {n: 1.0 if shape is None else float(shape[n]) for n in names}
+
+    def at(s: float) -> dict[str, int]:
+        out = {}
+        for n in names:
+            r = min(s * rel[n], max_ratio)
+            k = sizes[n] - math.floor(r * sizes[n])
+            if multiple > 1 and sizes[n] >= 2 * multiple:
+                k = max(round(k / multiple) * multiple, multiple)
+            out[n] = int(min(max(k, 1), sizes[n]))
+        return out
+
+    if not names or max(rel.values()) <= 0:
+        return {n: sizes[n] for n in names}
+    hi = max_ratio / min(v for v in rel.values() if v > 0)
+    if cost(at(hi)) > fraction:
+        return at(hi)
+    lo = 0.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if cost(at(mid)) > fraction:
+            lo = mid
+        else:
+            hi = mid
+    counts = at(hi)
+    return refine_under(counts, cost, fraction, sizes, multiple)
+
+
+def refine_under(counts: Mapping[str, int], cost: Callable[[Mapping[str, int]], float], fraction: float,
+                 sizes: Mapping[str, int], multiple: int, steps: int = 100) -> dict[str, int]:  # fmt: skip
+    """Give back single steps of channels (least-pruned-last) while the cost stays within ``fraction``."""
+    counts = dict(counts)
+    for _ in range(steps):
+        order = sorted(counts, key=lambda n: counts[n] / sizes[n])
+        moved = False
+        for n in order:
+            st = multiple if multiple > 1 and sizes[n] >= 2 * multiple else 1
+            k = counts[n] + st
+            if k > sizes[n]:
+                continue
+            if cost({**counts, n: k}) <= fraction:
+                counts[n] = k
+                moved = True
+                break
+        if not moved:
+            break
+    return counts
+
+
+__all__ = [
+    "LatencyModel",
+    "Layer",
+    "LayerTable",
+    "build_latency_model",
+    "cache_dir",
+    "counts_for_cost",
+    "find_layers",
+    "measure_plan",
+    "random_counts",
+    "refine_under",
+]

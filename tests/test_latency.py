@@ -1,0 +1,236 @@
+"""The latency model (compressor.latency) and the methods that search under it, on tiny nets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from compressor.graph import build_graph
+from compressor.latency import build_latency_model, counts_for_cost, measure_plan, random_counts
+from compressor.methods import get_method
+from compressor.methods.spec import CostBudget, MethodContext
+from compressor.targets import load_target
+
+SHAPE = (3, 16, 16)
+
+
+class Tiny(nn.Module):
+    """conv-bn-relu x3 + a residual, wide enough that a halved width is measurably faster."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU())
+        self.c = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64))
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.a(x)
+        y = self.b(x)
+        y = torch.relu(self.c(y) + y)
+        return self.fc(y.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    graph = build_graph(model, input_shape=(1, *SHAPE))
+    target = load_target("mobile", intra_op_threads=1)
+    cache = tmp_path_factory.mktemp("latcache")
+    kw = dict(max_points=4, seconds_per_point=0.02, calib_plans=4, cache=cache, progress=True)
+    lm = build_latency_model(model, graph, target, SHAPE, **kw)
+    return model, graph, target, cache, kw, lm
+
+
+def test_layers_follow_the_groups(built: tuple) -> None:
+    """Every conv/linear is found, and its widths follow the groups that the engine says feed it."""
+    _, graph, _, _, _, lm = built
+    names = {ly.name for ly in lm.layers}
+    assert names == {"a.0", "b.0", "c.0", "fc"}
+    fc = next(ly for ly in lm.layers if ly.name == "fc")
+    assert fc.coef_in and not fc.coef_out  # its input is the residual group, its output is fixed
+
+
+def test_prediction_is_monotone_and_close(built: tuple) -> None:
+    """Fewer channels never predict slower, and the prediction is within a loose bound of measured."""
+    model, graph, target, _, _, lm = built
+    sizes = lm.sizes
+    full = lm.predict_ms({})
+    half = lm.predict_ms({g: s // 2 for g, s in sizes.items()})
+    quarter = lm.predict_ms({g: s // 4 for g, s in sizes.items()})
+    assert quarter <= half <= full
+    assert half < 0.9 * full
+    rng = np.random.default_rng(1)
+    errs = []
+    for _ in range(3):
+        c = random_counts(sizes, rng, 8)
+        measured = measure_plan(model, graph, c, target, SHAPE, seconds=0.3)
+        errs.append(abs(lm.predict_ms(c) - measured) / measured)
+    assert float(np.median(errs)) < 0.5, errs  # loose: a shared machine's noise
+
+
+def test_cache_is_reused(built: tuple, capsys: pytest.CaptureFixture[str]) -> None:
+    """A second build reads the cached table (no timing, no progress) and predicts the same."""
+    model, graph, target, cache, kw, lm = built
+    assert lm.info["cache_hit"] is False
+    assert list(Path(cache).glob("*.json"))
+    capsys.readouterr()
+    again = build_latency_model(model, graph, target, SHAPE, **kw)
+    assert again.info["cache_hit"] is True
+    assert "latency table" not in capsys.readouterr().err
+    c = {g: s // 2 for g, s in lm.sizes.items()}
+    assert again.predict_ms(c) == pytest.approx(lm.predict_ms(c))
+    other = load_target("mobile", intra_op_threads=1, graph_optimization_level="basic")
+    from compressor.latency import cache_key, find_layers
+
+    layers = find_layers(model, graph, SHAPE)
+    k1, _ = cache_key(layers, lm.sizes, target, SHAPE, 8, 4)
+    k2, _ = cache_key(layers, lm.sizes, other, SHAPE, 8, 4)
+    assert k1 != k2  # another optimisation level is another table
+
+
+def test_snap_keeps_free_channels(built: tuple) -> None:
+    """snap never predicts slower and never keeps fewer channels."""
+    _, _, _, _, _, lm = built
+    c = {g: max(1, s // 2 - 3) for g, s in lm.sizes.items()}
+    s = lm.snap(c, multiple=8)
+    assert all(s[g] >= c[g] for g in c)
+    assert lm.predict_ms(s) <= lm.predict_ms(c) * 1.001 + 1e-9
+
+
+def _budget(lm: object, fraction: float) -> CostBudget:
+    return CostBudget("latency", fraction, lm.fraction, snap=lambda c: lm.snap(c, 8), model=lm)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("method", ["halp", "l1-uniform", "epruner"])
+def test_methods_meet_a_latency_budget(built: tuple, method: str) -> None:
+    """Data-free methods meet the predicted-latency budget and report it."""
+    model, graph, _, _, _, lm = built
+    budget = _budget(lm, 0.6)
+    opts = {"multiple": 8} if get_method(method).has_option("multiple") else {}
+    plan = get_method(method)(
+        model, graph, flops=None, context=MethodContext(progress=False, budget=budget), **opts
+    )
+    counts = lm.plan_counts(plan)
+    assert all(1 <= counts[g] <= s for g, s in lm.sizes.items())
+    reached = lm.fraction(counts)
+    assert plan.info["budget"]["kind"] == "latency"
+    assert reached <= 0.6 * 1.02
+    assert reached >= 0.35  # close to the budget, not everything pruned
+
+
+def test_eagleeye_draws_under_the_latency_budget(built: tuple) -> None:
+    """EagleEye's strategies meet the predicted latency, not the FLOPs."""
+    from compressor.methods.eagleeye import sample_strategy
+
+    _, graph, _, _, _, lm = built
+    budget = _budget(lm, 0.6)
+    for i in range(4):
+        s = sample_strategy(graph, 0.6, seed=0, index=i, multiple=8, budget=budget)
+        assert s.cost is not None and s.cost <= 0.6 * 1.01
+        assert lm.fraction(s.counts) == pytest.approx(s.cost)
+
+
+def test_halp_under_flops(built: tuple) -> None:
+    """Without a latency model, halp meets a FLOPs budget."""
+    model, graph, _, _, _, _ = built
+    plan = get_method("halp")(model, graph, flops=0.5, multiple=8, progress=False)
+    assert graph.cost(plan).macs / graph.full.macs <= 0.5 + 1e-9
+    assert plan.info["budget"]["kind"] == "flops"
+
+
+def test_counts_for_cost_matches_flops(built: tuple) -> None:
+    """The generic bisection under FLOPs lands at or under the target, close to it."""
+    _, graph, _, _, _, _ = built
+    full = graph.full.macs
+    c = counts_for_cost(graph, lambda k: graph.cost_of_counts(dict(k)).macs / full, 0.5)
+    f = graph.cost_of_counts(c).macs / full
+    assert 0.45 <= f <= 0.5
+
+
+DEMO = Path(__file__).resolve().parents[1] / "examples" / "resnet_mnist.pt"
+
+
+def test_compress_run_with_a_latency_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`compress run --latency 0.7 --method halp` searches under the latency model and either meets
+    the budget as measured (exit 0) or exits 3 saying what it reached; the report carries the
+    latency model, predicted and measured latency per timed candidate, and the table plot."""
+    import json
+
+    from compressor.cli.main import app
+    from typer.testing import CliRunner
+
+    monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    args = ["run", str(DEMO), "--target", "mobile", "--latency", "0.7", "--method", "halp", "--epochs", "0",
+            "--max-acc-drop", "100", "--out", str(out)]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code in (0, 3), res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["settings"]["latency_objective"] is True and rep["settings"]["latency"] == 0.7
+    lm = rep["latency_model"]
+    assert lm["cache_hit"] is False and len(lm["layers"]) == 10 and lm["calibration"]
+    checked = rep["search"]["latency_checked"]
+    assert checked and all(c["predicted_ms"] > 0 for c in checked)
+    lat = next(b for b in rep["budgets"] if b["name"].startswith("latency"))
+    orig = rep["original"]["latency"]["at_percentile"]
+    assert lat["limit"] == pytest.approx(0.7 * orig, rel=1e-3)  # of the original timed alongside
+    flops = next(b for b in rep["budgets"] if b["name"].startswith("FLOPs"))
+    assert flops["passed"] is None  # latency is the objective, FLOPs only reported
+    if res.exit_code == 0:
+        assert lat["passed"] is True and lat["value"] <= lat["limit"]
+    else:
+        assert lat["passed"] is False and "latency" in rep["message"]
+    assert "latency model: per-layer latency table" in (out / "report.html").read_text()
+    assert list((tmp_path / "cache" / "latency").glob("*.json"))  # cached for the next run
+
+
+@pytest.mark.parametrize("bad", ["0", "1.5", "-0.2"])
+def test_latency_fraction_is_checked(bad: str, tmp_path: Path) -> None:
+    """--latency outside (0, 1] is a usage error (exit 2) naming the flag."""
+    from compressor.cli.main import app
+    from typer.testing import CliRunner
+
+    res = CliRunner().invoke(
+        app, ["run", str(DEMO), "--target", "mobile", "--latency", bad, "--out", str(tmp_path / "o")]
+    )
+    assert res.exit_code == 2, res.output
+    assert "--latency" in res.output
+
+
+def test_prune_takes_the_targets_multiple_and_a_latency_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`compress prune --target mobile` rounds to the target's multiple (8); with --latency it keeps
+    that fraction of the predicted latency."""
+    import json
+
+    from compressor.cli.main import app
+    from typer.testing import CliRunner
+
+    monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path / "cache"))
+    run = CliRunner().invoke
+    res = run(app, ["prune", str(DEMO), "-o", str(tmp_path / "a.pt"), "--target", "mobile", "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    assert r["multiple"] == 8
+    from compressor.checkpoint import load_checkpoint
+
+    slim, _ = load_checkpoint(tmp_path / "a.pt")
+    widths = [m.out_channels for m in slim.modules() if isinstance(m, nn.Conv2d)]
+    assert widths and all(w % 8 == 0 for w in widths)
+    res = run(app, ["prune", str(DEMO), "-o", str(tmp_path / "b.pt"), "--method", "halp", "--target", "mobile",
+                    "--latency", "0.75", "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["latency_predicted_fraction"] <= 0.75 * 1.001
+    res = run(app, ["prune", str(DEMO), "-o", str(tmp_path / "c.pt"), "--latency", "0.5"])
+    assert res.exit_code == 2 and "--target" in res.output
