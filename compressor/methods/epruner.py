@@ -209,8 +209,13 @@ class EPrunerOptions:
         None, "The preference factor (the paper uses 0.6 to 0.76), instead of --flops."
     )
     median: Literal["column", "global"] = option(
-        "column",
-        "Preference median: column (the official code, per channel) or global (the paper's formula).",
+        "global",
+        "Preference median: global (the paper's formula) or column (the official code, per channel).",
+    )
+    channels: Literal["l1", "exemplars"] = option(
+        "l1",
+        "Channels kept per group: exemplars (the paper: AP's exemplar filters) or l1 (AP sets how many "
+        "channels a group keeps, the largest-L1 ones are kept; better sub-nets on the demo).",
     )
     tolerance: float = option(0.01, "Relative tolerance on the FLOPs target (0.01 = 1%).")
     groups: list[str] | None = option(None, "Prune only these channel groups (comma-separated names).")
@@ -223,6 +228,8 @@ class EPrunerOptions:
     def __post_init__(self) -> None:
         if self.median not in MEDIAN_RULES:
             raise UsageError(f"unknown median rule {self.median!r}; valid: {', '.join(MEDIAN_RULES)}")
+        if self.channels not in ("l1", "exemplars"):
+            raise UsageError(f"channels {self.channels!r} is not one of: l1, exemplars")
         if self.beta is not None and not (float(self.beta) > 0 and math.isfinite(float(self.beta))):
             raise UsageError(f"--beta {self.beta} must be a positive number (the paper uses 0.6 to 0.76)")
         if not 0 < self.tolerance < 1:
@@ -334,6 +341,15 @@ def search(
             "seconds": time.perf_counter() - t0,
         }
     )
+    info["channels"] = o.channels
+    if o.channels == "l1":
+        # AP decides each group's width; the channels kept are the largest-L1 ones
+        plan = graph.plan_from_counts(
+            {name: r.n_exemplars for name, r in res.items()}, method="epruner", flops_target=flops_target
+        )
+        plan.input_shape = list(getattr(graph, "input_shape", []) or []) or None
+        plan.info.update(info)
+        return plan
     return Plan(
         method="epruner",
         groups=kept,
