@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="worker processes at once (one thread each)")
     ap.add_argument("--option", action="append", default=[], help="METHOD:KEY=VALUE, a method option")
     ap.add_argument("--out", default=str(RESULTS / "search_quality.json"))
+    ap.add_argument("--resume", action="store_true", help="keep the runs already logged next to --out")
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(run_one(json.loads(args.worker))))
@@ -283,12 +284,22 @@ def main(argv: list[str] | None = None) -> int:
         for meth in methods
     ]
     # the slow searches first, so two workers finish together
-    jobs.sort(key=lambda j: (j["method"] != "eagleeye", j["model"], -j["flops"], j["seed"]))
+    jobs.sort(key=lambda j: (j["seed"], j["method"] != "eagleeye", j["model"], -j["flops"]))
     out = Path(args.out)
     log = out.with_suffix(".runs.jsonl")
-    log.unlink(missing_ok=True)
+    done: list[dict[str, Any]] = []
+    if args.resume and log.exists():
+        fields = ("model", "flops", "method", "seed", "epochs", "options")
+        old = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        keys = {json.dumps([j[f] for f in fields], sort_keys=True) for j in jobs}
+        done = [r for r in old if json.dumps([r[f] for f in fields], sort_keys=True) in keys]
+        got = {json.dumps([r[f] for f in fields], sort_keys=True) for r in done}
+        jobs = [j for j in jobs if json.dumps([j[f] for f in fields], sort_keys=True) not in got]
+        print(f"resuming: {len(done)} runs read back from {log}, {len(jobs)} to run", flush=True)
+    else:
+        log.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    runs = run_jobs(jobs, args.jobs, log)
+    runs = done + run_jobs(jobs, args.jobs, log)
     rows = summarise(runs)
     result = {
         "machine": machine_info("2-core CPU shared with other runs; one thread per worker", jobs=args.jobs),

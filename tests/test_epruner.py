@@ -292,10 +292,14 @@ def test_default_keeps_l1_channels_at_ap_widths() -> None:
     paper = _epruner(None, graph, flops=0.35, channels="exemplars", median="global")
     plan = _epruner(None, graph, flops=0.35)
     assert plan.info["channels"] == "l1" and plan.info["median"] == "global"
-    assert {g: len(k) for g, k in plan.groups.items()} == {g: len(k) for g, k in paper.groups.items()}
+    # AP's global-median widths miss 0.35 by more than 1% (0.3576): its shape is rescaled to the target
+    assert not paper.info["within_tolerance"] and "rescaled_to_target" in plan.info
+    ap_ratio = {g: 1 - len(k) / plan.group_sizes[g] for g, k in paper.groups.items()}
+    ratio = {g: 1 - len(k) / plan.group_sizes[g] for g, k in plan.groups.items()}
+    assert max(ratio, key=ratio.get) == max(ap_ratio, key=ap_ratio.get)
     imp = graph.importance()
     for g, kept in plan.groups.items():
         order = np.argsort(-np.asarray(imp[g]), kind="stable")[: len(kept)]
         assert kept == sorted(int(i) for i in order)
     assert plan.groups != paper.groups  # exemplars are not the largest-L1 channels
-    assert abs(graph.cost(plan).macs / graph.full.macs - 0.35) <= 0.35 * 0.03
+    assert abs(graph.cost(plan).macs / graph.full.macs - 0.35) <= 0.35 * 0.01

@@ -344,9 +344,14 @@ def search(
     info["channels"] = o.channels
     if o.channels == "l1":
         # AP decides each group's width; the channels kept are the largest-L1 ones
-        plan = graph.plan_from_counts(
-            {name: r.n_exemplars for name, r in res.items()}, method="epruner", flops_target=flops_target
-        )
+        counts = {name: int(r.n_exemplars) for name, r in res.items()}
+        if flops_target is not None and not info["within_tolerance"] and counts:
+            # exemplar counts move in steps: keep AP's shape of per-group ratios, rescaled to the target
+            shape = {n: 1.0 - c / prunable[n].size for n, c in counts.items()}
+            if max(shape.values()) > 0:
+                counts = {n: int(c) for n, c in graph.counts_for_flops(flops_target, shape=shape).items()}
+                info["rescaled_to_target"] = graph.cost_of_counts(counts).macs / graph.full.macs
+        plan = graph.plan_from_counts(counts, method="epruner", flops_target=flops_target)
         plan.input_shape = list(getattr(graph, "input_shape", []) or []) or None
         plan.info.update(info)
         return plan
