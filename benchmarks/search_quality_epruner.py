@@ -43,8 +43,8 @@ def main() -> int:
     for flops in (0.5, 0.35, 0.25):
         for name, opts in (
             ("l1-uniform", {}),
-            ("epruner", {"median": "column"}),
-            ("epruner", {"median": "global"}),
+            ("epruner", {"median": "column", "channels": "exemplars"}),
+            ("epruner", {"median": "global", "channels": "exemplars"}),
         ):
             plan = get_method(name)(model, graph, flops=flops, progress=False, **opts)
             ratios = np.array([plan.ratios().get(g.name, 0.0) for g in graph.prunable])
@@ -67,6 +67,9 @@ def main() -> int:
             if name == "epruner":
                 # the same per-group counts, channels kept by L1 norm instead of AP's exemplars
                 l1 = graph.plan_from_counts({g: len(k) for g, k in plan.groups.items()}, method="x")
+                default = get_method(name)(model, graph, flops=flops, progress=False, median=opts["median"])
+                with torch.no_grad():
+                    row["top1_adaptive_bn_default_l1_rescaled"] = sc.accuracy(sc.build(default))
                 with torch.no_grad():
                     row["top1_adaptive_bn_same_counts_l1_channels"] = sc.accuracy(sc.build(l1))
             print(json.dumps({k: v for k, v in row.items() if k != "ratios"}), flush=True)
