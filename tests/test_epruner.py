@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -12,7 +13,12 @@ from torch import nn
 
 from compressor.errors import UsageError
 from compressor.methods import get_method, list_methods
-from compressor.methods.epruner import epruner, find_beta, similarity_and_median
+from compressor.methods.epruner import epruner as _epruner
+from compressor.methods.epruner import find_beta, similarity_and_median
+
+#: the paper's algorithm (exemplar channels, the official code's per-column median); the default
+#: (l1 channels, global median) is tested in test_default_keeps_l1_channels_at_ap_widths
+epruner = functools.partial(_epruner, channels="exemplars", median="column")
 
 try:  # the comparison with scikit-learn must fail, not skip, when the dev extra is missing
     import sklearn.cluster as sklearn_cluster
@@ -77,7 +83,7 @@ def sk_exemplars(S: np.ndarray, pref: float | np.ndarray) -> list[int]:
 
 def test_registered() -> None:
     assert "epruner" in list_methods()
-    assert get_method("epruner") is epruner
+    assert get_method("epruner") is _epruner
 
 
 @pytest.mark.parametrize("rule", ["column", "global"])
@@ -248,7 +254,9 @@ def test_search_with_real_graph_beta() -> None:
 
     model = _tiny()
     shape = (1, 3, 16, 16)
-    plan = compressor.search(model, method="epruner", beta=1.5, input_shape=shape)
+    plan = compressor.search(
+        model, method="epruner", beta=1.5, input_shape=shape, channels="exemplars", median="column"
+    )
     graph = build_graph(model, input_shape=shape)
     assert plan.method == "epruner" and plan.info["beta"] == 1.5
     assert plan.groups, "beta 1.5 should prune something"
@@ -274,3 +282,27 @@ def test_search_with_real_graph_flops() -> None:
     assert frac < 0.9
     small = slim(model, plan, graph=graph)
     assert graph.verify(small, plan) < 1e-4
+
+
+def test_default_keeps_l1_channels_at_ap_widths() -> None:
+    """Default: AP (global median) sets each group's width, the largest-L1 channels are kept."""
+    from compressor.checkpoint import load_checkpoint
+    from compressor.graph import build_graph
+
+    root = __import__("pathlib").Path(__file__).parent.parent
+    model, meta = load_checkpoint(root / "examples" / "resnet_mnist.pt")
+    graph = build_graph(model, input_shape=(1, *meta["input_shape"]))
+    paper = _epruner(None, graph, flops=0.35, channels="exemplars", median="global")
+    plan = _epruner(None, graph, flops=0.35)
+    assert plan.info["channels"] == "l1" and plan.info["median"] == "global"
+    # AP's global-median widths miss 0.35 by more than 1% (0.3576): its shape is rescaled to the target
+    assert not paper.info["within_tolerance"] and "rescaled_to_target" in plan.info
+    ap_ratio = {g: 1 - len(k) / plan.group_sizes[g] for g, k in paper.groups.items()}
+    ratio = {g: 1 - len(k) / plan.group_sizes[g] for g, k in plan.groups.items()}
+    assert max(ratio, key=ratio.get) == max(ap_ratio, key=ap_ratio.get)
+    imp = graph.importance()
+    for g, kept in plan.groups.items():
+        order = np.argsort(-np.asarray(imp[g]), kind="stable")[: len(kept)]
+        assert kept == sorted(int(i) for i in order)
+    assert plan.groups != paper.groups  # exemplars are not the largest-L1 channels
+    assert abs(graph.cost(plan).macs / graph.full.macs - 0.35) <= 0.35 * 0.01

@@ -20,6 +20,7 @@ cached as tensors on the device, so a candidate costs its slimming plus its forw
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -86,6 +87,103 @@ def _within(macs: float, target: float, tolerance: float) -> bool:
     return abs(macs - target) <= tolerance * target
 
 
+def _fit(
+    graph: Any,
+    flops: float,
+    shape: dict[str, float] | None,
+    sizes: dict[str, int],
+    *,
+    index: int,
+    attempt: int,
+    tolerance: float,
+    multiple: int,
+) -> Strategy:
+    """The strategy with per-group pruning ratios proportional to ``shape`` (None: uniform) that
+    keeps ``flops`` of the MACs: one shared scale (``graph.counts_for_flops``), then single
+    channel steps (:func:`compressor.graph.cost.refine_counts`) for a rounding miss."""
+    full = float(graph.full.macs)
+    counts = {k: int(v) for k, v in graph.counts_for_flops(flops, shape=shape, multiple=multiple).items()}
+    counts = {g: counts.get(g, sizes[g]) for g in sizes}
+    # a rounding miss: one step of `multiple` channels at a time, in the group whose change
+    # lands closest to the target, until within tolerance (at most 4 moves per group)
+    from compressor.graph.cost import refine_counts  # lazy: torch
+
+    counts = refine_counts(
+        lambda c: graph.cost_of_counts(c).macs,
+        counts,
+        float(flops) * full,
+        sizes=sizes,
+        step=multiple,
+        tolerance=tolerance,
+        max_moves=4 * len(counts) + 4,
+        choose="closest",
+    )
+    cost = graph.cost_of_counts(counts)
+    return Strategy(
+        index=index,
+        drawn=dict(shape) if shape is not None else {g: 1.0 for g in sizes},
+        counts=counts,
+        flops=cost.macs / full,
+        macs=int(cost.macs),
+        params=int(cost.params),
+        attempts=attempt,
+        sizes=sizes,
+    )
+
+
+def _sizes(graph: Any) -> dict[str, int]:
+    return {g.name: int(g.size) for g in graph.prunable}
+
+
+def uniform_strategy(
+    graph: Any, flops: float, *, index: int = 0, tolerance: float = 0.01, multiple: int = 1
+) -> Strategy:
+    """The l1-uniform baseline's plan as a candidate: one pruning ratio for every group."""
+    return _fit(
+        graph, flops, None, _sizes(graph), index=index, attempt=1, tolerance=tolerance, multiple=multiple
+    )
+
+
+def perturb_strategy(
+    graph: Any,
+    flops: float,
+    parent: Mapping[str, int],
+    *,
+    seed: int,
+    index: int,
+    sigma: float = 0.1,
+    tolerance: float = 0.01,
+    multiple: int = 1,
+    max_attempts: int = 5,
+) -> Strategy:
+    """A local move around ``parent`` (kept counts per group): each group's pruning ratio plus
+    Gaussian noise of ``sigma`` (clipped to [0, 0.95]), rescaled to the FLOPs target like a random
+    draw. Deterministic in ``(seed, index)``; a draw that misses the tolerance is repeated (up to
+    ``max_attempts``), and the nearest one under the budget is kept otherwise."""
+    sizes = _sizes(graph)
+    base = {g: 1.0 - int(parent.get(g, sizes[g])) / sizes[g] for g in sizes}
+    rng = np.random.default_rng([int(seed), int(index), 1])
+    target = float(flops) * float(graph.full.macs)
+    best: Strategy | None = None
+    for attempt in range(1, max_attempts + 1):
+        noise = rng.normal(0.0, sigma, size=len(sizes))
+        shape = {g: float(np.clip(base[g] + e, 0.0, 0.95)) for g, e in zip(sizes, noise, strict=True)}
+        if max(shape.values()) <= 0.0:
+            continue
+        cand = _fit(
+            graph, flops, shape, sizes, index=index, attempt=attempt, tolerance=tolerance, multiple=multiple
+        )
+        if _within(cand.macs, target, tolerance):
+            return cand
+        if cand.macs <= target * (1 + tolerance) and (
+            best is None or abs(cand.macs - target) < abs(best.macs - target)
+        ):
+            best = cand
+    if best is None:
+        return uniform_strategy(graph, flops, index=index, tolerance=tolerance, multiple=multiple)
+    return best
+
+
 def sample_strategy(
     graph: Any,
     flops: float,
@@ -133,34 +231,10 @@ def sample_strategy(
     best: Strategy | None = None
     for attempt in range(1, max_attempts + 1):
         drawn = {name: float(r) for name, r in zip(sizes, rng.uniform(0.0, R, size=len(sizes)), strict=True)}
-        counts = {k: int(v) for k, v in graph.counts_for_flops(flops, shape=drawn, multiple=multiple).items()}
-        counts = {g: counts.get(g, sizes[g]) for g in sizes}
-        # a rounding miss: one step of `multiple` channels at a time, in the group whose change
-        # lands closest to the target, until within tolerance (at most 4 moves per group)
-        from compressor.graph.cost import refine_counts  # lazy: torch
-
-        counts = refine_counts(
-            lambda c: graph.cost_of_counts(c).macs,
-            counts,
-            target,
-            sizes=sizes,
-            step=multiple,
-            tolerance=tolerance,
-            max_moves=4 * len(counts) + 4,
-            choose="closest",
+        cand = _fit(
+            graph, flops, drawn, sizes, index=index, attempt=attempt, tolerance=tolerance, multiple=multiple
         )
-        cost = graph.cost_of_counts(counts)
-        cand = Strategy(
-            index=index,
-            drawn=drawn,
-            counts=counts,
-            flops=cost.macs / full,
-            macs=int(cost.macs),
-            params=int(cost.params),
-            attempts=attempt,
-            sizes=sizes,
-        )
-        if _within(cost.macs, target, tolerance):
+        if _within(cand.macs, target, tolerance):
             return cand
         if best is None or abs(cand.macs - target) < abs(best.macs - target):
             best = cand
@@ -334,7 +408,7 @@ class EagleEyeOptions:
         None, "Candidates to score (default 100 when no time budget is given; resumed ones count)."
     )
     time_budget: float | None = option(None, "Seconds of search (stops after the candidate in progress).")
-    calib_batches: int = option(50, "Training batches that recompute each candidate's BatchNorm statistics.")
+    calib_batches: int = option(20, "Training batches that recompute each candidate's BatchNorm statistics.")
     batch_size: int = option(64, "Calibration batch size.")
     val_images: int | None = option(None, "Score on this many search-validation images (default: all).")
     calib_split: Literal["train_eval", "train"] = option(
@@ -350,6 +424,16 @@ class EagleEyeOptions:
     )
     finetune_epochs: int = option(1, "Epochs of each top-k fine-tune.")
     device: str = option("auto", "Device that scores candidates: auto, cpu, cuda or cuda:N.")
+    sampling: Literal["guided", "paper"] = option(
+        "guided",
+        "paper: every candidate drawn at random (the paper); guided: candidate 0 is the uniform plan, "
+        "then random draws up to random_candidates, then rounds of random_candidates local moves, each "
+        "around the best three candidates of the rounds before.",
+    )
+    random_candidates: int = option(
+        20, "guided: candidates of the first (random) round and of each local round."
+    )
+    local_sigma: float = option(0.1, "guided: standard deviation of a local move's per-group ratio change.")
 
     def __post_init__(self) -> None:
         if self.candidates is not None and self.candidates < 1:
@@ -366,6 +450,12 @@ class EagleEyeOptions:
             raise UsageError(f"--top-k {self.top_k} must be at least 1")
         if self.multiple < 1:
             raise UsageError(f"--multiple {self.multiple} must be at least 1")
+        if self.sampling not in ("guided", "paper"):
+            raise UsageError(f"sampling {self.sampling!r} is not one of: guided, paper")
+        if self.random_candidates < 1:
+            raise UsageError(f"random_candidates {self.random_candidates} must be at least 1")
+        if not self.local_sigma > 0:
+            raise UsageError(f"local_sigma {self.local_sigma} must be positive")
 
 
 def search(
@@ -459,6 +549,11 @@ def search(
             "groups": [[g.name, int(g.size)] for g in graph.prunable],
             "macs": int(graph.full.macs),
             **({"budget": [budget.kind, budget.fraction]} if budget is not None else {}),
+            **(
+                {}
+                if o.sampling == "paper" or budget is not None
+                else {"sampling": [o.sampling, o.random_candidates, o.local_sigma]}
+            ),
         }
     )
 
@@ -469,8 +564,22 @@ def search(
             {k: int(v) for k, v in counts.items()}, method="eagleeye", seed=seed, importance=importance
         )
 
-    def evaluate(i: int) -> dict[str, Any]:
-        s = sample_strategy(
+    # guided sampling (the uniform plan, random draws, then local moves around the best) is
+    # defined over FLOPs; under another cost budget the draws are the paper's, rescaled to it
+    guided = o.sampling == "guided" and budget is None
+    block = o.random_candidates
+    parents: dict[int, list[dict[str, int]]] = {}  # round -> the best three of the rounds before
+
+    def strategy(i: int) -> Strategy:
+        if guided and i == 0:
+            return uniform_strategy(graph, flops, index=0, tolerance=tolerance, multiple=multiple)
+        if guided and i >= block:
+            around = parents[i // block]
+            return perturb_strategy(
+                graph, flops, around[i % len(around)], seed=seed, index=i, sigma=o.local_sigma,
+                tolerance=tolerance, multiple=multiple,
+            )  # fmt: skip
+        return sample_strategy(
             graph,
             flops,
             seed=seed,
@@ -480,6 +589,9 @@ def search(
             multiple=multiple,
             budget=budget,
         )
+
+    def evaluate(i: int) -> dict[str, Any]:
+        s = strategy(i)
         sub = scorer.build(plan_of(s.counts))
         score = scorer.accuracy(sub)
         return {
@@ -494,16 +606,43 @@ def search(
             **({budget.kind: s.cost} if budget is not None else {}),
         }
 
-    with torch.no_grad():
-        result = run_search(
-            evaluate,
-            candidates=candidates,
-            time_budget=time_budget,
-            candidates_file=context.candidates_file,
-            search_key=key,
-            progress=context.progress,
-            description=f"eagleeye @ {flops:g} {budget.kind if budget is not None else 'FLOPs'}",
-        )
+    def run(n: int | None, seconds: float | None) -> Any:
+        with torch.no_grad():
+            return run_search(
+                evaluate,
+                candidates=n,
+                time_budget=seconds,
+                candidates_file=context.candidates_file,
+                search_key=key,
+                progress=context.progress,
+                description=f"eagleeye @ {flops:g} {budget.kind if budget is not None else 'FLOPs'}",
+            )
+
+    if guided:
+        # rounds of `block` candidates: the uniform plan and random draws, then local moves
+        # around the best three of the rounds before (index-deterministic, so a rerun resumes)
+        records: dict[int, dict[str, Any]] = {}
+        t_start, result, evaluated = time.perf_counter(), None, 0
+        for r in itertools.count():
+            end = (r + 1) * block if candidates is None else min((r + 1) * block, candidates)
+            left = None if time_budget is None else time_budget - (time.perf_counter() - t_start)
+            if left is not None and left <= 0 and records:
+                break
+            if r:
+                done = sorted(records.values(), key=lambda x: (-float(x["score"]), int(x["index"])))
+                parents[r] = [dict(x["counts"]) for x in done[:3]]
+            part = run(end, left)
+            records.update({int(x["index"]): x for x in part.records})
+            evaluated += part.evaluated
+            result = part
+            if part.stopped_by == "time" or (candidates is not None and end >= candidates):
+                break
+        assert result is not None
+        result.records = [records[k] for k in sorted(records)]
+        result.seconds = time.perf_counter() - t_start
+        result.evaluated, result.resumed = evaluated, len(records) - evaluated
+    else:
+        result = run(candidates, time_budget)
     ranked = result.ranked()
     if not ranked:
         raise BudgetError(
@@ -561,8 +700,12 @@ def search(
                 for r in ranked[: max(top_k, 5)]
             ],
             "search_key": key,
+            "sampling": o.sampling,
         }
     )
+    uni = [n for n, r in enumerate(ranked) if int(r["index"]) == 0]
+    if guided and uni:
+        plan.info.update({"uniform_rank": uni[0] + 1, "uniform_score": float(ranked[uni[0]]["score"])})
     if finetuned:
         plan.info["finetuned"] = finetuned
         plan.info["finetune_epochs"] = o.finetune_epochs

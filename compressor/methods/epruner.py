@@ -220,8 +220,13 @@ class EPrunerOptions:
         None, "The preference factor (the paper uses 0.6 to 0.76), instead of --flops."
     )
     median: Literal["column", "global"] = option(
-        "column",
-        "Preference median: column (the official code, per channel) or global (the paper's formula).",
+        "global",
+        "Preference median: global (the paper's formula) or column (the official code, per channel).",
+    )
+    channels: Literal["l1", "exemplars"] = option(
+        "l1",
+        "Channels kept per group: exemplars (the paper: AP's exemplar filters) or l1 (AP sets how many "
+        "channels a group keeps, the largest-L1 ones are kept; better sub-nets on the demo).",
     )
     tolerance: float = option(0.01, "Relative tolerance on the FLOPs target (0.01 = 1%).")
     groups: list[str] | None = option(None, "Prune only these channel groups (comma-separated names).")
@@ -234,6 +239,8 @@ class EPrunerOptions:
     def __post_init__(self) -> None:
         if self.median not in MEDIAN_RULES:
             raise UsageError(f"unknown median rule {self.median!r}; valid: {', '.join(MEDIAN_RULES)}")
+        if self.channels not in ("l1", "exemplars"):
+            raise UsageError(f"channels {self.channels!r} is not one of: l1, exemplars")
         if self.beta is not None and not (float(self.beta) > 0 and math.isfinite(float(self.beta))):
             raise UsageError(f"--beta {self.beta} must be a positive number (the paper uses 0.6 to 0.76)")
         if not 0 < self.tolerance < 1:
@@ -354,6 +361,20 @@ def search(
             "seconds": time.perf_counter() - t0,
         }
     )
+    info["channels"] = o.channels
+    if o.channels == "l1":
+        # AP decides each group's width; the channels kept are the largest-L1 ones
+        counts = {name: int(r.n_exemplars) for name, r in res.items()}
+        if flops_target is not None and not info["within_tolerance"] and counts:
+            # exemplar counts move in steps: keep AP's shape of per-group ratios, rescaled to the target
+            shape = {n: 1.0 - c / prunable[n].size for n, c in counts.items()}
+            if max(shape.values()) > 0:
+                counts = {n: int(c) for n, c in graph.counts_for_flops(flops_target, shape=shape).items()}
+                info["rescaled_to_target"] = graph.cost_of_counts(counts).macs / graph.full.macs
+        plan = graph.plan_from_counts(counts, method="epruner", flops_target=flops_target)
+        plan.input_shape = list(getattr(graph, "input_shape", []) or []) or None
+        plan.info.update(info)
+        return plan
     return Plan(
         method="epruner",
         groups=kept,
