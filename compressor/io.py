@@ -32,7 +32,7 @@ def ensure_parent(path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> Path:
     """Call ``write(tmp_path)`` then rename the temp file onto ``path``.
 
     The temp file lives in the destination folder (same filesystem, so the rename is atomic)

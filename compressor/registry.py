@@ -40,6 +40,12 @@ class Registry(Generic[T]):
             valid = ", ".join(sorted(self._items)) or "(none)"
             raise UsageError(f"unknown {self.kind} {name!r}; valid: {valid}") from None
 
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` and return what it named (an unknown name is a :class:`UsageError`)."""
+        obj = self.get(name)
+        del self._items[name]
+        return obj
+
     def list(self) -> list[str]:
         return sorted(self._items)
 

@@ -8,8 +8,7 @@ import torch
 import torch.nn as nn
 
 from compressor.errors import TraceError, UsageError
-from compressor.graph import build_graph, count, slim
-from compressor.graph.handlers import MODULE_HANDLERS, ModuleRecord
+from compressor.graph import ModuleRecord, build_graph, count, handler_for, slim
 from tests.nets import TOPOLOGIES, Untraceable
 
 SHAPE = (1, 3, 16, 16)
@@ -174,10 +173,15 @@ def test_channel_vectors_and_importance() -> None:
     assert np.allclose(imp, expected.detach().double().numpy(), rtol=1e-5)
 
 
-@pytest.mark.parametrize("mtype", [nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.LayerNorm])
-def test_handlers_reject_wrong_module_type(mtype: type) -> None:
+@pytest.mark.parametrize(
+    "module",
+    [nn.Conv2d(3, 4, 3), nn.Linear(3, 4), nn.BatchNorm2d(4), nn.LayerNorm(4)],
+    ids=lambda m: type(m).__name__,
+)
+def test_handlers_reject_wrong_module_type(module: nn.Module) -> None:
     """A slim handler given a module of the wrong kind fails loudly instead of mis-slicing."""
-    h = MODULE_HANDLERS[mtype]
+    h = handler_for(module)
+    assert h is not None and h.module_type is type(module)
     rec = ModuleRecord(
         "x", "conv", in_labels=torch.arange(3), out_labels=torch.arange(3, 7), labels=torch.arange(4)
     )

@@ -1,39 +1,19 @@
-"""One handler per layer type: how its channels couple, how it is slimmed, how it costs.
-
-Channels are tracked as integer *labels*: every tensor in the traced graph carries an int64
-"id tensor" of its shape whose entries name the channel each element belongs to. A producer
-(conv, linear) creates fresh labels for its output channels; elementwise ops union the labels
-they combine; shape ops move labels around exactly as they move the data. Handlers below say,
-per module type, how labels flow and how the module is cut down to the kept labels.
+"""The built-in layer handlers: torch.nn's convolutions, linear layers, normalisations, activations,
+pooling, padding and reshaping modules. Each is registered with
+:func:`compressor.graph.registry.register_handler`, exactly as a plug-in would be (the hooks'
+contracts are the Protocols there). Importing :mod:`compressor.graph` registers them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-if TYPE_CHECKING:
-    from compressor.graph.engine import _Analysis
-
-
-@dataclass
-class ModuleRecord:
-    """What the analysis learned about one leaf module (all calls of it merged)."""
-
-    name: str
-    kind: str  # "conv", "convT", "linear", "affine", "layernorm", "groupnorm"
-    in_labels: torch.Tensor | None = None  # label per input channel / feature
-    out_labels: torch.Tensor | None = None  # label per output channel (producers)
-    labels: torch.Tensor | None = None  # label per channel (affine modules)
-    macs: int = 0  # multiply-accumulates of the unpruned module, all calls
-    calls: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------- module types
+from compressor.graph.cost import CostTerm
+from compressor.graph.labels import LabelState, ModuleRecord, masked_layer_norm
+from compressor.graph.registry import kept_positions, register_handler
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONVT_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -55,108 +35,7 @@ SPATIAL_MODULES = (
 )  # fmt: skip
 
 
-def _prop_conv(
-    st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor
-) -> torch.Tensor:
-    transposed = isinstance(m, CONVT_TYPES)
-    cin = st.channel_labels(ids_in, 1, f"input of {name}")
-    rec = st.record(name, "convT" if transposed else "conv")
-    out_labels = st.module_space(name, m.out_channels)
-    g = m.groups
-    if g > 1:
-        # grouped / depthwise: input group a feeds only output group a -> prune whole groups
-        st.union_rows(torch.cat([cin.view(g, -1), out_labels.view(g, -1)], dim=1))
-    st.merge_inputs(rec, cin)
-    rec.out_labels = out_labels
-    k = int(torch.tensor(m.kernel_size).prod())
-    if transposed:
-        rec.macs += ids_in[0].numel() * (m.out_channels // g) * k
-    else:
-        rec.macs += out[0].numel() * (m.in_channels // g) * k
-    return st.broadcast_labels(out_labels, out.shape, 1)
-
-
-def _prop_linear(
-    st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor
-) -> torch.Tensor:
-    fin = st.channel_labels(ids_in, ids_in.dim() - 1, f"input of {name}")
-    rec = st.record(name, "linear")
-    st.merge_inputs(rec, fin)
-    rec.out_labels = st.module_space(name, m.out_features)
-    rec.macs += out[0].numel() * m.in_features if out.dim() > 1 else out.numel() * m.in_features
-    return st.broadcast_labels(rec.out_labels, out.shape, out.dim() - 1)
-
-
-def _prop_affine(
-    st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor
-) -> torch.Tensor:
-    if isinstance(m, nn.LayerNorm):
-        if len(m.normalized_shape) != 1:
-            st.freeze(ids_in, f"{name}: LayerNorm over several dimensions")
-            return st.fresh_frozen(out, f"{name}: LayerNorm over several dimensions")
-        dim, kind = ids_in.dim() - 1, "layernorm"
-    else:
-        dim, kind = 1, "affine"
-    lab = st.channel_labels(ids_in, dim, f"input of {name}")
-    if isinstance(m, nn.GroupNorm):
-        kind = "groupnorm"
-        st.union_rows(lab.view(m.num_groups, -1))  # statistics are per group: prune whole groups
-    if isinstance(m, nn.PReLU) and m.num_parameters == 1:
-        return ids_in
-    rec = st.record(name, kind)
-    if rec.labels is None:
-        rec.labels = lab
-    else:
-        st.union(rec.labels, lab)
-    return ids_in
-
-
-def _prop_elementwise(
-    st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor
-) -> torch.Tensor:
-    if tuple(out.shape) == tuple(ids_in.shape):
-        return ids_in
-    return _prop_spatial(st, name, m, ids_in, out)
-
-
-def _prop_spatial(
-    st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor
-) -> torch.Tensor:
-    return st.spatial(ids_in, out, name)
-
-
-def _prop_flatten(
-    st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor
-) -> torch.Tensor:
-    return ids_in.flatten(m.start_dim, m.end_dim)
-
-
-def _prop_unflatten(
-    st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor
-) -> torch.Tensor:
-    res = ids_in.unflatten(m.dim, m.unflattened_size)
-    st.check_reshape(ids_in, res, literal_dims=set(range(res.dim())), what=name)
-    return res
-
-
-def _prop_shuffle(
-    st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor
-) -> torch.Tensor:
-    g = m.groups
-    n, c = ids_in.shape[0], ids_in.shape[1]
-    v = ids_in.reshape(n, g, c // g, *ids_in.shape[2:])
-    st.check_reshape(ids_in, v, literal_dims={1}, what=name)
-    return v.transpose(1, 2).reshape(ids_in.shape)
-
-
-def _prop_softmax(
-    st: _Analysis, name: str, m: nn.Module, ids_in: torch.Tensor, out: torch.Tensor
-) -> torch.Tensor:
-    dim = m.dim if m.dim is not None else ids_in.dim() - 1
-    return st.along_dim_op(ids_in, dim % ids_in.dim(), name)
-
-
-# --------------------------------------------------------------------------- slimming
+# --------------------------------------------------------------------------- helpers
 
 
 def _index(t: torch.Tensor | None, dim: int, idx: torch.Tensor) -> torch.Tensor | None:
@@ -175,22 +54,42 @@ def _set_param(m: nn.Module, pname: str, value: torch.Tensor | None) -> None:
         m._buffers[pname] = value
 
 
-def kept_positions(labels: torch.Tensor, keep_label: torch.Tensor) -> torch.Tensor:
-    return torch.nonzero(keep_label[labels], as_tuple=False).flatten()
+def _io(rec: ModuleRecord) -> tuple[torch.Tensor, torch.Tensor]:
+    if rec.in_labels is None or rec.out_labels is None:
+        raise AssertionError(f"{rec.name}: a producer's record has no input or output labels")
+    return rec.in_labels, rec.out_labels
 
 
-def _expect(m: nn.Module, types: tuple[type, ...], rec: ModuleRecord) -> None:
-    if not isinstance(m, types):
-        raise TypeError(
-            f"{rec.name}: handler for {', '.join(t.__name__ for t in types)} got {type(m).__name__}"
-        )
+def _n_params(m: nn.Module, *names: str) -> int:
+    return sum(t.numel() for n in names if isinstance(t := getattr(m, n, None), nn.Parameter))
 
 
-def _slim_conv(m: nn.Module, rec: ModuleRecord, keep_label: torch.Tensor) -> None:
-    _expect(m, CONV_TYPES + CONVT_TYPES, rec)
-    assert rec.in_labels is not None and rec.out_labels is not None
-    out_idx = kept_positions(rec.out_labels, keep_label)
-    in_idx = kept_positions(rec.in_labels, keep_label)
+# --------------------------------------------------------------------------- convolutions
+
+
+def _prop_conv(st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    transposed = isinstance(m, CONVT_TYPES)
+    cin = st.channel_labels(ids_in, 1, f"input of {name}")
+    rec = st.record(name, "convT" if transposed else "conv")
+    out_labels = st.module_space(name, m.out_channels)
+    g = m.groups
+    if g > 1:
+        # grouped / depthwise: input group a feeds only output group a -> prune whole groups
+        st.union_rows(torch.cat([cin.view(g, -1), out_labels.view(g, -1)], dim=1))
+    st.merge_inputs(rec, cin)
+    rec.out_labels = out_labels
+    k = int(torch.tensor(m.kernel_size).prod())
+    if transposed:
+        rec.macs += ids_in[0].numel() * (m.out_channels // g) * k
+    else:
+        rec.macs += out[0].numel() * (m.in_channels // g) * k
+    return st.broadcast_labels(out_labels, out.shape, 1)
+
+
+def _slim_conv(m: Any, rec: ModuleRecord, keep: torch.Tensor) -> None:
+    in_labels, out_labels = _io(rec)
+    out_idx = kept_positions(out_labels, keep)
+    in_idx = kept_positions(in_labels, keep)
     g = m.groups
     transposed = isinstance(m, CONVT_TYPES)
     if g > 1:
@@ -212,67 +111,203 @@ def _slim_conv(m: nn.Module, rec: ModuleRecord, keep_label: torch.Tensor) -> Non
     m.in_channels, m.out_channels = len(in_idx), len(out_idx)
 
 
-def _slim_linear(m: nn.Module, rec: ModuleRecord, keep_label: torch.Tensor) -> None:
-    _expect(m, (nn.Linear,), rec)
-    assert rec.in_labels is not None and rec.out_labels is not None
-    out_idx = kept_positions(rec.out_labels, keep_label)
-    in_idx = kept_positions(rec.in_labels, keep_label)
+def _cost_producer(m: Any, rec: ModuleRecord) -> list[CostTerm]:
+    """Conv and linear: MACs and weights scale with inputs and outputs kept (outputs only when
+    grouped: a group's inputs go with its outputs), the bias with the outputs."""
+    in_labels, out_labels = _io(rec)
+    w, b = _n_params(m, "weight"), _n_params(m, "bias")
+    if getattr(m, "groups", 1) > 1:
+        return [CostTerm(rec.macs, w + b, (out_labels,))]
+    return [CostTerm(rec.macs, w, (in_labels, out_labels)), CostTerm(0, b, (out_labels,))]
+
+
+def _filters_conv(m: Any, rec: ModuleRecord) -> torch.Tensor:
+    w = m.weight.detach()
+    if isinstance(m, CONVT_TYPES):  # (in, out / groups, *k): gather each output channel's filters
+        g = m.groups
+        w = w.reshape(g, w.shape[0] // g, w.shape[1], *w.shape[2:]).transpose(1, 2)
+        return w.reshape(m.out_channels, -1)
+    return w.reshape(w.shape[0], -1)
+
+
+for _conv in CONV_TYPES + CONVT_TYPES:
+    register_handler(_conv, propagate=_prop_conv, slim=_slim_conv, cost=_cost_producer, filters=_filters_conv)
+
+
+# --------------------------------------------------------------------------- linear
+
+
+def _prop_linear(st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    fin = st.channel_labels(ids_in, ids_in.dim() - 1, f"input of {name}")
+    rec = st.record(name, "linear")
+    st.merge_inputs(rec, fin)
+    rec.out_labels = st.module_space(name, m.out_features)
+    rec.macs += out[0].numel() * m.in_features if out.dim() > 1 else out.numel() * m.in_features
+    return st.broadcast_labels(rec.out_labels, out.shape, out.dim() - 1)
+
+
+def _slim_linear(m: Any, rec: ModuleRecord, keep: torch.Tensor) -> None:
+    in_labels, out_labels = _io(rec)
+    out_idx = kept_positions(out_labels, keep)
+    in_idx = kept_positions(in_labels, keep)
     _set_param(m, "weight", _index(_index(m.weight, 0, out_idx), 1, in_idx))
     _set_param(m, "bias", _index(m.bias, 0, out_idx))
     m.in_features, m.out_features = len(in_idx), len(out_idx)
 
 
-def _slim_affine(m: nn.Module, rec: ModuleRecord, keep_label: torch.Tensor) -> None:
-    _expect(m, BN_TYPES + IN_TYPES + (nn.GroupNorm, nn.LayerNorm, nn.PReLU), rec)
-    assert rec.labels is not None
-    idx = kept_positions(rec.labels, keep_label)
-    n = len(idx)
+def _filters_linear(m: Any, rec: ModuleRecord) -> torch.Tensor:
+    w = m.weight.detach()
+    return w.reshape(w.shape[0], -1)
+
+
+register_handler(
+    nn.Linear, propagate=_prop_linear, slim=_slim_linear, cost=_cost_producer, filters=_filters_linear
+)
+
+
+# --------------------------------------------------------------------------- per-channel modules
+
+
+def _per_channel(st: LabelState, name: str, lab: torch.Tensor, kind: str) -> None:
+    rec = st.record(name, kind)
+    if rec.labels is None:
+        rec.labels = lab
+    else:
+        st.union(rec.labels, lab)
+
+
+def _prop_norm(st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """BatchNorm, InstanceNorm: statistics and affine parameters per channel (dim 1)."""
+    _per_channel(st, name, st.channel_labels(ids_in, 1, f"input of {name}"), "affine")
+    return ids_in
+
+
+def _prop_group_norm(
+    st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
+    lab = st.channel_labels(ids_in, 1, f"input of {name}")
+    st.union_rows(lab.view(m.num_groups, -1))  # statistics are per group: prune whole groups
+    _per_channel(st, name, lab, "groupnorm")
+    return ids_in
+
+
+def _prop_layer_norm(st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: torch.Tensor) -> Any:
+    if len(m.normalized_shape) != 1:
+        st.freeze(ids_in, f"{name}: LayerNorm over several dimensions")
+        return st.fresh_frozen(out, f"{name}: LayerNorm over several dimensions")
+    _per_channel(st, name, st.channel_labels(ids_in, ids_in.dim() - 1, f"input of {name}"), "layernorm")
+    return ids_in
+
+
+def _prop_prelu(st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    lab = st.channel_labels(ids_in, 1, f"input of {name}")
+    if m.num_parameters > 1:  # one slope for all channels: nothing to cut
+        _per_channel(st, name, lab, "affine")
+    return ids_in
+
+
+def _slice_per_channel(m: Any, rec: ModuleRecord, keep: torch.Tensor) -> int:
+    """Slice every per-channel parameter and buffer; returns the kept channel count."""
+    if rec.labels is None:
+        raise AssertionError(f"{rec.name}: a per-channel module's record has no labels")
+    idx = kept_positions(rec.labels, keep)
     for p in ("weight", "bias", "running_mean", "running_var"):
         t = getattr(m, p, None)
         if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == len(rec.labels):
             _set_param(m, p, _index(t, 0, idx))
-    if isinstance(m, nn.GroupNorm):
-        m.num_groups = m.num_groups * n // m.num_channels
-        m.num_channels = n
-    elif isinstance(m, nn.LayerNorm):
-        m.normalized_shape = (n,)
-    elif isinstance(m, nn.PReLU):
-        m.num_parameters = n
-    else:
-        m.num_features = n
+    return len(idx)
 
 
-@dataclass(frozen=True)
-class Handler:
-    propagate: Any
-    slim: Any = None
+def _slim_norm(m: Any, rec: ModuleRecord, keep: torch.Tensor) -> None:
+    m.num_features = _slice_per_channel(m, rec, keep)
 
 
-MODULE_HANDLERS: dict[type[nn.Module], Handler] = {}
-for _t in CONV_TYPES + CONVT_TYPES:
-    MODULE_HANDLERS[_t] = Handler(_prop_conv, _slim_conv)
-MODULE_HANDLERS[nn.Linear] = Handler(_prop_linear, _slim_linear)
-for _t in BN_TYPES + IN_TYPES + (nn.GroupNorm, nn.LayerNorm, nn.PReLU):
-    MODULE_HANDLERS[_t] = Handler(_prop_affine, _slim_affine)
-for _t in ELEMENTWISE_MODULES:
-    MODULE_HANDLERS[_t] = Handler(_prop_elementwise)
-for _t in SPATIAL_MODULES:
-    MODULE_HANDLERS[_t] = Handler(_prop_spatial)
-MODULE_HANDLERS[nn.Flatten] = Handler(_prop_flatten)
-MODULE_HANDLERS[nn.Unflatten] = Handler(_prop_unflatten)
-MODULE_HANDLERS[nn.ChannelShuffle] = Handler(_prop_shuffle)
-MODULE_HANDLERS[nn.Softmax] = Handler(_prop_softmax)
-MODULE_HANDLERS[nn.LogSoftmax] = Handler(_prop_softmax)
+def _slim_group_norm(m: Any, rec: ModuleRecord, keep: torch.Tensor) -> None:
+    n = _slice_per_channel(m, rec, keep)
+    m.num_groups = m.num_groups * n // m.num_channels
+    m.num_channels = n
 
 
-def handler_for(m: nn.Module) -> Handler | None:
-    """The handler of ``m``'s type (or of the handled base class it subclasses)."""
-    for base in type(m).__mro__:
-        h = MODULE_HANDLERS.get(base)
-        if h is not None:
-            return h
-    return None
+def _slim_layer_norm(m: Any, rec: ModuleRecord, keep: torch.Tensor) -> None:
+    m.normalized_shape = (_slice_per_channel(m, rec, keep),)
 
 
-def is_affine_instance_norm(m: nn.Module) -> bool:
-    return isinstance(m, IN_TYPES) and (m.affine or m.track_running_stats)
+def _slim_prelu(m: Any, rec: ModuleRecord, keep: torch.Tensor) -> None:
+    m.num_parameters = _slice_per_channel(m, rec, keep)
+
+
+def _cost_per_channel(m: Any, rec: ModuleRecord) -> list[CostTerm]:
+    """Parameters per channel (statistics are buffers, not parameters); no MACs."""
+    if rec.labels is None:
+        raise AssertionError(f"{rec.name}: a per-channel module's record has no labels")
+    return [CostTerm(0, sum(p.numel() for p in m.parameters(recurse=False)), (rec.labels,))]
+
+
+def _masked_layer_norm(m: Any, x: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if len(m.normalized_shape) != 1:
+        return m(x)  # frozen: nothing of it is pruned
+    return masked_layer_norm(x, ids, mask, m.weight, m.bias, m.eps)
+
+
+for _norm in BN_TYPES + IN_TYPES:
+    register_handler(_norm, propagate=_prop_norm, slim=_slim_norm, cost=_cost_per_channel)
+register_handler(nn.GroupNorm, propagate=_prop_group_norm, slim=_slim_group_norm, cost=_cost_per_channel)
+register_handler(
+    nn.LayerNorm,
+    propagate=_prop_layer_norm,
+    slim=_slim_layer_norm,
+    cost=_cost_per_channel,
+    masked_forward=_masked_layer_norm,
+)
+register_handler(nn.PReLU, propagate=_prop_prelu, slim=_slim_prelu, cost=_cost_per_channel)
+
+
+# --------------------------------------------------------------------------- parameter-free modules
+
+
+def _prop_spatial(st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return st.spatial(ids_in, out, name)
+
+
+def _prop_elementwise(
+    st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
+    if tuple(out.shape) == tuple(ids_in.shape):
+        return ids_in
+    return _prop_spatial(st, name, m, ids_in, out)
+
+
+def _prop_flatten(st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return ids_in.flatten(m.start_dim, m.end_dim)
+
+
+def _prop_unflatten(
+    st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
+    res = ids_in.unflatten(m.dim, m.unflattened_size)
+    st.check_reshape(ids_in, res, literal_dims=set(range(res.dim())), what=name)
+    return res
+
+
+def _prop_shuffle(st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    g = m.groups
+    n, c = ids_in.shape[0], ids_in.shape[1]
+    v = ids_in.reshape(n, g, c // g, *ids_in.shape[2:])
+    st.check_reshape(ids_in, v, literal_dims={1}, what=name)
+    return v.transpose(1, 2).reshape(ids_in.shape)
+
+
+def _prop_softmax(st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    dim = m.dim if m.dim is not None else ids_in.dim() - 1
+    return st.along_dim_op(ids_in, dim % ids_in.dim(), name)
+
+
+for _elementwise in ELEMENTWISE_MODULES:
+    register_handler(_elementwise, propagate=_prop_elementwise)
+for _spatial in SPATIAL_MODULES:
+    register_handler(_spatial, propagate=_prop_spatial)
+register_handler(nn.Flatten, propagate=_prop_flatten)
+register_handler(nn.Unflatten, propagate=_prop_unflatten)
+register_handler(nn.ChannelShuffle, propagate=_prop_shuffle)
+register_handler(nn.Softmax, propagate=_prop_softmax)
+register_handler(nn.LogSoftmax, propagate=_prop_softmax)

@@ -9,7 +9,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from compressor.errors import TraceError
-from compressor.graph.handlers import MODULE_HANDLERS
+from compressor.graph.registry import handler_for, is_handled
 
 
 class ChannelTracer(fx.Tracer):
@@ -27,9 +27,8 @@ class ChannelTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if self.extra_leaves and isinstance(m, self.extra_leaves):
             return True
-        for base in type(m).__mro__:
-            if base in MODULE_HANDLERS:
-                return type(m).forward is base.forward
+        if handler_for(m) is not None:
+            return is_handled(m)
         return super().is_leaf_module(m, module_qualified_name)
 
 

@@ -72,35 +72,6 @@ def _within(macs: float, target: float, tolerance: float) -> bool:
     return abs(macs - target) <= tolerance * target
 
 
-def _nudge(
-    graph: Any, counts: dict[str, int], sizes: dict[str, int], target: float, tolerance: float, multiple: int
-) -> dict[str, int]:
-    """Fix a rounding miss: move one step of ``multiple`` channels at a time, in the group whose
-    change lands closest to the target, until within tolerance (capped at 4 steps per group)."""
-    counts = dict(counts)
-    macs = graph.cost_of_counts(counts).macs
-    for _ in range(4 * len(counts) + 4):
-        if _within(macs, target, tolerance):
-            break
-        step = -multiple if macs > target else multiple
-        best: tuple[float, str, int] | None = None
-        for g in counts:
-            new = counts[g] + step
-            if new < 1 or new > sizes[g]:
-                continue
-            trial = graph.cost_of_counts({**counts, g: new}).macs
-            if trial == macs:
-                continue
-            key = abs(trial - target)
-            if best is None or key < best[0]:
-                best = (key, g, trial)
-        if best is None or best[0] >= abs(macs - target):
-            break
-        counts[best[1]] += step
-        macs = best[2]
-    return counts
-
-
 def sample_strategy(
     graph: Any,
     flops: float,
@@ -143,7 +114,20 @@ def sample_strategy(
         drawn = {name: float(r) for name, r in zip(sizes, rng.uniform(0.0, R, size=len(sizes)), strict=True)}
         counts = {k: int(v) for k, v in graph.counts_for_flops(flops, shape=drawn, multiple=multiple).items()}
         counts = {g: counts.get(g, sizes[g]) for g in sizes}
-        counts = _nudge(graph, counts, sizes, target, tolerance, multiple)
+        # a rounding miss: one step of `multiple` channels at a time, in the group whose change
+        # lands closest to the target, until within tolerance (at most 4 moves per group)
+        from compressor.graph.cost import refine_counts  # lazy: torch
+
+        counts = refine_counts(
+            lambda c: graph.cost_of_counts(c).macs,
+            counts,
+            target,
+            sizes=sizes,
+            step=multiple,
+            tolerance=tolerance,
+            max_moves=4 * len(counts) + 4,
+            choose="closest",
+        )
         cost = graph.cost_of_counts(counts)
         cand = Strategy(
             index=index,

@@ -87,7 +87,11 @@ class ExemplarCache:
         self.graph = graph
         self.names = list(names)
         self.median = median
-        self.ap_kw = {"damping": damping, "max_iter": max_iter, "convergence_iter": convergence_iter}
+        self.ap_kw: dict[str, Any] = {
+            "damping": damping,
+            "max_iter": max_iter,
+            "convergence_iter": convergence_iter,
+        }
         self.device = torch.device(device)
         self._sim: dict[str, tuple[APProblem, torch.Tensor]] = {}
         self._res: dict[tuple[str, float], APResult] = {}
@@ -298,7 +302,8 @@ def search(
         assert flops is not None
         flops_target = float(flops)
         if not names:
-            b, frac, hist = 1.0, 1.0, []
+            hist: list[tuple[float, float]] = []
+            b, frac = 1.0, 1.0
         else:
             b, frac, hist = find_beta(
                 lambda x: _fraction(graph, cache.keep(x)), flops_target, tolerance=tolerance

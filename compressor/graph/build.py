@@ -1,0 +1,145 @@
+"""Building a channel graph, counting FLOPs and parameters, calibrating BatchNorm statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+
+from compressor.errors import TraceError, UsageError
+from compressor.graph.channel_graph import ChannelGraph
+from compressor.graph.cost import Cost
+from compressor.graph.labels import LabelState
+from compressor.graph.propagate import Propagation
+from compressor.graph.registry import handler_for
+from compressor.graph.trace import trace
+
+
+def _example(
+    model: nn.Module, example_input: torch.Tensor | None, input_shape: Sequence[int] | None
+) -> torch.Tensor:
+    if example_input is not None:
+        return example_input
+    if input_shape is None:
+        raise UsageError("build_graph needs an example input or an input shape such as (1, 3, 224, 224)")
+    p = next(model.parameters(), None)
+    device = p.device if p is not None and p.device.type != "meta" else torch.device("cpu")
+    return torch.randn(tuple(int(s) for s in input_shape), device=device)
+
+
+@torch.no_grad()
+def build_graph(
+    model: nn.Module,
+    example_input: torch.Tensor | None = None,
+    *,
+    input_shape: Sequence[int] | None = None,
+    leaf_modules: Iterable[type[nn.Module]] = (),
+) -> ChannelGraph:
+    """Trace ``model`` and find its coupled channel groups (see :class:`ChannelGraph`)."""
+    x = _example(model, example_input, input_shape)
+    x = x[:1]
+    leaf_modules = tuple(leaf_modules)
+    was = model.training
+    model.eval()
+    try:
+        gm = trace(model, leaf_modules)
+        st = LabelState()
+        p = Propagation(gm, st, count_flops=True)
+        p.run(x)
+        # modules used only in training (auxiliary heads) are absent from the eval graph:
+        # trace the training graph too so their input channels are known.
+        used = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
+        dead = [
+            n
+            for n, m in model.named_modules()
+            if handler_for(m) is not None
+            and next(m.parameters(recurse=False), None) is not None
+            and n not in used
+            and not any(n.startswith(u + ".") for u in used)
+        ]
+        if dead:
+            model.train()
+            try:
+                gm_train = trace(model, leaf_modules)
+            finally:
+                model.eval()
+            if any(n.op == "call_module" and str(n.target) in dead for n in gm_train.graph.nodes):
+                macs = {name: rec.macs for name, rec in st.records.items()}
+                xt = x
+                for attempt in range(3):  # auxiliary heads may need a larger input than the eval graph
+                    try:
+                        Propagation(gm_train, st, tag=f"train{attempt}:").run(xt)
+                        break
+                    except (TraceError, UsageError):
+                        if attempt == 2:
+                            raise
+                        xt = torch.randn(*xt.shape[:2], *(2 * s for s in xt.shape[2:]), device=xt.device)
+                for name, rec in st.records.items():  # the cost model counts the eval graph only
+                    rec.macs = macs.get(name, 0)
+    finally:
+        model.train(was)
+    return ChannelGraph(model, gm, st, tuple(x.shape), unhandled_macs=int(p.flops // 2))
+
+
+def count(model: nn.Module, input_shape: Sequence[int]) -> Cost:
+    """Ground-truth MACs (``torch.utils.flop_counter``: FLOPs / 2) and parameters, per module.
+
+    A model on the ``meta`` device is counted without computing anything.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    p = next(model.parameters(), None)
+    device = p.device if p is not None else torch.device("cpu")
+    x = torch.zeros(tuple(int(s) for s in input_shape), device=device)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            model(x)
+    except RuntimeError as e:
+        raise UsageError(
+            f"the model rejects input shape {tuple(input_shape)}: {str(e).splitlines()[0]}"
+        ) from e
+    finally:
+        model.train(was)
+    per = fc.get_flop_counts()
+    root = type(model).__name__
+    rows = []
+    for name, m in model.named_modules():
+        if name == "" or any(True for _ in m.children()):
+            continue
+        key = f"{root}.{name}"
+        macs = sum(per.get(key, {}).values()) // 2
+        params = sum(p.numel() for p in m.parameters(recurse=False))
+        if macs or params:
+            rows.append({"module": name, "type": type(m).__name__, "macs": int(macs), "params": int(params)})
+    return Cost(int(fc.get_total_flops() // 2), int(sum(p.numel() for p in model.parameters())), rows)
+
+
+@torch.no_grad()
+def calibrate_bn(
+    model: nn.Module, input_shape: Sequence[int], *, batches: int = 4, seed: int = 0
+) -> nn.Module:
+    """Give an untrained model's BatchNorm layers statistics from random inputs (in place).
+
+    Untrained deep nets (EfficientNet at init) have vanishing activations in eval mode, which
+    makes numerical checks vacuous; tests and benchmarks calibrate first.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in bns]
+    was = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.eval()
+    for m in bns:
+        m.train()
+    for _ in range(batches):
+        model(torch.randn((max(2, int(input_shape[0])), *input_shape[1:]), generator=gen))
+    for m, (mom, tr) in zip(bns, saved):
+        m.momentum = mom
+        m.train(tr)
+    model.train(was)
+    return model

@@ -1,0 +1,207 @@
+"""How labels flow through functions and methods (``call_function`` / ``call_method`` nodes).
+
+Modules have handlers (:mod:`compressor.graph.registry`); functions are classified by the op
+tables (:mod:`compressor.graph.ops`): elementwise ops keep or unite labels, shape ops are applied
+to the id tensors themselves, reductions and softmax are followed unless they act across
+channels, and anything else freezes the channels it touches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from compressor.graph import ops
+from compressor.graph.labels import LabelState, tensors
+
+
+def function_ids(
+    st: LabelState,
+    tag: str,
+    node: fx.Node,
+    name: str,
+    real: dict[fx.Node, Any],
+    ids: dict[fx.Node, Any],
+    out: Any,
+) -> Any:
+    """The id tensor(s) of ``node``'s output ``out``; ``tag`` prefixes the label spaces it mints."""
+    in_ids = [ids.get(a) for a in node.all_input_nodes]
+    tensor_in = [t for t in in_ids if isinstance(t, torch.Tensor)]
+    has_tuple_in = any(isinstance(t, (tuple, list)) for t in in_ids)
+    if not tensors(out):
+        return None
+    if not tensor_in and not has_tuple_in:
+        # a tensor made from nothing traced (torch.zeros(...), arange): a constant
+        return st.fresh_frozen(out, f"{node.name}: tensor created inside the model", key=f"{tag}{node.name}")
+    what = f"{node.name} ({name})"
+    args: Any = node.args
+
+    def checked(res: Any) -> Any:
+        return st.checked(res, out, in_ids, what, key=f"{tag}chk:{what}")
+
+    def mixed(a: Any) -> Any:
+        return fx.node.map_arg(
+            a, lambda n: ids[n] if isinstance(ids.get(n), (torch.Tensor, tuple, list)) else real[n]
+        )
+
+    x_ids = ids.get(args[0]) if args and isinstance(args[0], fx.Node) else None
+
+    if name == "getitem":
+        if isinstance(x_ids, (tuple, list)):
+            return x_ids[args[1]]
+        if isinstance(x_ids, torch.Tensor):
+            _check_index(st, x_ids, args[1], what)
+            res = x_ids[fx.node.map_arg(args[1], lambda n: real[n])]  # the index is data, not labels
+            return checked(res)
+    if node.target is F.layer_norm:
+        return _layer_norm(st, tag, node, ids, out, what)
+    if name in ops.UNARY or (name in ops.BINARY and len(tensor_in) == 1):
+        if isinstance(x_ids, torch.Tensor) and isinstance(out, torch.Tensor):
+            if x_ids.shape == out.shape:
+                return x_ids
+            return _binary(st, tensor_in, out, what)
+    if name in ops.BINARY and isinstance(out, torch.Tensor):
+        return _binary(st, tensor_in, out, what)
+    if node.target in ops.SPATIAL_FN and isinstance(x_ids, torch.Tensor) and isinstance(out, torch.Tensor):
+        return st.spatial(x_ids, out, what)
+    if name == "pad" and isinstance(x_ids, torch.Tensor):
+        pad = ops.arg(node, 1, "pad")
+        if isinstance(pad, (tuple, list)) and len(pad) <= 2 * (x_ids.dim() - 2):
+            return st.spatial(x_ids, out, what)
+    if name in ops.SOFTMAX and isinstance(x_ids, torch.Tensor):
+        dim = ops.arg(node, 1, "dim")
+        if isinstance(dim, int):
+            return st.along_dim_op(x_ids, dim % x_ids.dim(), what)
+    if name in ops.REDUCE and isinstance(x_ids, torch.Tensor) and isinstance(out, torch.Tensor):
+        return _reduce(st, tag, node, x_ids, out, what)
+    if name in ops.SHAPE or name in ops.CAT or name in ops.SPLIT:
+        if name in ops.SPLIT and isinstance(x_ids, torch.Tensor):
+            _check_split(st, node, name, x_ids, what)
+        res = _apply(node, mixed)
+        if name in ops.LITERAL_SIZE_OPS and isinstance(x_ids, torch.Tensor) and isinstance(res, torch.Tensor):
+            st.check_reshape(x_ids, res, _literal_dims(node, name, res.dim()), what)
+        return checked(res)
+    reason = f"{what} is not understood by the channel engine"
+    st.freeze(in_ids, reason)
+    return st.fresh_frozen(out, reason, key=f"{tag}{node.name}")
+
+
+def _apply(node: fx.Node, mixed: Any) -> Any:
+    a = mixed(node.args)
+    k = mixed(node.kwargs)
+    if node.op == "call_method":
+        # id tensors are often expanded views: reshape where the model views
+        meth = {"view": "reshape", "view_as": "reshape_as"}.get(str(node.target), str(node.target))
+        return getattr(a[0], meth)(*a[1:], **k)
+    target: Any = node.target
+    return target(*a, **k)
+
+
+def _binary(st: LabelState, operands: list[torch.Tensor], out: torch.Tensor, what: str) -> torch.Tensor:
+    shape = out.shape
+    expanded = []
+    for t in operands:
+        try:
+            e = t.expand(shape) if t.dim() <= len(shape) else None
+        except RuntimeError:
+            e = None
+        if e is None:
+            st.freeze(operands, f"{what}: broadcasting the engine cannot follow")
+            res: torch.Tensor = st.fresh_frozen(out, f"{what}: broadcasting the engine cannot follow")
+            return res
+        expanded.append(e)
+    live = [e for e in expanded if st.varying_dims(e)]
+    if not live:
+        return expanded[0]
+    ref = live[0]
+    ref_var = set(st.varying_dims(ref))
+    for e in live[1:]:
+        keep_dims = ref_var | set(st.varying_dims(e))
+        idx = tuple(slice(None) if d in keep_dims else slice(0, 1) for d in range(ref.dim()))
+        a, b = ref[idx].reshape(-1), e[idx].reshape(-1)
+        code = torch.unique(a * st.n + b)  # distinct (a, b) pairs
+        st.union(code // st.n, code % st.n)
+    return ref
+
+
+def _reduce(
+    st: LabelState, tag: str, node: fx.Node, x_ids: torch.Tensor, out: torch.Tensor, what: str
+) -> Any:
+    dim = ops.arg(node, 1, "dim")
+    keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+    nd = x_ids.dim()
+    dims = list(range(nd)) if dim is None else [d % nd for d in ([dim] if isinstance(dim, int) else dim)]
+    if set(dims) & set(st.varying_dims(x_ids)):
+        st.freeze(x_ids, f"{what}: reduces over channels")
+        return st.fresh_frozen(out, f"{what}: reduces over channels", key=f"{tag}{node.name}")
+    res = x_ids
+    for d in sorted(dims, reverse=True):
+        res = res.narrow(d, 0, 1) if keep else res.select(d, 0)
+    return st.checked(res, out, [x_ids], what, key=f"{tag}chk:{what}")
+
+
+def _check_index(st: LabelState, x_ids: torch.Tensor, index: Any, what: str) -> None:
+    idx = index if isinstance(index, tuple) else (index,)
+    varying = set(st.varying_dims(x_ids))
+    n_consumed = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    d = 0
+    for i in idx:
+        if i is Ellipsis:
+            d += x_ids.dim() - n_consumed
+            continue
+        if i is None:
+            continue
+        full = isinstance(i, slice) and i == slice(None, None, None)
+        if not full and d in varying:
+            st.freeze(x_ids, f"{what}: indexes or slices channels")
+            return
+        d += 1
+
+
+def _check_split(st: LabelState, node: fx.Node, name: str, x_ids: torch.Tensor, what: str) -> None:
+    dim = ops.arg(node, 1, "dim", 0) if name == "unbind" else ops.arg(node, 2, "dim", 0)
+    if not isinstance(dim, int):
+        st.freeze(x_ids, f"{what}: split along a computed dimension")
+        return
+    dim %= x_ids.dim()
+    if dim not in st.varying_dims(x_ids):
+        return
+    n = ops.arg(node, 1, "chunks")
+    c = x_ids.shape[dim]
+    if name == "chunk" and isinstance(n, int) and c % n == 0:
+        blocks = x_ids.movedim(dim, 0).reshape(n, c // n, -1)[:, :, 0]
+        st.union_rows(blocks.t())  # equal chunks stay equal: channel b of each goes together
+        return
+    st.freeze(x_ids, f"{what}: splits channels at fixed sizes")
+
+
+def _layer_norm(st: LabelState, tag: str, node: fx.Node, ids: dict[fx.Node, Any], out: Any, what: str) -> Any:
+    x_ids = ids[node.args[0]]  # type: ignore[index]
+    shape = ops.arg(node, 1, "normalized_shape")
+    if not isinstance(x_ids, torch.Tensor) or not isinstance(shape, (tuple, list)) or len(shape) != 1:
+        st.freeze([x_ids], f"{what}: layer norm over several dimensions")
+        return st.fresh_frozen(out, f"{what}", key=f"{tag}{node.name}")
+    lab = st.channel_labels(x_ids, x_ids.dim() - 1, what)
+    for a in list(node.args[2:4]) + [node.kwargs.get("weight"), node.kwargs.get("bias")]:
+        if isinstance(a, fx.Node) and isinstance(ids.get(a), torch.Tensor):
+            st.union(lab, ids[a].reshape(-1))
+    return x_ids
+
+
+def _literal_dims(node: fx.Node, name: str, ndim: int) -> set[int]:
+    """Output dims whose size is a literal int (not -1, not computed): they cannot shrink."""
+    if name == "unflatten":
+        return set(range(ndim))
+    if name == "tile":
+        return set()
+    sizes: Any = node.args[1:]
+    if node.kwargs.get("shape") is not None:
+        sizes = (node.kwargs["shape"],)
+    if node.kwargs.get("size") is not None:
+        sizes = (node.kwargs["size"],)
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list, torch.Size)):
+        sizes = sizes[0]
+    return {d for d, s in enumerate(sizes) if isinstance(s, int) and s not in (-1,) and d < ndim}
