@@ -310,9 +310,10 @@ TIMM_NON_CONV_FAMILIES: dict[str, str] = {
 }
 
 #: a quick subset for the default test run (< 60 s in all): timm's plain ResNet, DLA's tree of
-#: concatenations, ConvNeXt (depthwise 7x7, LayerNorm2d, layer scale); RegNet's ConvNormAct
+#: concatenations, ConvNeXt (depthwise 7x7, LayerNorm2d, layer scale), EfficientNet-Lite
+#: (BatchNormAct2d, depthwise); RegNet's ConvNormAct
 #: (read-only width properties) is round-tripped in tests/test_timm_arch.py
-TIMM_QUICK = ("resnet10t", "dla46_c", "convnext_atto")
+TIMM_QUICK = ("resnet10t", "dla46_c", "convnext_atto", "efficientnet_lite0")
 
 
 def torchvision_models() -> dict[str, tuple[str, int, dict[str, Any]]]:
