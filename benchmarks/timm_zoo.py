@@ -294,6 +294,35 @@ def main(zoo: str = "timm", default_out: str = "timm_zoo.json") -> None:
         sys.exit(f"not in the {args.zoo} table: {', '.join(unknown)}")
     results: dict[str, Any] = {}
     t0 = time.time()
+    from compressor import __version__
+
+    def write(done: bool) -> dict[str, Any]:
+        """The JSON so far (after every model, so a run cut short keeps what it measured)."""
+        out = {
+            "benchmark": Path(args.out).stem,
+            "complete": done,
+            "machine": machine,
+            "settings": {
+                "target_flops": TARGET,
+                "cold_reps": args.cold_reps,
+                "warm_reps": args.warm_reps,
+                "timeout_s": args.timeout,
+                "threads": 1,
+                "torch_pruning": _tp_version(),
+                "compressor": __version__,
+                "models_asked": len(names),
+                "models_in_table": len(table),
+                "wall_s": time.time() - t0,
+            },
+            "summary": summarize(results),
+            "results": results,
+        }
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(args.out).with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(out, indent=1, default=float))
+        tmp.replace(args.out)
+        return out
+
     for name in names:
         row = one_model(name, args)
         results[name] = row
@@ -305,28 +334,8 @@ def main(zoo: str = "timm", default_out: str = "timm_zoo.json") -> None:
             f"{(o.get('error') or t.get('error') or '')[:60]}",
             flush=True,
         )
-    from compressor import __version__
-
-    out = {
-        "benchmark": Path(args.out).stem,
-        "machine": machine,
-        "settings": {
-            "target_flops": TARGET,
-            "cold_reps": args.cold_reps,
-            "warm_reps": args.warm_reps,
-            "timeout_s": args.timeout,
-            "threads": 1,
-            "torch_pruning": _tp_version(),
-            "compressor": __version__,
-            "models_asked": len(names),
-            "models_in_table": len(table),
-            "wall_s": time.time() - t0,
-        },
-        "summary": summarize(results),
-        "results": results,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1, default=float))
+        write(done=False)
+    out = write(done=True)
     print(json.dumps(out["summary"], indent=1))
 
 
