@@ -7,7 +7,10 @@ Data-free and deterministic: the data a run hands it is ignored.
 Floor: no group is cut below ``1 - max_ratio`` of its channels (default: every group keeps at
 least 20%). When the target cannot be reached above that floor (most channels frozen, so the
 few prunable groups would have to be gutted), the search fails with a budget error (exit 3)
-saying what was reached, instead of returning a model that silently kept most of its FLOPs.
+saying what was reached, instead of returning a model that silently kept most of its FLOPs: a
+miss of more than 0.02 that deeper cuts would fix, or any miss of more than 0.1. A small miss
+only because widths round to the channel multiple is not one: the plan records the FLOPs it
+reaches and the run's budget check reports them.
 """
 
 from __future__ import annotations
@@ -42,6 +45,21 @@ class L1UniformOptions:
 TOLERANCE = 0.02
 
 
+def _floor_binds(graph: Any, fraction: float, achieved: float, options: L1UniformOptions) -> bool:
+    """Whether a miss of the target is a budget failure: more than ``GROSS_MISS`` above it
+    whatever the cause (frozen channels), or a smaller miss that cuts below the floor would fix
+    (not one that only the channel multiple's rounding causes)."""
+    if achieved > fraction + GROSS_MISS:
+        return True
+    deep = graph.counts_for_flops(fraction, multiple=options.multiple, max_ratio=0.95)
+    deeper = graph.cost_of_counts(deep).macs / graph.full.macs
+    return deeper < achieved - TOLERANCE
+
+
+#: a miss this far above the target is always a budget failure
+GROSS_MISS = 0.1
+
+
 def search(
     model: Any,
     graph: Any,
@@ -62,7 +80,7 @@ def search(
         )
     counts = graph.counts_for_flops(fraction, multiple=options.multiple, max_ratio=options.max_ratio)
     achieved = graph.cost_of_counts(counts).macs / graph.full.macs
-    if achieved > fraction + TOLERANCE:
+    if achieved > fraction + TOLERANCE and _floor_binds(graph, fraction, achieved, options):
         frozen = sum(g.size for g in graph.frozen)
         total = sum(g.size for g in graph.groups) or 1
         raise BudgetError(
