@@ -24,3 +24,28 @@ def machine_info(note: str, **extra: Any) -> dict[str, Any]:
         **extra,
         "note": note,
     }
+
+
+def code_version() -> dict[str, Any]:
+    """The compressor version and the git commit a result was measured with, and whether the code
+    differed from that commit (results under benchmarks/results/ are not counted as code)."""
+    import subprocess
+    from pathlib import Path
+
+    import compressor
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, status = "", ""
+    return {"compressor": compressor.__version__, "git_commit": commit or None, "git_dirty": bool(status)}

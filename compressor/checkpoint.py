@@ -17,6 +17,7 @@ import copy
 import os
 import pickle
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -26,7 +27,7 @@ import torch.nn as nn
 from compressor.errors import CheckpointError, UsageError
 from compressor.graph.widths import STRUCT_ATTRS, apply_widths, get_widths
 from compressor.io import atomic_write
-from compressor.models import build_model, canonical_arch, list_models, resolve_arch
+from compressor.models import build_model, canonical_arch, list_models, resolve_arch, timm_name
 
 FORMAT = "compressor.checkpoint/1"
 
@@ -96,7 +97,8 @@ def _trusted_arch(spec: str) -> bool:
     """Whether a checkpoint may name ``spec`` without the user confirming it.
 
     Only model factories compressor knows: its registered models, torchvision's model builders
-    (by their listed names) and ``nn.Module`` classes inside ``compressor.models``. Any other
+    (by their listed names), timm models by a name in ``timm.list_models()`` (built with
+    ``pretrained=False``) and ``nn.Module`` classes inside ``compressor.models``. Any other
     callable (``os:system``, or a library helper such as ``compressor.io:atomic_write_text``)
     could run code or write files when called with arguments taken from the file.
     """
@@ -105,6 +107,8 @@ def _trusted_arch(spec: str) -> bool:
     except UsageError:
         return False
     if path in {canonical_arch(n) for n in list_models()}:
+        return True
+    if timm_name(path) is not None:  # canonical_arch checked the name is one of timm.list_models()
         return True
     mod, _, attr = path.partition(":")
     if mod == "torchvision.models" or mod.startswith("torchvision.models."):
@@ -135,7 +139,15 @@ def _untrusted(p: Path, arch: str) -> CheckpointError:
 
 #: Keyword arguments a checkpoint may not pass to a factory: they download weights (the
 #: checkpoint's own state_dict replaces them anyway).
-_DROP_KWARGS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")
+_DROP_KWARGS = (
+    "weights",
+    "weights_backbone",
+    "pretrained",
+    "pretrained_backbone",
+    "pretrained_cfg",
+    "pretrained_cfg_overlay",
+    "checkpoint_path",
+)
 
 
 def _file_kwargs(p: Path, kwargs: Any) -> dict[str, Any]:
@@ -175,9 +187,17 @@ def _is_state_dict(obj: Any) -> TypeGuard[dict[str, torch.Tensor]]:
 
 
 def _strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    if sd and all(k.startswith(prefix) for k in sd):
-        return {k[len(prefix) :]: v for k, v in sd.items()}
-    return sd
+    """``sd`` without ``prefix`` on every key, its ``_metadata`` keys stripped the same way."""
+    if not (sd and all(k.startswith(prefix) for k in sd)):
+        return sd
+    out: OrderedDict[str, torch.Tensor] = OrderedDict((k[len(prefix) :], v) for k, v in sd.items())
+    meta = getattr(sd, "_metadata", None)
+    if meta is not None:
+        stem = prefix.rstrip(".")
+        out._metadata = OrderedDict(  # type: ignore[attr-defined]
+            (k[len(prefix) :] if k.startswith(prefix) else "" if k == stem else k, v) for k, v in meta.items()
+        )
+    return out
 
 
 def load_state_dict_checked(model: nn.Module, sd: dict[str, torch.Tensor], *, source: str) -> None:
@@ -309,7 +329,7 @@ def load_checkpoint(
         model = _build(spec, kwargs)
         if widths:
             try:
-                apply_widths(model, widths, sd)
+                model = apply_widths(model, widths, sd)
             except CheckpointError:
                 raise
             except Exception as e:  # noqa: BLE001
@@ -354,6 +374,17 @@ def load_checkpoint(
     )
 
 
+def _portable_state_dict(model: nn.Module) -> OrderedDict[str, torch.Tensor]:
+    """``model.state_dict()`` on the CPU, keeping its ``_metadata`` (the per-module versions
+    that ``_load_from_state_dict`` reads: torchvision's MNASNet refuses to load without them)."""
+    sd = model.state_dict()
+    out: OrderedDict[str, torch.Tensor] = OrderedDict((k, v.detach().cpu().clone()) for k, v in sd.items())
+    meta = getattr(sd, "_metadata", None)
+    if meta is not None:
+        out._metadata = copy.deepcopy(meta)  # type: ignore[attr-defined]
+    return out
+
+
 def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], *, meta: dict[str, Any]) -> Path:
     """Save ``model`` as architecture + widths + state_dict (format 1), atomically."""
     if not meta or not meta.get("arch"):
@@ -368,7 +399,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], *, meta: dic
         "arch": arch,
         "arch_kwargs": kwargs,
         "widths": get_widths(model),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "state_dict": _portable_state_dict(model),
         "meta": meta,
     }
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))

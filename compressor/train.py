@@ -118,7 +118,10 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    """The model's state_dict on the CPU, with its ``_metadata`` (module versions) kept."""
+    from compressor.checkpoint import _portable_state_dict
+
+    return _portable_state_dict(model)
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:

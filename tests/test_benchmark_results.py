@@ -1,5 +1,5 @@
 """benchmarks/results/*.json are exactly what the scripts write: every key comes from the script,
-one engine version per file (no spliced rows), no hand edits."""
+one code version per file (no spliced rows), no hand edits."""
 
 from __future__ import annotations
 
@@ -28,51 +28,55 @@ def _script(name: str) -> ModuleType:
 
 
 def _rows() -> dict:
-    ok = {"ok": True, "rel_err": 2e-6}
+    def tool(verified: bool, flops: float, cold: float, rt: bool | None = None) -> dict:
+        r = {
+            "verified": verified,
+            "flops_ratio": flops,
+            "cold_s": {"median": cold},
+            "warm_s": {"median": cold / 2},
+        }
+        if rt is not None:
+            r["roundtrip"] = {"ok": rt}
+        return r
+
     return {
-        "a": {"transformer": False, "ours": ok, "torch_pruning": {"ok": True}},
-        "b": {"transformer": True, "ours": {**ok, "rel_err": 3e-6}, "torch_pruning": {"ok": False}},
-        "c": {"transformer": False, "ours": {"ok": False, "error": "x"}, "torch_pruning": {"ok": False}},
+        "a": {
+            "family": "resnet",
+            "ours": tool(True, 0.50, 1.0, True),
+            "torch_pruning": tool(True, 0.49, 2.0),
+        },
+        "b": {
+            "family": "resnet",
+            "ours": tool(True, 0.60, 3.0, False),
+            "torch_pruning": tool(False, 0.5, 4.0),
+        },
+        "c": {"family": "vit", "ours": {"error": "x"}, "torch_pruning": tool(True, 0.51, 1.0)},
     }
 
 
-def test_zoo_slim_script_writes_the_summary_keys_it_publishes() -> None:
-    """The summary keys the README quotes (failures, max error, threads) come from the script."""
-    zs = _script("zoo_slim")
-    s = zs.summarize(_rows(), threads=1, torch_pruning=True)
-    assert s["ours_failed"] == ["c"] and s["torch_pruning_failed"] == ["b", "c"]
-    assert s["max_rel_err"] == 3e-6 and s["threads"] == 1 and s["ours_ok"] == 2
-    assert s["ours_ok_convolutional"] == 1 and s["convolutional_models"] == 2
-    assert "torch_pruning_ok" not in zs.summarize(_rows(), threads=1, torch_pruning=False)
-    code = zs.code_version()
+def test_zoo_summary_is_computed_by_the_script() -> None:
+    """The summary keys the README quotes come from the script's own summarize()."""
+    tz = _script("timm_zoo")
+    s = tz.summarize(_rows())
+    assert s["models"] == 3 and s["families"] == 2
+    assert s["ours_verified"] == 1  # b verified but did not round-trip
+    assert s["torch_pruning_verified"] == 2 and s["ours_roundtrip_ok"] == 1
+    assert s["ours_flops_within_0.02_of_target"] == 1
+    assert s["median_cold_s"] == {"ours": 2.0, "torch_pruning": 2.0}
+    assert s["models_timed_by_both"] == 2
+
+
+def test_code_version_names_the_commit() -> None:
+    mi = _script("machine_info")
+    code = mi.code_version()
     assert set(code) == {"compressor", "git_commit", "git_dirty"}
 
 
-def test_zoo_slim_row_keys_are_the_scripts() -> None:
-    """A row of ours(): the keys the committed file must have, relative error named as such."""
-    import torchvision
-
-    zs = _script("zoo_slim")
-    model = torchvision.models.get_model("squeezenet1_1", weights=None).eval()
-    row = zs.ours(model, (1, 3, 64, 64))
-    assert row["ok"] and 0 < row["rel_err"] < zs.REL_TOL
-    assert "equivalence_error" not in row
-
-
-@pytest.mark.skip(
-    reason="enabled with the benchmark rerun on the final code (zoo_slim.json predates the script)"
-)
-def test_committed_zoo_slim_json_is_exactly_what_the_script_writes() -> None:
-    zs = _script("zoo_slim")
-    d = json.loads((BENCH / "results" / "zoo_slim.json").read_text())
-    assert d["code"]["git_commit"] and not d["code"]["git_dirty"]  # one engine version for every row
-    tp = any("torch_pruning" in r for r in d["results"].values())
-    want = zs.summarize(d["results"], threads=d["summary"]["threads"], torch_pruning=tp)
-    got = {k: v for k, v in d["summary"].items() if not k.startswith("resnet50_")}
-    assert got == want  # no key the script does not write, every value recomputes
-    import torchvision
-
-    keys = set(zs.ours(torchvision.models.get_model("squeezenet1_1", weights=None).eval(), (1, 3, 64, 64)))
-    for name, r in d["results"].items():
-        if r["ours"].get("ok"):
-            assert set(r["ours"]) == keys, name
+@pytest.mark.parametrize("name", ["zoo_slim", "timm_zoo"])
+def test_committed_zoo_json_is_exactly_what_the_script_writes(name: str) -> None:
+    """A committed zoo result is complete, from one clean commit, and its summary recomputes."""
+    tz = _script("timm_zoo")
+    d = json.loads((BENCH / "results" / f"{name}.json").read_text())
+    assert d["complete"] is True
+    assert d["code"]["git_commit"] and not d["code"]["git_dirty"]  # one code version for every row
+    assert d["summary"] == json.loads(json.dumps(tz.summarize(d["results"]), default=float))

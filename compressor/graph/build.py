@@ -13,6 +13,7 @@ from compressor.graph.cost import Cost
 from compressor.graph.labels import LabelState
 from compressor.graph.propagate import Propagation, model_error
 from compressor.graph.registry import handler_for
+from compressor.graph.timm_handlers import load_for
 from compressor.graph.trace import trace
 
 
@@ -39,6 +40,7 @@ def build_graph(
     """Trace ``model`` and find its coupled channel groups (see :class:`ChannelGraph`)."""
     x = _example(model, example_input, input_shape)
     x = x[:1]
+    load_for(model)  # timm's blocks, when the model has any
     leaf_modules = tuple(leaf_modules)
     was = model.training
     model.eval()

@@ -4,12 +4,15 @@ An architecture spec is one of:
 
 * a registered name (``resnet_cifar``), see :func:`list_models`;
 * a torchvision classification model name (``resnet18``);
+* ``timm:NAME``: a model of timm (PyTorch Image Models; ``pip install compressor[timm]``) built by
+  ``timm.create_model(NAME, pretrained=False)``: never with downloaded weights;
 * an import path ``package.module:factory`` (``torchvision.models:resnet18``,
   ``mypkg.nets:build``), called with keyword arguments.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
@@ -25,10 +28,44 @@ __all__ = [
     "list_models",
     "register_model",
     "resolve_arch",
+    "timm_name",
 ]
 
 #: Import-path prefixes whose factories may be named by a checkpoint without the user's say-so.
-TRUSTED_PREFIXES = ("compressor.", "torchvision.models")
+TRUSTED_PREFIXES = ("compressor.", "torchvision.models", "timm:")
+
+#: The prefix of a timm architecture spec (``timm:resnet18``).
+TIMM_PREFIX = "timm:"
+
+#: Keyword arguments that would download pretrained weights; refused for timm models.
+_PRETRAINED_KWARGS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path")
+
+
+def _timm() -> Any:
+    try:
+        import timm
+    except ImportError:
+        raise UsageError(
+            "timm architectures need the timm package: pip install 'compressor[timm]' (or pip install timm)"
+        ) from None
+    return timm
+
+
+def timm_name(spec: str) -> str | None:
+    """The timm model name of a ``timm:NAME`` spec (None for any other spec)."""
+    spec = spec.strip()
+    return spec[len(TIMM_PREFIX) :].strip() if spec.startswith(TIMM_PREFIX) else None
+
+
+def _check_timm_name(name: str) -> None:
+    timm = _timm()
+    if not name or not timm.is_model(name):
+        close = timm.list_models(f"*{name[:6]}*")[:8] if name else []
+        hint = f"; similar names: {', '.join(close)}" if close else ""
+        raise UsageError(
+            f"unknown timm architecture {name!r}: use a name from timm.list_models(), "
+            f"e.g. 'timm:resnet18'{hint}"
+        )
 
 
 def list_models() -> list[str]:
@@ -38,6 +75,10 @@ def list_models() -> list[str]:
 def canonical_arch(spec: str) -> str:
     """Normalise a spec to an import path (``module:factory``) that :func:`build_model` accepts."""
     spec = spec.strip()
+    name = timm_name(spec)
+    if name is not None:
+        _check_timm_name(name)
+        return TIMM_PREFIX + name
     if ":" in spec:
         return spec
     if spec in MODELS:
@@ -50,7 +91,7 @@ def canonical_arch(spec: str) -> str:
     valid = ", ".join(list_models())
     raise UsageError(
         f"unknown architecture {spec!r}: use a registered name ({valid}), a torchvision model name "
-        "such as 'resnet18', or an import path 'package.module:factory'"
+        "such as 'resnet18', a timm model 'timm:NAME', or an import path 'package.module:factory'"
     )
 
 
@@ -72,6 +113,9 @@ def _current_folder_importable() -> None:
 def resolve_arch(spec: str) -> Callable[..., Any]:
     """Return the factory a spec names (importing its module)."""
     path = canonical_arch(spec)
+    name = timm_name(path)
+    if name is not None:
+        return functools.partial(_timm().create_model, name, pretrained=False)
     mod_name, _, attr = path.partition(":")
     _current_folder_importable()
     try:
@@ -90,13 +134,22 @@ def resolve_arch(spec: str) -> Callable[..., Any]:
 
 
 def build_model(spec: str, **kwargs: Any) -> Any:
-    """Build an untrained model from a spec; torchvision models get ``weights=None``."""
+    """Build an untrained model from a spec; torchvision models get ``weights=None`` and timm
+    models ``pretrained=False`` (asking a timm model for pretrained weights is refused)."""
     import torch.nn as nn
 
     factory = resolve_arch(spec)
     path = canonical_arch(spec)
     if path.startswith("torchvision.models:"):
         kwargs.setdefault("weights", None)
+    if timm_name(path) is not None:
+        asked = [k for k in _PRETRAINED_KWARGS if kwargs.get(k)]
+        if asked:
+            raise UsageError(
+                f"{spec!r}: {asked[0]}={kwargs[asked[0]]!r} is not allowed: compressor builds timm models "
+                "without downloading weights; load your trained weights from a checkpoint instead"
+            )
+        kwargs = {k: v for k, v in kwargs.items() if k not in _PRETRAINED_KWARGS}
     try:
         model = factory(**kwargs)
     except TypeError as e:

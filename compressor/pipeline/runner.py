@@ -195,10 +195,11 @@ def _run_stages(ctx: RunContext, *, trust_pickle: bool) -> Report | WorkerResult
     choose_threads(ctx, "search", ctx.model)
     try:
         search(ctx)
-    except BudgetStop as e:
+    except (BudgetStop, BudgetError) as e:  # the search loop's, or a method's (its floor)
+        msg = e.message if isinstance(e, BudgetStop) else str(e)
         original_latency(ctx)  # the report still compares with the original's latency
-        report = finish(ctx, "budget_not_met", 3, e.message)
-        raise BudgetError(e.message + where, report=report) from None
+        report = finish(ctx, "budget_not_met", 3, msg)
+        raise BudgetError(msg + where, report=report) from None
     model = slim_and_finetune(ctx)
     if ctx.rank != 0:  # export, validation and the report are rank 0's
         return {"status": "worker", "rank": ctx.rank, "exit_code": 0}

@@ -1,0 +1,94 @@
+"""Handlers for timm's building blocks (loaded when a model holds timm modules, see
+:func:`load_for`), registered with :func:`compressor.graph.registry.register_handler` like any
+plug-in:
+
+* ``BatchNormAct2d`` / ``SyncBatchNormAct`` (BatchNorm, then dropout and an activation),
+  ``GroupNormAct``: per-channel normalisation followed by an element-wise activation, so they
+  are cut like ``BatchNorm2d`` / ``GroupNorm``. An activation with parameters (a per-channel
+  PReLU) or one the engine does not know freezes the channels, naming it.
+* timm's ``Linear`` (``nn.Linear`` whose forward only casts the weights under torchscript);
+* ``Conv2dSame`` (TensorFlow "same" padding computed from the input size, which torch.fx
+  cannot trace): a leaf cut like ``Conv2d``; its padding depends only on the spatial size,
+  never on the channels.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from compressor.graph import handlers as H
+from compressor.graph.labels import LabelState
+from compressor.graph.registry import handler_for, register_handler
+
+_loaded = False
+
+
+def _elementwise(m: nn.Module | None) -> bool:
+    """Whether ``m`` is applied element by element with nothing per channel."""
+    if m is None or isinstance(m, nn.Identity):
+        return True
+    if next(m.parameters(), None) is not None:
+        return False
+    if type(m).__module__.startswith("timm.layers.activations"):
+        return True
+    h = handler_for(m)
+    return h is not None and h.propagate_fn is H._prop_elementwise
+
+
+def _check_act(st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: torch.Tensor) -> bool:
+    for part in ("drop", "act"):
+        sub = getattr(m, part, None)
+        if not _elementwise(sub):
+            why = f"{name}.{part} ({type(sub).__name__}) is not an element-wise activation the engine knows"
+            st.freeze(ids_in, why)
+            return False
+    return tuple(out.shape) == tuple(ids_in.shape)
+
+
+def _prop_norm_act(st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: torch.Tensor) -> Any:
+    if not _check_act(st, name, m, ids_in, out):
+        return st.fresh_frozen(out, f"{name}: activation not understood")
+    return H._prop_norm(st, name, m, ids_in, out)
+
+
+def _prop_group_norm_act(st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: torch.Tensor) -> Any:
+    if not _check_act(st, name, m, ids_in, out):
+        return st.fresh_frozen(out, f"{name}: activation not understood")
+    return H._prop_group_norm(st, name, m, ids_in, out)
+
+
+def _register() -> None:
+    from timm.layers import BatchNormAct2d, GroupNormAct
+    from timm.layers import Linear as TimmLinear
+    from timm.layers.conv2d_same import Conv2dSame
+
+    for t in (BatchNormAct2d, getattr(sys.modules["timm.layers"], "SyncBatchNormAct", None)):
+        if t is not None:
+            register_handler(t, propagate=_prop_norm_act, slim=H._slim_norm, cost=H._cost_per_channel)
+    register_handler(
+        GroupNormAct, propagate=_prop_group_norm_act, slim=H._slim_group_norm, cost=H._cost_per_channel
+    )
+    register_handler(
+        TimmLinear,
+        propagate=H._prop_linear,
+        slim=H._slim_linear,
+        cost=H._cost_producer,
+        filters=H._filters_linear,
+    )
+    register_handler(
+        Conv2dSame, propagate=H._prop_conv, slim=H._slim_conv, cost=H._cost_producer, filters=H._filters_conv
+    )
+
+
+def load_for(model: nn.Module) -> None:
+    """Register the timm handlers once, if ``model`` holds a module of timm."""
+    global _loaded
+    if _loaded or "timm" not in sys.modules:
+        return
+    if any(type(m).__module__.startswith("timm.") for m in model.modules()):
+        _loaded = True
+        _register()
