@@ -31,7 +31,7 @@ def export_cmd(
         help="Symbolic or fixed batch dimension (overrides the target).",
     ),
     input_shape: str | None = typer.Option(
-        None, help="Input shape C,H,W (beats the checkpoint's and the target's), e.g. 3,224,224."
+        None, help="Input shape C,H,W without the batch (default: the checkpoint's, else the target's)."
     ),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify with onnxsim."),
     arch: str | None = typer.Option(

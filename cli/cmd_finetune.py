@@ -50,7 +50,7 @@ def finetune_cmd(
         from compressor.checkpoint import load_checkpoint
         from compressor.data import load_data
         from compressor.errors import UsageError
-        from compressor.train import finetune
+        from compressor.train import FinetuneConfig, finetune
 
         model, meta = load_checkpoint(checkpoint, arch=arch, trust_pickle=trust_pickle)
         spec = data or meta.get("dataset")
@@ -62,15 +62,18 @@ def finetune_cmd(
         teacher_model = None
         if teacher is not None:
             teacher_model, _ = load_checkpoint(teacher, trust_pickle=trust_pickle)
-        res = finetune(
-            model, bundle, epochs=epochs, out=output, meta=meta, lr=lr, momentum=momentum,
-            weight_decay=weight_decay, warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
-            teacher=teacher_model, batch_size=batch_size, device=device, seed=seed, progress=progress and not as_json,
-            kd_alpha=kd_alpha, kd_temperature=kd_temperature, num_workers=workers,
+        recipe = FinetuneConfig(
+            epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+            label_smoothing=label_smoothing, batch_size=batch_size, seed=seed, kd_alpha=kd_alpha,
+            kd_temperature=kd_temperature, num_workers=workers,
         )  # fmt: skip
-        import os
+        res = finetune(
+            model, bundle, recipe, out=output, meta=meta, teacher=teacher_model, device=device,
+            progress=progress and not as_json,
+        )  # fmt: skip
+        from compressor.device import dist_env
 
-        if int(os.environ.get("RANK", "0")) != 0:
+        if dist_env()[0] != 0:
             return
         summary = {
             "output": str(output), "dataset": bundle.name, "best_epoch": res.best_epoch, "val_top1": res.best_acc,

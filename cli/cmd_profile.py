@@ -19,8 +19,12 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Architecture: registered name, torchvision name or module:factory."),
         ] = None,
         input_shape: Annotated[
-            str | None, typer.Option(help="Input shape with batch, e.g. 1,3,224,224.")
+            str | None,
+            typer.Option(
+                help="Input shape C,H,W without the batch (default: the checkpoint's, else 3,224,224)."
+            ),
         ] = None,
+        batch: Annotated[int, typer.Option(help="Count the MACs of a batch of this many inputs.")] = 1,
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
         layers: Annotated[int, typer.Option(help="Rows of the per-layer table to show (0: all).")] = 30,
         trust_pickle: Annotated[
@@ -32,7 +36,11 @@ def register(app: typer.Typer) -> None:
             from compressor.api import profile as run_profile
 
             res = run_profile(
-                checkpoint, arch=arch, input_shape=parse_shape(input_shape), trust_pickle=trust_pickle
+                checkpoint,
+                arch=arch,
+                input_shape=parse_shape(input_shape),
+                batch=batch,
+                trust_pickle=trust_pickle,
             )
             if json_out:
                 print_json(res)

@@ -5,16 +5,25 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from compressor.cli._common import cli_errors, console, parse_shape, print_json
+from compressor.cli._common import (
+    INPUT_SHAPE_HELP,
+    OPTION_HELP,
+    MethodsHelpCommand,
+    cli_errors,
+    console,
+    parse_options,
+    parse_shape,
+    print_json,
+)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
+    @app.command(cls=MethodsHelpCommand)
     def prune(
         checkpoint: Annotated[str, typer.Argument(help="Checkpoint to prune.")],
         out: Annotated[str, typer.Option("-o", "--out", help="Where to write the slimmed checkpoint.")],
         method: Annotated[
-            str, typer.Option(help="Pruning method (see 'compress search --help').")
+            str, typer.Option(help="A registered pruning method (listed below).")
         ] = "l1-uniform",
         flops: Annotated[
             float, typer.Option(help="Fraction of the original FLOPs to keep, in (0, 1].")
@@ -23,27 +32,38 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="Apply this plan.json (from 'compress search') instead of a method."),
         ] = None,
-        arch: Annotated[str | None, typer.Option(help="Architecture for a bare state_dict.")] = None,
-        input_shape: Annotated[
-            str | None, typer.Option(help="Input shape with batch, e.g. 1,3,224,224.")
+        option: Annotated[
+            list[str] | None, typer.Option("--option", "-O", metavar="KEY=VALUE", help=OPTION_HELP)
         ] = None,
         multiple: Annotated[
-            int, typer.Option(help="Round kept widths to this channel multiple (l1-uniform).")
-        ] = 1,
+            int | None, typer.Option(help="Shorthand for --option multiple=M (round kept widths to M).")
+        ] = None,
+        data: Annotated[
+            str | None,
+            typer.Option(help="Data for a method that needs data (default: the checkpoint's dataset)."),
+        ] = None,
+        arch: Annotated[str | None, typer.Option(help="Architecture for a bare state_dict.")] = None,
+        input_shape: Annotated[str | None, typer.Option(help=INPUT_SHAPE_HELP)] = None,
         verify: Annotated[bool, typer.Option(help="Check the slim model equals the masked original.")] = True,
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
         trust_pickle: Annotated[
             bool, typer.Option(help="Allow loading a pickled nn.Module (runs code from the file).")
         ] = False,
     ) -> None:
-        """Physically slim a model: fewer channels, smaller weights, same architecture code."""
+        """Physically slim a model: fewer channels, smaller weights, same architecture code.
+
+        The slim checkpoint records its input shape, so [bold]compress export[/] needs no --input-shape.
+        """
         with cli_errors():
             from compressor.api import prune as run_prune
 
-            opts = {"multiple": multiple} if method == "l1-uniform" and plan is None else {}
+            opts = {} if multiple is None else {"multiple": multiple}
+            if plan is None:
+                opts.update(parse_options(method, option))
             res = run_prune(
-                checkpoint, out=out, method=method, flops=flops, plan=plan, arch=arch,
-                input_shape=parse_shape(input_shape), trust_pickle=trust_pickle, verify=verify, **opts,
+                checkpoint, out=out, method=method, flops=flops, plan=plan, data=data, arch=arch,
+                input_shape=parse_shape(input_shape), trust_pickle=trust_pickle, verify=verify,
+                progress=not json_out, **opts,
             )  # fmt: skip
             if json_out:
                 res = {k: v for k, v in res.items() if k != "plan"}

@@ -1,17 +1,26 @@
-"""``compress run``: the whole pipeline in one command (a thin shell over compressor.pipeline.run)."""
+"""``compress run``: the whole pipeline in one command (a thin shell over compressor.run)."""
 
 from __future__ import annotations
 
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
-from compressor.cli._common import cli_errors, console, err_console, print_json
+from compressor.cli._common import (
+    OPTION_HELP,
+    MethodsHelpCommand,
+    cli_errors,
+    console,
+    err_console,
+    parse_options,
+    print_json,
+)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("run")
+    @app.command("run", cls=MethodsHelpCommand)
     def run_cmd(
         ctx: typer.Context,
         checkpoint: Path = typer.Argument(
@@ -30,8 +39,9 @@ def register(app: typer.Typer) -> None:
             None,
             "--method",
             "-m",
-            help="A registered pruning method (eagleeye, epruner, l1-uniform, ...; default eagleeye); an unknown name lists them.",
+            help="A registered pruning method (listed below; default eagleeye); an unknown name lists them.",
         ),
+        option: list[str] = typer.Option(None, "--option", "-O", metavar="KEY=VALUE", help=OPTION_HELP),
         data: str = typer.Option(
             None,
             "--data",
@@ -48,12 +58,12 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (default auto)."),
         seed: int = typer.Option(None, "--seed", help="Random seed (default 0)."),
         candidates: int = typer.Option(
-            None, "--candidates", help="EagleEye: candidates to score (default 20)."
+            None, "--candidates", help="Candidates a method that scores candidates evaluates (default 20)."
         ),
         top_k: int = typer.Option(
             None,
             "--top-k",
-            help="EagleEye: fine-tune the top-k 1 epoch each and keep the best (default 3; 1 = best score).",
+            help="A method with a top_k option fine-tunes the top-k 1 epoch each and keeps the best (default 3; 1 = best score).",
         ),
         max_acc_drop: float = typer.Option(
             None, "--max-acc-drop", help="Largest allowed top-1 drop in points (default: the target's)."
@@ -80,6 +90,7 @@ def register(app: typer.Typer) -> None:
         """
         with cli_errors():
             from compressor.errors import CompressorError
+            from compressor.methods import DEFAULT_METHOD
             from compressor.pipeline import run
 
             command = _command_line(ctx)
@@ -107,11 +118,11 @@ def register(app: typer.Typer) -> None:
                     trust_pickle=trust_pickle,
                     command=command,
                     console=progress_console,
+                    method_options=parse_options(method or DEFAULT_METHOD, option) if option else None,
                 )
             except CompressorError as e:  # a budget or validation failure still has a report: show it
-                partial = getattr(e, "report", None)
-                if partial is not None:
-                    _show(partial, as_json=as_json, dry_run=False)
+                if e.report is not None:
+                    _show(e.report, as_json=as_json, dry_run=False)
                 raise
             _show(report, as_json=as_json, dry_run=dry_run)
 
@@ -126,11 +137,12 @@ def _command_line(ctx: typer.Context) -> str:
         if p.name == "checkpoint" or v is None or v is False:
             continue
         flag = max(p.opts, key=len)
-        parts.append(flag if v is True else f"{flag} {shlex.quote(str(v))}")
+        for item in v if isinstance(v, (list, tuple)) else [v]:
+            parts.append(flag if item is True else f"{flag} {shlex.quote(str(item))}")
     return " ".join(parts)
 
 
-def _show(report: dict, *, as_json: bool, dry_run: bool) -> None:
+def _show(report: Any, *, as_json: bool, dry_run: bool) -> None:
     from compressor.pipeline import estimate_table
     from compressor.report import render_table
 

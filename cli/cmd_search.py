@@ -5,7 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from compressor.cli._common import cli_errors, console, parse_shape, print_json
+from compressor.cli._common import (
+    INPUT_SHAPE_HELP,
+    OPTION_HELP,
+    MethodsHelpCommand,
+    cli_errors,
+    console,
+    parse_options,
+    parse_shape,
+    print_json,
+)
 
 
 def _check_method(value: str) -> str:
@@ -20,7 +29,7 @@ def _check_method(value: str) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("search")
+    @app.command("search", cls=MethodsHelpCommand)
     def search(
         checkpoint: Path = typer.Argument(
             ..., help="Trained checkpoint (compressor, torchvision reference, or state_dict with --arch)."
@@ -31,65 +40,56 @@ def register(app: typer.Typer) -> None:
             "-m",
             callback=_check_method,
             metavar="METHOD",
-            help="A registered pruning method (eagleeye, epruner, l1-uniform, ...); an unknown name lists them.",
+            help="A registered pruning method (listed below); an unknown name lists them.",
         ),
         flops: float | None = typer.Option(
             None, "--flops", help="Fraction of the original FLOPs (MACs) to keep, in (0, 1], e.g. 0.5."
         ),
-        beta: float | None = typer.Option(
-            None, "--beta", help="epruner: the preference factor, instead of --flops."
+        option: list[str] | None = typer.Option(
+            None, "--option", "-O", metavar="KEY=VALUE", help=OPTION_HELP
         ),
+        beta: float | None = typer.Option(None, "--beta", help="Shorthand for --option beta=B."),
         data: str | None = typer.Option(
             None,
             "--data",
             help="mnist5k | cifar10:DIR | imagefolder:DIR (default: the checkpoint's dataset, for methods that need data).",
         ),
         candidates: int | None = typer.Option(
-            None,
-            "--candidates",
-            help="eagleeye: number of candidates to score (default 100 when no --time-budget).",
+            None, "--candidates", help="Shorthand for --option candidates=N."
         ),
         time_budget: float | None = typer.Option(
-            None, "--time-budget", help="eagleeye: seconds of search (stops after the candidate in progress)."
+            None, "--time-budget", help="Shorthand for --option time_budget=SECONDS."
         ),
         calib_batches: int | None = typer.Option(
-            None, "--calib-batches", help="eagleeye: training batches for adaptive BN (default 50)."
+            None, "--calib-batches", help="Shorthand for --option calib_batches=N."
         ),
         batch_size: int | None = typer.Option(
-            None, "--batch-size", help="eagleeye: calibration batch size (default 64)."
+            None, "--batch-size", help="Shorthand for --option batch_size=N."
         ),
-        top_k: int | None = typer.Option(
-            None,
-            "--top-k",
-            help="eagleeye: fine-tune the best K briefly and keep the best after fine-tuning (default 1: no fine-tune).",
-        ),
+        top_k: int | None = typer.Option(None, "--top-k", help="Shorthand for --option top_k=K."),
         finetune_epochs: int | None = typer.Option(
-            None, "--finetune-epochs", help="eagleeye: epochs of each top-k fine-tune (default 1)."
+            None, "--finetune-epochs", help="Shorthand for --option finetune_epochs=N."
         ),
         ratio_max: float | None = typer.Option(
-            None,
-            "--ratio-max",
-            help="eagleeye: R, largest pruning ratio drawn per group (default from the paper's settings for the FLOPs target).",
+            None, "--ratio-max", help="Shorthand for --option ratio_max=R."
         ),
         tolerance: float | None = typer.Option(
-            None, "--tolerance", help="Relative tolerance on the FLOPs target (default 0.01 = 1%)."
+            None, "--tolerance", help="Shorthand for --option tolerance=T."
         ),
         seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same candidates and plan."),
-        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+        device: str = typer.Option(
+            "auto", "--device", help="auto | cpu | cuda | cuda:N, for methods with a device option."
+        ),
         out: Path = typer.Option(Path("plan.json"), "--output", "-o", help="Where to write the plan (JSON)."),
         candidates_file: Path | None = typer.Option(
             None,
             "--candidates-file",
-            help="Scored candidates, appended as scored; a rerun resumes (default: <plan stem>.candidates.jsonl beside the plan).",
+            help="Scored candidates, appended as scored, for methods that score candidates; a rerun resumes (default: <plan stem>.candidates.jsonl beside the plan).",
         ),
         arch: str | None = typer.Option(
             None, "--arch", help="Architecture for a bare state_dict (name or package.module:factory)."
         ),
-        input_shape: str | None = typer.Option(
-            None,
-            "--input-shape",
-            help="Input shape with batch, e.g. 1,3,224,224 (default: from the checkpoint).",
-        ),
+        input_shape: str | None = typer.Option(None, "--input-shape", help=INPUT_SHAPE_HELP),
         trust_pickle: bool = typer.Option(
             False, "--trust-pickle", help="Allow a pickled whole nn.Module (runs code from the file)."
         ),
@@ -99,12 +99,14 @@ def register(app: typer.Typer) -> None:
         """Search a pruning plan: [bold]compress search model.pt --method eagleeye --flops 0.5 -o plan.json[/].
 
         Apply it with [bold]compress prune model.pt --plan plan.json -o slim.pt[/]. Under
-        [bold]torchrun --nproc-per-node N -m cli.main search ...[/] the candidates are shared across ranks.
+        [bold]torchrun --nproc-per-node N -m compressor.cli.main search ...[/] the candidates are shared
+        across ranks.
         """
         with cli_errors():
-            from compressor.search_loop import dist_env, search_checkpoint
+            from compressor.api import search_checkpoint
+            from compressor.device import dist_env
 
-            options = {
+            shorthands = {
                 "beta": beta,
                 "candidates": candidates,
                 "time_budget": time_budget,
@@ -115,6 +117,8 @@ def register(app: typer.Typer) -> None:
                 "ratio_max": ratio_max,
                 "tolerance": tolerance,
             }
+            options = {k: v for k, v in shorthands.items() if v is not None}
+            options.update(parse_options(method, option))
             plan, summary = search_checkpoint(
                 checkpoint,
                 method=method,

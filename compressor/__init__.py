@@ -1,6 +1,6 @@
 """compressor: deployment-oriented channel pruning for CNNs.
 
-The public API (a contract; see DESIGN.md)::
+The public API (a contract)::
 
     import compressor
     model, meta = compressor.load_checkpoint("model.pt", arch=None, trust_pickle=False)
@@ -33,7 +33,7 @@ _LAZY = {
     "load_data": "compressor.data",
     "finetune": "compressor.train",
     "accuracy": "compressor.evaluate",
-    "adaptive_bn": "compressor.evaluate",
+    "adaptive_bn": "compressor.bn",
     "load_target": "compressor.targets",
     "list_targets": "compressor.targets",
     "export_onnx": "compressor.export",

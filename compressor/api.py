@@ -1,8 +1,15 @@
-"""Library functions behind ``compress profile`` and ``compress prune`` (the CLI only calls these)."""
+"""Library functions behind ``compress profile``, ``compress search`` and ``compress prune``
+(the CLI only calls these).
+
+Input shapes are C,H,W (:mod:`compressor.shapes`): the flag, else the checkpoint's meta.
+"""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,17 +17,8 @@ import torch.nn as nn
 
 from compressor.errors import UsageError
 
-
-def input_shape_for(
-    meta: dict[str, Any] | None, input_shape: tuple[int, ...] | None = None
-) -> tuple[int, ...]:
-    """The model's input shape with batch 1: the flag, else the checkpoint's meta, else ImageNet's."""
-    if input_shape is not None:
-        return tuple(input_shape)
-    shape = (meta or {}).get("input_shape")
-    if shape:
-        return (1, *[int(s) for s in shape])
-    return (1, 3, 224, 224)
+#: Input shape used by ``compress profile`` when neither the flag nor the checkpoint gives one.
+IMAGENET_SHAPE = (3, 224, 224)
 
 
 def load_model(
@@ -48,14 +46,23 @@ def profile(
     arch: str | None = None,
     arch_kwargs: dict[str, Any] | None = None,
     input_shape: tuple[int, ...] | None = None,
+    batch: int = 1,
     trust_pickle: bool = False,
     groups: bool = True,
 ) -> dict[str, Any]:
-    """MACs and parameters in total and per layer, and the channel groups the engine finds."""
-    from compressor.graph import build_graph, count
+    """MACs and parameters in total and per layer (for a batch of ``batch``), and the channel groups.
 
+    ``input_shape`` is C,H,W; default: the checkpoint's, else ImageNet's 3,224,224. The result's
+    ``input_shape`` is the tensor shape counted, batch first.
+    """
+    from compressor.graph import build_graph, count
+    from compressor.shapes import resolve_input_shape
+
+    if batch < 1:
+        raise UsageError(f"--batch {batch} must be at least 1")
     model, meta = load_model(checkpoint, arch=arch, arch_kwargs=arch_kwargs, trust_pickle=trust_pickle)
-    shape = input_shape_for(meta, input_shape)
+    sample = resolve_input_shape(input_shape, meta, default=IMAGENET_SHAPE)
+    shape = (batch, *sample)
     cost = count(model, shape)
     out: dict[str, Any] = {
         "arch": meta.get("arch"),
@@ -65,11 +72,170 @@ def profile(
         "layers": cost.rows,
     }
     if groups:
-        g = build_graph(model, input_shape=shape)
+        g = build_graph(model, input_shape=(1, *sample))
         out["groups"] = g.summary()
         out["prunable_groups"] = len(g.prunable)
         out["frozen_groups"] = len(g.frozen)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint -> plan, with any registered method
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class MethodInputs:
+    """A loaded checkpoint ready for a method: the model, its meta, its channel graph (traced at
+    batch 1), its input shape C,H,W, and the data (``None`` when the method needs none and none
+    was named)."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    graph: Any
+    input_shape: tuple[int, int, int]
+    data: Any
+    data_spec: str | None
+
+
+def method_options(
+    method: str, explicit: Mapping[str, Any], implicit: Mapping[str, Any] | None = None
+) -> Any:
+    """The method's options object: every ``explicit`` value that is set (not None), which the
+    method must declare (else :class:`UsageError` naming the flag and the method's options), plus
+    each ``implicit`` value that the method declares (the device, the target's channel multiple...)."""
+    from compressor.methods import get_method
+
+    spec = get_method(method)
+    given = {k: v for k, v in explicit.items() if v is not None}
+    unknown = [k for k in given if not spec.has_option(k)]
+    if unknown:
+        flags = ", ".join("--" + o.replace("_", "-") for o in spec.option_names()) or "(none)"
+        raise UsageError(
+            f"--{unknown[0].replace('_', '-')} is not an option of method {method!r}; its options: {flags} "
+            "(or --option KEY=VALUE)"
+        )
+    values = {k: v for k, v in (implicit or {}).items() if v is not None and spec.has_option(k)}
+    values.update(given)
+    return spec.make_options(values)
+
+
+def load_for_method(
+    checkpoint: str | os.PathLike[str],
+    *,
+    needs_data: bool,
+    what: str = "this method",
+    data: str | None = None,
+    arch: str | None = None,
+    trust_pickle: bool = False,
+    input_shape: tuple[int, ...] | None = None,
+    default_shape: tuple[int, int, int] | None = None,
+) -> MethodInputs:
+    """Load ``checkpoint``, its input shape (C,H,W: the flag, else the meta, else
+    ``default_shape``) and graph, and the data a method scores on: ``data``, else the checkpoint's
+    ``meta["dataset"]`` when ``needs_data`` (every method is handed the data; deterministic ones
+    ignore it)."""
+    from compressor.checkpoint import load_checkpoint
+    from compressor.graph import build_graph
+    from compressor.shapes import resolve_input_shape
+
+    model, meta = load_checkpoint(checkpoint, arch=arch, trust_pickle=trust_pickle)
+    meta = dict(meta or {})
+    sample = resolve_input_shape(
+        input_shape, meta, default=default_shape, source=f"checkpoint {str(checkpoint)!r}"
+    )
+    meta["input_shape"] = list(sample)  # the data's transforms follow the model's input
+    spec_text = data or (meta.get("dataset") if needs_data else None)
+    if needs_data and not spec_text:
+        raise UsageError(
+            f"{what} scores candidates on data and the checkpoint names no dataset: pass --data "
+            "(mnist5k, cifar10:DIR or imagefolder:DIR)"
+        )
+    bundle = None
+    if spec_text:
+        from compressor.data import load_data
+
+        bundle = load_data(spec_text, meta=meta)
+    graph = build_graph(model, input_shape=(1, *sample))
+    return MethodInputs(model, meta, graph, sample, bundle, spec_text)
+
+
+def search_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    *,
+    method: str = "eagleeye",
+    flops: float | None = None,
+    data: str | None = None,
+    out: str | os.PathLike[str] | None = "plan.json",
+    seed: int = 0,
+    arch: str | None = None,
+    trust_pickle: bool = False,
+    input_shape: tuple[int, ...] | None = None,
+    device: str = "auto",
+    candidates_file: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """Load ``checkpoint`` (and its data, for methods that need data), run ``method`` and save the
+    plan to ``out`` (rank 0 only under torchrun). Returns ``(plan, summary)``.
+
+    ``options`` go to the method; one it does not declare is a :class:`UsageError`. ``device``
+    "auto" leaves the method's own default. ``candidates_file`` (for methods that score
+    candidates) defaults to ``<out stem>.candidates.jsonl`` beside ``out``.
+    """
+    from compressor.device import dist_env
+    from compressor.methods import MethodContext, check_flops, get_method
+
+    spec = get_method(method)
+    check_flops(flops)
+    opts = method_options(method, options, {"device": None if device == "auto" else device})
+    t0 = time.perf_counter()
+    inputs = load_for_method(
+        checkpoint,
+        needs_data=spec.needs_data,
+        what=f"method {method!r}",
+        data=data,
+        arch=arch,
+        trust_pickle=trust_pickle,
+        input_shape=input_shape,
+    )
+    if not spec.scores_candidates:
+        candidates_file = None
+    elif candidates_file is None and out is not None:
+        candidates_file = Path(out).with_name(Path(out).stem + ".candidates.jsonl")
+    load_seconds = time.perf_counter() - t0
+    context = MethodContext(progress=progress, candidates_file=candidates_file, meta=inputs.meta)
+    plan = spec(
+        inputs.model, inputs.graph, flops=flops, data=inputs.data, seed=seed, options=opts, context=context
+    )
+    if plan.input_shape is None:
+        plan.input_shape = [1, *inputs.input_shape]
+    if plan.seed is None:
+        plan.seed = seed
+    graph = inputs.graph
+    cost = graph.cost(plan)
+    full = graph.full
+    summary = {
+        "method": method,
+        "checkpoint": str(checkpoint),
+        "data": inputs.data_spec,
+        "flops_target": flops,
+        "macs_before": int(full.macs),
+        "macs_after": int(cost.macs),
+        "flops_ratio": cost.macs / full.macs if full.macs else 1.0,
+        "params_before": int(full.params),
+        "params_after": int(cost.params),
+        "groups_pruned": sum(1 for g, k in plan.groups.items() if len(k) < plan.group_sizes[g]),
+        "groups": len(plan.groups),
+        "score": plan.info.get("score"),
+        "candidate": plan.info.get("candidate"),
+        "candidates_file": str(candidates_file) if candidates_file is not None else None,
+        "load_seconds": load_seconds,
+        "seconds": time.perf_counter() - t0,
+        "plan": str(out) if out is not None else None,
+    }
+    rank, _ = dist_env()
+    if out is not None and rank == 0:
+        plan.save(out)
+    return plan, summary
 
 
 def prune(
@@ -79,36 +245,57 @@ def prune(
     method: str = "l1-uniform",
     flops: float | None = 0.5,
     plan: str | os.PathLike[str] | None = None,
+    data: str | None = None,
     arch: str | None = None,
     input_shape: tuple[int, ...] | None = None,
     trust_pickle: bool = False,
     verify: bool = True,
     seed: int = 0,
+    progress: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
-    """Prune a checkpoint by ``method`` (or apply a saved ``plan``), slim it and save it."""
+    """Prune a checkpoint by ``method`` (or apply a saved ``plan``), slim it and save it.
+
+    The saved checkpoint's meta records the input shape (C,H,W) it was traced with, so exporting
+    it needs no ``--input-shape``. ``data`` is used by methods that need data (default: the
+    checkpoint's dataset).
+    """
     from compressor.checkpoint import save_checkpoint
-    from compressor.graph import build_graph, count, slim
-    from compressor.methods import check_flops, get_method
+    from compressor.graph import count, slim
+    from compressor.methods import MethodContext, check_flops, get_method
     from compressor.plan import Plan
 
     out = Path(out)
     if out.exists() and out.is_dir():
         raise UsageError(f"output {str(out)!r} is a directory; give a file name such as slim.pt")
+    spec = None
     if plan is None:
         check_flops(flops)
-        fn = get_method(method)  # fail on a bad name before loading anything
-    model, meta = load_model(checkpoint, arch=arch, trust_pickle=trust_pickle)
-    shape = input_shape_for(meta, input_shape)
-    graph = build_graph(model, input_shape=shape)
-    if plan is not None:
+        spec = get_method(method)
+        opts = method_options(method, options)  # fail on a bad name or option before loading anything
+    elif options:
+        raise UsageError(f"--plan applies a saved plan: method options ({', '.join(options)}) do not apply")
+    inputs = load_for_method(
+        checkpoint,
+        needs_data=spec is not None and spec.needs_data,
+        what=f"method {method!r}",
+        data=data if spec is not None else None,
+        arch=arch,
+        trust_pickle=trust_pickle,
+        input_shape=input_shape,
+        default_shape=IMAGENET_SHAPE,
+    )
+    model, graph, meta = inputs.model, inputs.graph, inputs.meta
+    if spec is None:
+        assert plan is not None
         the_plan = Plan.load(plan)
     else:
-        the_plan = fn(model, graph, flops=flops, seed=seed, **options)
+        ctx = MethodContext(progress=progress, meta=meta)
+        the_plan = spec(model, graph, flops=flops, data=inputs.data, seed=seed, options=opts, context=ctx)
+    shape = (1, *inputs.input_shape)
     small = slim(model, the_plan, graph=graph)
     before, after = count(model, shape), count(small, shape)
     err = graph.verify(small, the_plan) if verify else None
-    meta = dict(meta)
     meta["pruned"] = {"method": the_plan.method, "flops_ratio": after.macs / before.macs}
     save_checkpoint(small, out, meta=meta)
     return {

@@ -2,7 +2,7 @@
 
 A pruned network evaluated with the BatchNorm statistics it inherited from the full network
 scores near chance; recomputing the statistics on a few training batches restores a score
-that ranks sub-nets the way fine-tuning will. Re-exported from :mod:`compressor.evaluate`.
+that ranks sub-nets the way fine-tuning will. Also importable from :mod:`compressor.evaluate`.
 """
 
 from __future__ import annotations
@@ -14,14 +14,8 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from compressor.device import resolve_device
 from compressor.errors import DataError
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when present, else CPU (:func:`compressor.evaluate.resolve_device`)."""
-    from compressor.evaluate import resolve_device as _resolve
-
-    return _resolve(device)
 
 
 def _inputs_of(batch: Any) -> torch.Tensor:

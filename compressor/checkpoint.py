@@ -1,4 +1,4 @@
-"""Safe loading and saving of checkpoints (DESIGN.md, "Checkpoints").
+"""Safe loading and saving of checkpoints.
 
 Everything is loaded with ``torch.load(..., weights_only=True)``. Accepted:
 

@@ -1,12 +1,23 @@
-"""The library's own exception types. Only the CLI turns them into exit codes (DESIGN.md)."""
+"""The library's own exception types. Only the CLI turns them into exit codes."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 class CompressorError(Exception):
-    """Base class. ``exit_code`` is what the CLI exits with."""
+    """Base class. ``exit_code`` is what the CLI exits with.
+
+    ``report``: the report a run wrote before failing (``compress run`` exits 3 or 4 after writing
+    report.json; the CLI still prints its summary), else ``None``.
+    """
 
     exit_code = 1
+
+    def __init__(self, *args: object, report: Mapping[str, Any] | None = None) -> None:
+        super().__init__(*args)
+        self.report = report
 
 
 class UsageError(CompressorError):

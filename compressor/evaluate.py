@@ -1,4 +1,4 @@
-"""Measuring a model: accuracy (and, below, adaptive batch-norm recalibration).
+"""Measuring a model: top-k accuracy over a loader (adaptive BN is :mod:`compressor.bn`, re-exported here).
 
 >>> from compressor.data import load_data, make_loader
 >>> data = load_data("mnist5k")
@@ -14,24 +14,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from compressor.bn import adaptive_bn, bn_modules
+from compressor.device import resolve_device
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; other names as torch understands them."""
-    from compressor.errors import UsageError
-
-    if isinstance(device, torch.device):
-        return device
-    name = str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(
-            f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto"
-        )
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+__all__ = ["accuracy", "adaptive_bn", "bn_modules"]
 
 
 @torch.no_grad()
@@ -100,6 +86,3 @@ def accuracy(
     if total == 0:
         raise DataError("accuracy over an empty loader: the evaluation split has no images")
     return {f"top{k}": float(100.0 * correct[i].item() / total) for i, k in enumerate(ks)}
-
-
-from compressor.bn import adaptive_bn, bn_modules  # noqa: E402,F401  (eagleeye helper; re-exported here)

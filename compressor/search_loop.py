@@ -10,11 +10,11 @@ candidate, e.g. from an RNG seeded with ``(seed, index)``), and it
   resumes where it stopped;
 * under ``torchrun`` (``WORLD_SIZE > 1``) hands candidate ``i`` to rank ``i % world`` (of the
   indices still to score), gathers the records on every rank after each round with
-  ``torch.distributed.all_gather_object``, and lets only rank 0 write the file. For a candidate
+  :meth:`compressor.device.Dist.all_gather`, and lets only rank 0 write the file. For a candidate
   budget the records, and so the best candidate, are the same as in one process;
 * shows a rich progress bar (candidates done, best score so far, candidates/min) on rank 0.
 
-EagleEye (:mod:`compressor.methods.eagleeye`) and the pipeline use it.
+EagleEye (:mod:`compressor.methods.eagleeye`) uses it; any method that scores candidates can.
 """
 
 from __future__ import annotations
@@ -29,62 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compressor.device import init_distributed
 from compressor.errors import UsageError
 from compressor.io import append_jsonl, read_jsonl
-
-
-# ---------------------------------------------------------------------------------------------
-# distributed helpers (torch imported lazily: the loop itself is plain Python)
-# ---------------------------------------------------------------------------------------------
-def dist_env() -> tuple[int, int]:
-    """``(rank, world_size)``: from an initialised process group, else torchrun's environment."""
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-    except ImportError:  # pragma: no cover
-        pass
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def init_distributed(device: Any = None) -> tuple[int, int]:
-    """Join torchrun's process group if ``WORLD_SIZE > 1`` and none is initialised yet.
-
-    Backend: NCCL when ``device`` is CUDA, gloo otherwise. Returns ``(rank, world_size)``.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return dist_env()
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        use_cuda = device is not None and torch.device(device).type == "cuda"
-        if use_cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _all_gather(obj: Any, world: int) -> list[Any]:
-    import torch.distributed as dist
-
-    out: list[Any] = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s object on every rank (identity in one process)."""
-    _, world = dist_env()
-    if world <= 1:
-        return obj
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def search_id(config: dict[str, Any]) -> str:
@@ -210,7 +157,8 @@ def run_search(
         raise UsageError(f"--candidates {candidates} must be at least 1")
     if time_budget is not None and time_budget <= 0:
         raise UsageError(f"--time-budget {time_budget} must be a positive number of seconds")
-    rank, world = init_distributed()  # under torchrun: joins the process group if the caller has not
+    d = init_distributed()  # under torchrun: joins the process group if the caller has not
+    rank, world = d.rank, d.world
     path = Path(candidates_file) if candidates_file is not None else None
 
     # rank 0 reads the file (it is the only writer) and hands the records to the other ranks
@@ -220,7 +168,7 @@ def run_search(
             old = _read_own_records(path, search_key, candidates)
         except UsageError as e:
             old = str(e)
-    old = broadcast_object(old)
+    old = d.broadcast(old)
     if isinstance(old, str):
         raise UsageError(old)
     by_index = {int(r["index"]): r for r in old}
@@ -265,7 +213,7 @@ def run_search(
                         payload = run_one(mine)
                     except Exception as e:  # every rank must reach the gather, then all fail together
                         error = f"candidate {mine} failed on rank {rank}: {e!r}"
-                gathered = _all_gather((payload, error, time.perf_counter() - start), world)
+                gathered = d.all_gather((payload, error, time.perf_counter() - start))
                 errors = [g[1] for g in gathered if g[1]]
                 if errors:
                     raise RuntimeError("; ".join(errors))
@@ -293,136 +241,3 @@ def run_search(
         stopped_by=stopped_by,
         world_size=world,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# checkpoint -> plan (what `compress search` runs; any registered method)
-# ---------------------------------------------------------------------------------------------
-def method_options(
-    method: str, explicit: dict[str, Any], implicit: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The options to pass to ``method``: every ``explicit`` one that is set (not None), which the
-    method must accept (else :class:`UsageError` naming the flag and the method's options), plus
-    each ``implicit`` one that the method's signature names (progress, meta, device...)."""
-    import inspect
-
-    from compressor.methods import get_method
-
-    fn = get_method(method)
-    params = inspect.signature(fn).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    own = sorted(
-        k
-        for k, p in params.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("flops", "data", "seed", "meta", "progress")
-    )
-    out: dict[str, Any] = {}
-    for k, v in explicit.items():
-        if v is None:
-            continue
-        if not (takes_any or k in params):
-            flags = ", ".join("--" + o.replace("_", "-") for o in own) or "(none)"
-            raise UsageError(
-                f"--{k.replace('_', '-')} is not an option of method {method!r}; its options: {flags}"
-            )
-        out[k] = v
-    for k, v in (implicit or {}).items():
-        if v is not None and k in params and k not in out:
-            out[k] = v
-    return out
-
-
-def search_checkpoint(
-    checkpoint: str | os.PathLike[str],
-    *,
-    method: str = "eagleeye",
-    flops: float | None = None,
-    data: str | None = None,
-    out: str | os.PathLike[str] | None = "plan.json",
-    seed: int = 0,
-    arch: str | None = None,
-    trust_pickle: bool = False,
-    input_shape: tuple[int, ...] | None = None,
-    device: str = "auto",
-    candidates_file: str | os.PathLike[str] | None = None,
-    progress: bool = True,
-    **options: Any,
-) -> tuple[Any, dict[str, Any]]:
-    """Load ``checkpoint`` (and its data, for methods that score on data), run ``method`` and save
-    the plan to ``out`` (rank 0 only under torchrun). Returns ``(plan, summary)``.
-
-    ``options`` go to the method; one it does not accept is a :class:`UsageError`. The data spec
-    defaults to the checkpoint's ``meta["dataset"]`` for methods that need data (``needs_data``).
-    ``candidates_file`` defaults to ``<out stem>.candidates.jsonl`` beside ``out``.
-    """
-    from compressor.checkpoint import load_checkpoint
-    from compressor.graph import build_graph
-    from compressor.methods import check_flops, get_method
-
-    fn = get_method(method)
-    check_flops(flops)
-    t0 = time.perf_counter()
-    model, meta = load_checkpoint(checkpoint, arch=arch, trust_pickle=trust_pickle)
-    meta = dict(meta or {})
-    if input_shape is None:
-        if not meta.get("input_shape"):
-            raise UsageError(
-                f"checkpoint {str(checkpoint)!r} does not record its input shape; pass --input-shape, e.g. 1,3,224,224"
-            )
-        input_shape = (1, *[int(s) for s in meta["input_shape"]])
-    spec = data or (meta.get("dataset") if getattr(fn, "needs_data", False) else None)
-    if getattr(fn, "needs_data", False) and not spec:
-        raise UsageError(
-            f"method {method!r} scores candidates on data and the checkpoint names no dataset: pass --data "
-            "(mnist5k, cifar10:DIR or imagefolder:DIR)"
-        )
-    bundle = None
-    if spec:
-        from compressor.data import load_data
-
-        bundle = load_data(spec, meta=meta)
-    if candidates_file is None and out is not None:
-        candidates_file = Path(out).with_name(Path(out).stem + ".candidates.jsonl")
-    opts = method_options(
-        method,
-        options,
-        # "auto" leaves the method's own default device (each method resolves it its own way)
-        {
-            "device": None if device == "auto" else device,
-            "candidates_file": candidates_file,
-            "progress": progress,
-            "meta": meta,
-        },
-    )
-    load_seconds = time.perf_counter() - t0
-    graph = build_graph(model, input_shape=tuple(input_shape))
-    plan = fn(model, graph, flops=flops, data=bundle, seed=seed, **opts)
-    if plan.input_shape is None:
-        plan.input_shape = [int(s) for s in input_shape]
-    if plan.seed is None:
-        plan.seed = seed
-    cost = graph.cost(plan)
-    full = graph.full
-    summary = {
-        "method": method,
-        "checkpoint": str(checkpoint),
-        "data": spec,
-        "flops_target": flops,
-        "macs_before": int(full.macs),
-        "macs_after": int(cost.macs),
-        "flops_ratio": cost.macs / full.macs if full.macs else 1.0,
-        "params_before": int(full.params),
-        "params_after": int(cost.params),
-        "groups_pruned": sum(1 for g, k in plan.groups.items() if len(k) < plan.group_sizes[g]),
-        "groups": len(plan.groups),
-        "score": plan.info.get("score"),
-        "candidate": plan.info.get("candidate"),
-        "candidates_file": str(candidates_file) if "candidates_file" in opts else None,
-        "load_seconds": load_seconds,
-        "seconds": time.perf_counter() - t0,
-        "plan": str(out) if out is not None else None,
-    }
-    rank, _ = dist_env()
-    if out is not None and rank == 0:
-        plan.save(out)
-    return plan, summary

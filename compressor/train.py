@@ -19,6 +19,7 @@ uninterrupted run (per-epoch seeding). A finished state makes a rerun return at 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import time
@@ -31,8 +32,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from compressor.data import DataBundle, make_loader
+from compressor.device import Dist, init_distributed, resolve_device
 from compressor.errors import DataError, UsageError
-from compressor.evaluate import accuracy, resolve_device
+from compressor.evaluate import accuracy
 from compressor.io import atomic_write
 
 STATE_VERSION = 1
@@ -76,68 +78,6 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
     log_p = F.log_softmax(student.float() / t, dim=1)
     q = F.softmax(teacher.float() / t, dim=1)
     return F.kl_div(log_p, q, reduction="batchmean") * (t * t)
-
-
-# ----------------------------------------------------------------------------------------- distributed
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    created: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def average_buffers(self, model: nn.Module) -> None:
-        """Average floating-point buffers (BN running statistics) over ranks: one model everywhere."""
-        if self.world == 1:
-            return
-        import torch.distributed as dist
-
-        for buf in model.buffers():
-            if buf.is_floating_point():
-                dist.all_reduce(buf)
-                buf.div_(self.world)
-
-    def all_sum(self, values: list[float], device: torch.device) -> list[float]:
-        if self.world == 1:
-            return values
-        import torch.distributed as dist
-
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        return t.cpu().tolist()
-
-
-def _setup_distributed(device: torch.device) -> tuple[_Dist, torch.device]:
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if dist.is_available() and dist.is_initialized():
-        d = _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), False)
-    elif world > 1:
-        if not dist.is_available():
-            raise UsageError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if device.type == "cuda":
-            torch.cuda.set_device(local)
-        dist.init_process_group(backend=backend)
-        d = _Dist(dist.get_rank(), dist.get_world_size(), local, True)
-    else:
-        return _Dist(), device
-    if device.type == "cuda" and d.world > 1:
-        device = torch.device("cuda", d.local_rank)
-        torch.cuda.set_device(device)
-    return d, device
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -241,59 +181,108 @@ class _Bar:
 
 
 # -------------------------------------------------------------------------------------------- finetune
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """The training recipe. A resumed fine-tune must use the same recipe as the interrupted one.
+
+    ``lr``: peak learning rate of SGD (``momentum``, Nesterov when ``nesterov``), a linear warm-up
+    over ``warmup_epochs`` then a half cosine to 0; ``weight_decay`` on conv/linear weights only;
+    ``batch_size`` per process; ``kd_alpha``/``kd_temperature``: the distillation term when a
+    teacher is given; ``amp`` (default: on for CUDA): bfloat16 autocast where supported, else
+    float16 with a gradient scaler. Invalid values are a :class:`UsageError` on construction.
+    """
+
+    epochs: int
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    batch_size: int = 64
+    seed: int = 0
+    kd_alpha: float = 0.5
+    kd_temperature: float = 4.0
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    amp: bool | None = None
+
+    def __post_init__(self) -> None:
+        epochs = self.epochs
+        if int(epochs) != epochs or epochs < 0:
+            raise UsageError(f"epochs must be a whole number >= 0, got {epochs}")
+        object.__setattr__(self, "epochs", int(epochs))
+        if not self.lr > 0:
+            raise UsageError(f"learning rate must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            raise UsageError(f"batch size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UsageError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.warmup_epochs < 0 or (self.epochs and self.warmup_epochs > self.epochs):
+            raise UsageError(f"warmup epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
+        if not 0.0 <= self.kd_alpha <= 1.0 or self.kd_temperature <= 0:
+            raise UsageError(
+                f"kd_alpha must be in [0, 1] and kd_temperature > 0, got {self.kd_alpha}, {self.kd_temperature}"
+            )
+
+    def state_key(self, *, world: int, steps: int, distill: bool) -> dict[str, Any]:
+        """What ``<out>.state`` records to refuse resuming with another recipe."""
+        return {
+            "epochs": self.epochs, "lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
+            "weight_decay": self.weight_decay, "warmup_epochs": float(self.warmup_epochs),
+            "label_smoothing": self.label_smoothing, "batch_size": self.batch_size, "seed": self.seed,
+            "world_size": world, "steps_per_epoch": steps, "distill": distill,
+            "kd_alpha": self.kd_alpha if distill else None,
+            "kd_temperature": self.kd_temperature if distill else None,
+        }  # fmt: skip
+
+
+@dataclass
+class _Job:
+    """Where one fine-tune runs and what it writes (everything that is not the recipe)."""
+
+    dist: Dist
+    device: torch.device
+    out: Path | None
+    meta: dict[str, Any] | None
+    teacher: nn.Module | None
+    progress: bool
+    keep_state: bool
+
+
 def finetune(
     model: nn.Module,
     data: DataBundle,
+    config: FinetuneConfig | None = None,
     *,
-    epochs: int,
     out: str | os.PathLike[str] | None = None,
     meta: dict[str, Any] | None = None,
-    lr: float = 0.01,
-    momentum: float = 0.9,
-    nesterov: bool = True,
-    weight_decay: float = 1e-4,
-    warmup_epochs: float = 0,
-    label_smoothing: float = 0.0,
     teacher: nn.Module | None = None,
-    batch_size: int = 64,
     device: str | torch.device = "auto",
-    seed: int = 0,
     progress: bool = True,
-    kd_alpha: float = 0.5,
-    kd_temperature: float = 4.0,
-    eval_batch_size: int = 256,
-    num_workers: int = 0,
-    amp: bool | None = None,
     keep_state: bool = True,
+    **recipe: Any,
 ) -> FinetuneResult:
     """Fine-tune ``model`` on ``data.train``, keep the epoch best on ``data.val``; see the module doc.
 
+    The recipe is ``config`` (a :class:`FinetuneConfig`), or its fields as keyword arguments
+    (``finetune(model, data, epochs=5, lr=0.05)``), which also override a given ``config``.
     ``teacher`` (e.g. the unpruned model) adds distillation: loss = (1 - kd_alpha) * CE +
-    kd_alpha * T^2 * KL on logits softened by ``kd_temperature``. ``amp`` (default: on for CUDA)
-    uses bfloat16 autocast where supported, else float16 with a gradient scaler. ``out`` needs
+    kd_alpha * T^2 * KL on logits softened by ``kd_temperature``. ``out`` needs
     ``meta['arch']`` (a checkpoint's meta); the data's dataset, input shape, classes and
     normalisation, and the accuracies reached, are written into the saved meta.
     ``keep_state=False`` deletes ``<out>.state`` once ``out`` is written.
     """
-    if int(epochs) != epochs or epochs < 0:
-        raise UsageError(f"epochs must be a whole number >= 0, got {epochs}")
-    epochs = int(epochs)
-    if not lr > 0:
-        raise UsageError(f"learning rate must be > 0, got {lr}")
-    if batch_size < 1:
-        raise UsageError(f"batch size must be >= 1, got {batch_size}")
-    if not 0.0 <= label_smoothing < 1.0:
-        raise UsageError(f"label smoothing must be in [0, 1), got {label_smoothing}")
-    if warmup_epochs < 0 or (epochs and warmup_epochs > epochs):
-        raise UsageError(f"warmup epochs must be in [0, epochs={epochs}], got {warmup_epochs}")
+    if config is None:
+        if "epochs" not in recipe:
+            raise UsageError("finetune needs a number of epochs (epochs=N, or a FinetuneConfig)")
+        config = FinetuneConfig(**recipe)
+    elif recipe:
+        config = dataclasses.replace(config, **recipe)
     if out is not None:
         from compressor.io import ensure_parent
 
         ensure_parent(out)  # an impossible output path fails now, not after the first epoch
-    if not 0.0 <= kd_alpha <= 1.0 or kd_temperature <= 0:
-        raise UsageError(
-            f"kd_alpha must be in [0, 1] and kd_temperature > 0, got {kd_alpha}, {kd_temperature}"
-        )
     if out is not None and not (meta or {}).get("arch"):
         raise UsageError(
             "finetune(out=...) writes a compressor checkpoint and needs meta['arch'] (use the meta that "
@@ -301,50 +290,21 @@ def finetune(
         )
 
     dev = resolve_device(device)
-    dist_info, dev = _setup_distributed(dev)
+    d = init_distributed(dev)
+    dev = d.device(dev)
+    job = _Job(d, dev, None if out is None else Path(out), meta, teacher, progress, keep_state)
     try:
-        return _finetune(
-            model, data, dist_info=dist_info, dev=dev, epochs=epochs, out=out, meta=meta, lr=lr, momentum=momentum,
-            nesterov=nesterov, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-            label_smoothing=label_smoothing, teacher=teacher, batch_size=batch_size, seed=seed,
-            progress=progress, kd_alpha=kd_alpha, kd_temperature=kd_temperature, eval_batch_size=eval_batch_size,
-            num_workers=num_workers, amp=amp, keep_state=keep_state,
-        )  # fmt: skip
+        return _finetune(model, data, config, job)
     finally:
-        if dist_info.created:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        d.close()
 
 
-def _finetune(
-    model: nn.Module,
-    data: DataBundle,
-    *,
-    dist_info: _Dist,
-    dev: torch.device,
-    epochs: int,
-    out: str | os.PathLike[str] | None,
-    meta: dict[str, Any] | None,
-    lr: float,
-    momentum: float,
-    nesterov: bool,
-    weight_decay: float,
-    warmup_epochs: float,
-    label_smoothing: float,
-    teacher: nn.Module | None,
-    batch_size: int,
-    seed: int,
-    progress: bool,
-    kd_alpha: float,
-    kd_temperature: float,
-    eval_batch_size: int,
-    num_workers: int,
-    amp: bool | None,
-    keep_state: bool,
-) -> FinetuneResult:
-    d = dist_info
+def _finetune(model: nn.Module, data: DataBundle, cfg: FinetuneConfig, job: _Job) -> FinetuneResult:
+    d, dev, out, meta, teacher = job.dist, job.device, job.out, job.meta, job.teacher
     world = d.world
+    lr, batch_size, seed, label_smoothing = cfg.lr, cfg.batch_size, cfg.seed, cfg.label_smoothing
+    kd_alpha, kd_temperature, epochs = cfg.kd_alpha, cfg.kd_temperature, cfg.epochs
+    num_workers, eval_batch_size = cfg.num_workers, cfg.eval_batch_size
     torch.manual_seed(seed)
     model = model.to(dev)
     _check_outputs(model, data, dev, "model")
@@ -356,7 +316,7 @@ def _finetune(
             p.requires_grad_(False)
         _check_outputs(teacher, data, dev, "teacher")
 
-    use_amp = dev.type == "cuda" if amp is None else bool(amp and dev.type == "cuda")
+    use_amp = dev.type == "cuda" if cfg.amp is None else bool(cfg.amp and dev.type == "cuda")
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
@@ -374,20 +334,17 @@ def _finetune(
         )
 
     optimizer = torch.optim.SGD(
-        _param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0
+        _param_groups(model, cfg.weight_decay),
+        lr=lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
     )
-    total, warm = epochs * steps, int(round(warmup_epochs * steps))
+    total, warm = epochs * steps, int(round(cfg.warmup_epochs * steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps=total, warmup_steps=warm)
     )
 
-    config = {
-        "epochs": epochs, "lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay,
-        "warmup_epochs": float(warmup_epochs), "label_smoothing": label_smoothing, "batch_size": batch_size,
-        "seed": seed, "world_size": world, "steps_per_epoch": steps, "distill": teacher is not None,
-        "kd_alpha": kd_alpha if teacher is not None else None,
-        "kd_temperature": kd_temperature if teacher is not None else None,
-    }  # fmt: skip
+    config = cfg.state_key(world=world, steps=steps, distill=teacher is not None)
     spath = state_path(out) if out is not None else None
     start, best_acc, best_epoch = 0, -1.0, 0
     best_state: dict[str, torch.Tensor] | None = None
@@ -423,7 +380,7 @@ def _finetune(
 
         net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-    with _Bar(progress and d.main) as bar:
+    with _Bar(job.progress and d.main) as bar:
         if start:
             bar.log(
                 f"resuming {out} after epoch {start}/{epochs} (best val {best_acc:.2f}% at epoch {best_epoch})"
@@ -517,9 +474,8 @@ def _finetune(
         teacher.to(teacher_device)
         for p, g in zip(teacher.parameters(), teacher_grads, strict=True):
             p.requires_grad_(g)
-    out_path: Path | None = None
-    if out is not None:
-        out_path = Path(out)
+    out_path = out
+    if out_path is not None:
         if d.main:
             from compressor.checkpoint import save_checkpoint
 
@@ -529,7 +485,7 @@ def _finetune(
             m["finetune"] = {**config, "best_epoch": best_epoch, "epochs_run": len(history)}
             save_checkpoint(model, out_path, meta=m)
             if spath is not None:
-                if keep_state:
+                if job.keep_state:
                     final = (
                         _load_state(spath) if spath.exists() else {"version": STATE_VERSION, "config": config}
                     )

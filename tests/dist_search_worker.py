@@ -84,10 +84,11 @@ def run_tiny_search(candidates: int = 6, **options: Any) -> Any:
 
 def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2])
-    from compressor.search_loop import dist_env, init_distributed, run_search
+    from compressor.device import init_distributed
+    from compressor.search_loop import run_search
 
-    init_distributed("cpu")
-    rank, world = dist_env()
+    d = init_distributed("cpu")
+    rank, world = d.rank, d.world
     if mode == "loop":
         res = run_search(
             lambda i: {"score": toy_score(i), "pid": os.getpid()},

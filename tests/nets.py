@@ -1,4 +1,4 @@
-"""One small hand-built network per topology the channel engine must handle (STYLE.md #8)."""
+"""One small hand-built network per topology the channel engine must handle."""
 
 from __future__ import annotations
 

@@ -476,7 +476,7 @@ def test_sigint_during_search_then_rerun_resumes(assets: dict[str, Path]) -> Non
 
 
 def test_python_api_matches_design(assets: dict[str, Path]) -> None:
-    """DESIGN.md's call: compressor.run(checkpoint=..., target=..., flops=..., out=...) returns the report."""
+    """The documented Python API: compressor.run(checkpoint=..., target=..., flops=..., out=...) returns the report."""
     import compressor
 
     out = assets["root"] / "out_api"

@@ -487,10 +487,10 @@ def test_cli_trust_pickle_is_the_only_way_in(tmp_path: Path) -> None:
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
     torch.save(net, tmp_path / "whole.pt")
     base = {
-        "profile": ["profile", str(tmp_path / "whole.pt"), "--input-shape", "1,1,16,16"],
+        "profile": ["profile", str(tmp_path / "whole.pt"), "--input-shape", "1,16,16"],
         "export": ["export", str(tmp_path / "whole.pt"), "-o", str(tmp_path / "m.onnx"), "--input-shape", "1,16,16"],
         "search": ["search", str(tmp_path / "whole.pt"), "--method", "l1-uniform", "--flops", "0.5",
-                   "--input-shape", "1,1,16,16", "-o", str(tmp_path / "plan.json")],
+                   "--input-shape", "1,16,16", "-o", str(tmp_path / "plan.json")],
     }[command]  # fmt: skip
     code, text = _invoke(base)
     assert code == 2 and "--trust-pickle" in text, text
@@ -519,8 +519,8 @@ BAD_ARGS: dict[str, tuple[list[str], str]] = {
     ),
     "search-output-under-a-file": (["search", "{ck}", "--flops", "0.5", "-o", "{file}/p.json"], "afile"),
     "search-input-shape-rejected": (
-        ["search", "{ck}", "--flops", "0.5", "--input-shape", "1,3,28,28", "-o", "{out}/p.json"],
-        "input shape",
+        ["search", "{ck}", "--flops", "0.5", "--input-shape", "3,28,28", "-o", "{out}/p.json"],
+        "input channel",
     ),
     "search-candidates-0": (
         ["search", "{ck}", "--flops", "0.5", "--candidates", "0", "-o", "{out}/p.json"],
@@ -533,7 +533,7 @@ BAD_ARGS: dict[str, tuple[list[str], str]] = {
         "nope",
     ),
     "prune-output-under-a-file": (["prune", "{ck}", "--flops", "0.5", "-o", "{file}/s.pt"], "afile"),
-    "profile-input-shape-rejected": (["profile", "{ck}", "--input-shape", "1,3,28,28"], "input shape"),
+    "profile-input-shape-rejected": (["profile", "{ck}", "--input-shape", "3,28,28"], "input shape"),
     "finetune-unknown-dataset": (
         ["finetune", "{ck}", "--epochs", "1", "--data", "nope", "-o", "{out}/f.pt"],
         "mnist5k",

@@ -6,8 +6,51 @@ import os
 from pathlib import Path
 from typing import Any
 
-from compressor.export.onnx_export import ExportResult
+from compressor.export.onnx_export import ExportResult, export_onnx
 from compressor.export.validate import ValidationReport
+
+
+def resolve_input_shape(
+    target: Any, meta: dict[str, Any] | None = None, input_shape: tuple[int, ...] | list[int] | None = None
+) -> tuple[int, ...]:
+    """The full input shape to export with: ``(batch, C, H, W)``.
+
+    The sample shape C,H,W is ``input_shape`` if given, else the checkpoint's
+    ``meta["input_shape"]``, else the target's ``[input].shape``
+    (:func:`compressor.shapes.resolve_input_shape`); the batch is the target's ``[input].batch``.
+    """
+    from compressor.shapes import resolve_input_shape as sample_shape_of
+    from compressor.targets import load_target
+
+    target = load_target(target)
+    return (int(target.input.batch), *sample_shape_of(input_shape, meta, target))
+
+
+def export_for_target(
+    model: Any,
+    path: str | os.PathLike[str],
+    *,
+    target: Any,
+    meta: dict[str, Any] | None = None,
+    input_shape: tuple[int, ...] | list[int] | None = None,
+    simplify: bool = True,
+    exporter: str = "auto",
+) -> ExportResult:
+    """Export ``model`` with ``target``'s opset, batch and dynamic-batch setting (see
+    :func:`resolve_input_shape` for where the input shape comes from)."""
+    from compressor.targets import load_target
+
+    target = load_target(target)
+    shape = resolve_input_shape(target, meta, input_shape)
+    return export_onnx(
+        model,
+        path,
+        input_shape=shape,
+        opset=target.export.opset,
+        dynamic_batch=target.export.dynamic_batch,
+        simplify=simplify,
+        exporter=exporter,
+    )
 
 
 def export_checkpoint(
@@ -25,10 +68,10 @@ def export_checkpoint(
     """Load ``checkpoint`` and export it to ONNX at ``out`` for ``target``.
 
     ``overrides`` are target overrides (``opset=``, ``batch=``, ``dynamic_batch=``, ``shape=`` ...);
-    ``input_shape`` (C, H, W, or with the batch) beats the checkpoint's and the target's shape.
+    ``input_shape`` (C,H,W) beats the checkpoint's and the target's shape; the batch is the
+    target's (``batch=`` overrides it).
     """
     from compressor.checkpoint import load_checkpoint
-    from compressor.export import export_for_target
     from compressor.targets import load_target
 
     t = load_target(target, **overrides)

@@ -7,7 +7,7 @@
    sampling. Channels kept inside a group: largest L1 norm (summed over a coupled group's
    members). Candidate ``i`` is drawn from an RNG seeded with ``(seed, i)``.
 2. Score: slim the candidate, recompute its BatchNorm statistics on cached calibration batches
-   from the training split (:func:`compressor.evaluate.adaptive_bn`), then top-1 accuracy (full
+   from the training split (:func:`compressor.bn.adaptive_bn`), then top-1 accuracy (full
    precision) on the cached search-validation split (``data.val``: evaluation transforms,
    never the test split, never training augmentation).
 3. Search: :func:`compressor.search_loop.run_search` (candidate and/or time budget, every candidate
@@ -20,17 +20,18 @@ cached as tensors on the device, so a candidate costs its slimming plus its forw
 
 from __future__ import annotations
 
-import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from compressor.errors import BudgetError, DataError, UsageError
 from compressor.methods import check_flops, register_method
+from compressor.methods.spec import MethodContext, MethodSpec, SearchCost, option
 
-#: Official upper bounds R of the sampled ratios (ALGORITHMS.md): ResNet-50 keeping 75%/50%/25%
+#: Official upper bounds R of the sampled ratios (the EagleEye paper's code): ResNet-50 keeping 75%/50%/25%
 #: of the FLOPs used 0.4/0.7/0.8 (MobileNetV1 at 50%: 0.7). Other targets interpolate linearly.
 OFFICIAL_RATIO_MAX = ((0.25, 0.8), (0.5, 0.7), (0.75, 0.4))
 
@@ -257,7 +258,7 @@ def _subset(dataset: Any, n: int | None, seed: int) -> Any:
     return Subset(dataset, torch.randperm(len(dataset), generator=g)[:n].tolist())
 
 
-def _resolve_data(data: Any, meta: dict[str, Any] | None) -> Any:
+def _resolve_data(data: Any, meta: Mapping[str, Any] | None) -> Any:
     if data is None:
         raise UsageError(
             "eagleeye scores candidates on data: pass --data (mnist5k, cifar10:DIR, imagefolder:DIR); "
@@ -266,83 +267,103 @@ def _resolve_data(data: Any, meta: dict[str, Any] | None) -> Any:
     if isinstance(data, str):
         from compressor.data import load_data
 
-        return load_data(data, meta=meta)
+        return load_data(data, meta=dict(meta) if meta is not None else None)
     return data
-
-
-def _device(device: Any) -> Any:
-    import torch
-
-    from compressor.bn import resolve_device
-
-    dev = resolve_device(device)
-    if dev.type == "cuda" and dev.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return dev
 
 
 # ---------------------------------------------------------------------------------------------
 # the method
 # ---------------------------------------------------------------------------------------------
-@register_method("eagleeye")
-def eagleeye(
+@dataclass(frozen=True)
+class EagleEyeOptions:
+    candidates: int | None = option(
+        None, "Candidates to score (default 100 when no time budget is given; resumed ones count)."
+    )
+    time_budget: float | None = option(None, "Seconds of search (stops after the candidate in progress).")
+    calib_batches: int = option(50, "Training batches that recompute each candidate's BatchNorm statistics.")
+    batch_size: int = option(64, "Calibration batch size.")
+    val_images: int | None = option(None, "Score on this many search-validation images (default: all).")
+    calib_split: Literal["train_eval", "train"] = option(
+        DEFAULT_CALIB_SPLIT, "Calibration split: train_eval (evaluation transforms) or train (augmented)."
+    )
+    ratio_max: float | None = option(
+        None, "R, the largest pruning ratio drawn per group (default: the paper's for the FLOPs target)."
+    )
+    tolerance: float = option(0.01, "Relative tolerance on the FLOPs target (0.01 = 1%).")
+    multiple: int = option(1, "Round kept widths to this channel multiple.")
+    top_k: int = option(
+        1, "Fine-tune the best K briefly and keep the best after fine-tuning (1: the best score)."
+    )
+    finetune_epochs: int = option(1, "Epochs of each top-k fine-tune.")
+    device: str = option("auto", "Device that scores candidates: auto, cpu, cuda or cuda:N.")
+
+    def __post_init__(self) -> None:
+        if self.candidates is not None and self.candidates < 1:
+            raise UsageError(f"--candidates {self.candidates} must be at least 1")
+        if self.calib_batches < 1:
+            raise UsageError(f"--calib-batches {self.calib_batches} must be at least 1")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size {self.batch_size} must be at least 1")
+        if not (0.0 < self.tolerance < 1.0):
+            raise UsageError(f"--tolerance {self.tolerance} must be in (0, 1), e.g. 0.01 for 1%")
+        if self.calib_split not in ("train_eval", "train"):
+            raise UsageError(f"calib_split {self.calib_split!r} is not one of: train_eval, train")
+        if self.top_k < 1:
+            raise UsageError(f"--top-k {self.top_k} must be at least 1")
+        if self.multiple < 1:
+            raise UsageError(f"--multiple {self.multiple} must be at least 1")
+
+
+def search(
     model: Any,
     graph: Any,
     *,
     flops: float | None,
-    data: Any = None,
-    seed: int = 0,
-    candidates: int | None = None,
-    time_budget: float | None = None,
-    calib_batches: int = 50,
-    batch_size: int = 64,
-    val_images: int | None = None,
-    calib_split: str = DEFAULT_CALIB_SPLIT,
-    ratio_max: float | None = None,
-    tolerance: float = 0.01,
-    multiple: int = 1,
-    top_k: int = 1,
-    finetune_epochs: int = 1,
-    device: str = "auto",
-    candidates_file: str | os.PathLike[str] | None = None,
-    progress: bool = True,
-    meta: dict[str, Any] | None = None,
+    data: Any,
+    seed: int,
+    options: EagleEyeOptions,
+    context: MethodContext,
 ) -> Any:
-    """Search ``candidates`` random strategies (default 100 when no budget is given) at ``flops``.
+    """Search ``options.candidates`` random strategies (default 100 when no budget is given) at ``flops``.
 
-    ``data``: a DataBundle (or a spec string for :func:`compressor.data.load_data`); calibration
-    batches come from ``data.<calib_split>`` (``train_eval``: training split, evaluation
-    transforms; ``train``: with training augmentation), the score from ``data.val``.
-    ``top_k > 1`` fine-tunes the best ``top_k`` candidates for ``finetune_epochs`` epochs
-    (:func:`compressor.train.finetune`) and keeps the best after fine-tuning.
+    ``data``: a DataBundle (or a spec string for :func:`compressor.data.load_data`, loaded with
+    ``context.meta``); calibration batches come from ``data.<calib_split>`` (``train_eval``:
+    training split, evaluation transforms; ``train``: with training augmentation), the score from
+    ``data.val``. ``top_k > 1`` fine-tunes the best ``top_k`` candidates for ``finetune_epochs``
+    epochs (:func:`compressor.train.finetune`) and keeps the best after fine-tuning.
     Returns a :class:`~compressor.plan.Plan`; ``plan.info`` holds the score, the candidate index,
     the FLOPs reached and the search's statistics.
     """
     import torch
 
-    from compressor.search_loop import init_distributed, run_search, search_id
+    from compressor.device import init_distributed, resolve_device
+    from compressor.search_loop import run_search, search_id
 
+    o = options
     if flops is None:
         raise UsageError(
             "eagleeye needs a FLOPs target: pass --flops F (fraction of the original FLOPs, e.g. 0.5)"
         )
     check_flops(flops)
+    candidates, time_budget, calib_batches, batch_size = (
+        o.candidates,
+        o.time_budget,
+        o.calib_batches,
+        o.batch_size,
+    )
+    calib_split, val_images, tolerance, multiple, top_k = (
+        o.calib_split,
+        o.val_images,
+        o.tolerance,
+        o.multiple,
+        o.top_k,
+    )
     if candidates is None and time_budget is None:
         candidates = 100
-    if calib_batches < 1:
-        raise UsageError(f"--calib-batches {calib_batches} must be at least 1")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size {batch_size} must be at least 1")
-    if not (0.0 < tolerance < 1.0):
-        raise UsageError(f"--tolerance {tolerance} must be in (0, 1), e.g. 0.01 for 1%")
-    if calib_split not in ("train_eval", "train"):
-        raise UsageError(f"calib_split {calib_split!r} is not one of: train_eval, train")
-    if top_k < 1:
-        raise UsageError(f"--top-k {top_k} must be at least 1")
-    R = default_ratio_max(flops) if ratio_max is None else float(ratio_max)
-    bundle = _resolve_data(data, meta)
-    dev = _device(device)
-    init_distributed(dev)
+    R = default_ratio_max(flops) if o.ratio_max is None else float(o.ratio_max)
+    bundle = _resolve_data(data, context.meta)
+    dev = resolve_device(o.device)
+    dev = init_distributed(dev).device(dev)
 
     t0 = time.perf_counter()
     model = model.eval()
@@ -409,9 +430,9 @@ def eagleeye(
             evaluate,
             candidates=candidates,
             time_budget=time_budget,
-            candidates_file=candidates_file,
+            candidates_file=context.candidates_file,
             search_key=key,
-            progress=progress,
+            progress=context.progress,
             description=f"eagleeye @ {flops:g} FLOPs",
         )
     ranked = result.ranked()
@@ -427,7 +448,7 @@ def eagleeye(
 
         for rec in ranked[:top_k]:
             sub = scorer.build(plan_of(rec["counts"]))
-            res = finetune(sub, bundle, epochs=finetune_epochs, device=str(dev), seed=seed, progress=False)
+            res = finetune(sub, bundle, epochs=o.finetune_epochs, device=str(dev), seed=seed, progress=False)
             ft = scorer.accuracy(res.model.to(dev))
             finetuned.append({"index": int(rec["index"]), "score": float(rec["score"]), "finetuned": ft})
         best_ft = max(finetuned, key=lambda r: (r["finetuned"], -r["index"]))
@@ -466,8 +487,56 @@ def eagleeye(
     )
     if finetuned:
         plan.info["finetuned"] = finetuned
-        plan.info["finetune_epochs"] = finetune_epochs
+        plan.info["finetune_epochs"] = o.finetune_epochs
     return plan
 
 
-eagleeye.needs_data = True  # type: ignore[attr-defined]
+# ---------------------------------------------------------------------------------------------
+# what the method adds to a run's report and dry run
+# ---------------------------------------------------------------------------------------------
+def describe(info: Mapping[str, Any]) -> str:
+    """The report's search summary: how candidates were scored and why the chosen one won."""
+    if info.get("score") is None:
+        return ""
+    nb = info.get("calib_batches")
+    text = (
+        f", scored by top-1 after adaptive BN ({nb} calibration batch{'es' if nb != 1 else ''}) on "
+        f"{info.get('val_images')} search-validation images; chosen #{info.get('candidate')} "
+        f"(score {info['score']:.2f}%"
+    )
+    topk = [t for t in info.get("finetuned") or [] if isinstance(t, dict)]
+    ep = info.get("finetune_epochs")
+    return text + (
+        f", the best of the top {len(topk)} after {ep} epoch{'s' if ep != 1 else ''} of fine-tuning each)"
+        if topk
+        else ", the best score)"
+    )
+
+
+def estimate(options: EagleEyeOptions, cost: SearchCost) -> tuple[float, str]:
+    """Seconds of the search: each candidate's calibration and scoring passes on the slimmed
+    model (~``flops`` of the full model's time), plus the top-k fine-tunes."""
+    n = options.candidates if options.candidates is not None else 100
+    per_img = cost.seconds_per_image
+    per_cand = (options.calib_batches * options.batch_size + cost.n_val) * per_img * cost.flops + 0.05
+    seconds = n * per_cand + options.top_k * cost.n_train * per_img * 3 * cost.flops
+    what = (
+        f"eagleeye: {n} candidates at {cost.flops:g} FLOPs, adaptive BN on {options.calib_batches} "
+        f"batches, scored on {cost.n_val} images"
+    )
+    return seconds, what
+
+
+eagleeye = register_method(
+    MethodSpec(
+        name="eagleeye",
+        search=search,
+        options=EagleEyeOptions,
+        summary="random per-layer strategies ranked by accuracy after adaptive BN (needs data)",
+        needs_data=True,
+        scores_candidates=True,
+        score_label="adaptive-BN top-1, search-val (%)",
+        describe=describe,
+        estimate=estimate,
+    )
+)

@@ -1,6 +1,6 @@
 """EPruner (Lin et al., IEEE TNNLS 2021): exemplar filters by Affinity Propagation.
 
-Per prunable group of the channel graph (ALGORITHMS.md, EPruner):
+Per prunable group of the channel graph (the EPruner paper and its official code):
 
 1. one vector per channel: ``graph.channel_vectors(name)`` (a coupled group concatenates
    the filters of all its producing layers);
@@ -27,14 +27,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
 from compressor.ap import APProblem, APResult, neg_sq_distances
 from compressor.errors import UsageError
 from compressor.methods import check_flops, register_method
+from compressor.methods.spec import MethodContext, MethodSpec, option
 from compressor.plan import Plan
 
 MEDIAN_RULES = ("column", "global")
@@ -201,48 +203,57 @@ def find_beta(
     return best[0], best[1], hist
 
 
-@register_method("epruner")
-def epruner(
+@dataclass(frozen=True)
+class EPrunerOptions:
+    beta: float | None = option(
+        None, "The preference factor (the paper uses 0.6 to 0.76), instead of --flops."
+    )
+    median: Literal["column", "global"] = option(
+        "column",
+        "Preference median: column (the official code, per channel) or global (the paper's formula).",
+    )
+    tolerance: float = option(0.01, "Relative tolerance on the FLOPs target (0.01 = 1%).")
+    groups: list[str] | None = option(None, "Prune only these channel groups (comma-separated names).")
+    coupled: bool = option(True, "Also prune groups with several producing layers (residual channels).")
+    damping: float = option(0.5, "Affinity Propagation damping.")
+    max_iter: int = option(200, "Affinity Propagation: most iterations.")
+    convergence_iter: int = option(15, "Affinity Propagation: stop after this many unchanged iterations.")
+    device: str = option("cpu", "Device that runs Affinity Propagation: cpu, auto, cuda or cuda:N.")
+
+    def __post_init__(self) -> None:
+        if self.median not in MEDIAN_RULES:
+            raise UsageError(f"unknown median rule {self.median!r}; valid: {', '.join(MEDIAN_RULES)}")
+        if self.beta is not None and not (float(self.beta) > 0 and math.isfinite(float(self.beta))):
+            raise UsageError(f"--beta {self.beta} must be a positive number (the paper uses 0.6 to 0.76)")
+        if not 0 < self.tolerance < 1:
+            raise UsageError(f"tolerance {self.tolerance} must be in (0, 1), e.g. 0.01 (1% of the target)")
+
+
+def search(
     model: Any,
     graph: Any,
     *,
     flops: float | None,
-    data: Any = None,
-    seed: int = 0,
-    beta: float | None = None,
-    median: str = "column",
-    tolerance: float = 0.01,
-    groups: Sequence[str] | None = None,
-    coupled: bool = True,
-    damping: float = 0.5,
-    max_iter: int = 200,
-    convergence_iter: int = 15,
-    device: str = "cpu",
-    **options: Any,
+    data: Any,
+    seed: int,
+    options: EPrunerOptions,
+    context: MethodContext,
 ) -> Plan:
     """Kept channels = Affinity Propagation exemplars of each prunable group.
 
-    ``beta`` (> 0) sets the preference directly; otherwise ``flops`` (fraction of MACs to
+    ``options.beta`` (> 0) sets the preference directly; otherwise ``flops`` (fraction of MACs to
     keep) is met by searching beta (:func:`find_beta`). ``data`` and ``seed`` are unused (data-free,
     deterministic); ``groups`` restricts pruning to the named groups; ``coupled=False`` leaves
     whole every group with several producing layers (residual channels: the official code
     never prunes residual outputs of ImageNet ResNets).
     """
-    del data
-    if options:
-        raise UsageError(
-            f"unknown option(s) for epruner: {', '.join(sorted(options))}; valid: beta, median, "
-            "tolerance, groups, coupled, damping, max_iter, convergence_iter, device"
-        )
-    if median not in MEDIAN_RULES:
-        raise UsageError(f"unknown median rule {median!r}; valid: {', '.join(MEDIAN_RULES)}")
+    del model, data, seed, context
+    o = options
+    beta, median, tolerance, groups, coupled = o.beta, o.median, o.tolerance, o.groups, o.coupled
+    damping, max_iter, convergence_iter, device = o.damping, o.max_iter, o.convergence_iter, o.device
     if beta is None and flops is None:
         raise UsageError("epruner needs --flops F (fraction of FLOPs to keep) or --beta B (e.g. 0.75)")
-    if beta is not None and not (float(beta) > 0 and math.isfinite(float(beta))):
-        raise UsageError(f"--beta {beta} must be a positive number (the paper uses 0.6 to 0.76)")
     check_flops(flops)
-    if not 0 < tolerance < 1:
-        raise UsageError(f"tolerance {tolerance} must be in (0, 1), e.g. 0.01 (1% of the target)")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -332,3 +343,23 @@ def epruner(
         flops_target=flops_target,
         info=info,
     )
+
+
+def describe(info: Mapping[str, Any]) -> str:
+    """The report's search summary: the preference factor and where it came from."""
+    if info.get("beta") is None:
+        return ""
+    return f"; Affinity Propagation exemplars with beta {info['beta']:.4g}" + (
+        " (given)" if info.get("beta_given") else " (found by bisection on the FLOPs target)"
+    )
+
+
+epruner = register_method(
+    MethodSpec(
+        name="epruner",
+        search=search,
+        options=EPrunerOptions,
+        summary="exemplar filters chosen by Affinity Propagation on the weights (no data)",
+        describe=describe,
+    )
+)

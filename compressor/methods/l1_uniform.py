@@ -2,33 +2,43 @@
 
 The shared ratio is found by bisection so the slimmed model keeps the requested fraction of
 MACs (within the cost model's precision, verified against the ground-truth counter in tests).
+Data-free and deterministic: the data a run hands it is ignored.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-import torch.nn as nn
-
-from compressor.graph import ChannelGraph
+from compressor.errors import UsageError
 from compressor.methods import register_method
+from compressor.methods.spec import MethodContext, MethodSpec, option
 from compressor.plan import Plan
 
 
-@register_method("l1-uniform")
-def l1_uniform(
-    model: nn.Module,
-    graph: ChannelGraph,
+@dataclass(frozen=True)
+class L1UniformOptions:
+    multiple: int = option(1, "Round kept widths to this channel multiple (1 = no rounding).")
+
+    def __post_init__(self) -> None:
+        if self.multiple < 1:
+            raise UsageError(f"--multiple {self.multiple} must be at least 1")
+
+
+def search(
+    model: Any,
+    graph: Any,
     *,
-    flops: float | None = 0.5,
-    data: Any = None,
-    seed: int = 0,
-    multiple: int = 1,
-    **options: Any,
+    flops: float | None,
+    data: Any,
+    seed: int,
+    options: L1UniformOptions,
+    context: MethodContext,
 ) -> Plan:
-    """Prune every prunable group by one ratio so that ``flops`` of the MACs remain."""
+    """Prune every prunable group by one ratio so that ``flops`` of the MACs remain (0.5 if None)."""
+    del model, data, context
     fraction = 0.5 if flops is None else float(flops)
-    counts = graph.counts_for_flops(fraction, multiple=multiple)
+    counts = graph.counts_for_flops(fraction, multiple=options.multiple)
     achieved = graph.cost_of_counts(counts).macs / graph.full.macs
     return graph.plan_from_counts(
         counts,
@@ -36,5 +46,15 @@ def l1_uniform(
         seed=seed,
         flops_target=fraction,
         flops_achieved=achieved,
-        multiple=multiple,
+        multiple=options.multiple,
     )
+
+
+l1_uniform = register_method(
+    MethodSpec(
+        name="l1-uniform",
+        search=search,
+        options=L1UniformOptions,
+        summary="the baseline: one pruning ratio for every group, channels ranked by L1 norm (no data)",
+    )
+)

@@ -15,16 +15,20 @@ from collections.abc import Callable
 from typing import Any
 
 from compressor.errors import UsageError
-from compressor.registry import Registry
+from compressor.models.base import MODELS, register_model
 
-MODELS: Registry[Callable[..., Any]] = Registry("model")
+__all__ = [
+    "MODELS",
+    "build_model",
+    "canonical_arch",
+    "is_trusted",
+    "list_models",
+    "register_model",
+    "resolve_arch",
+]
 
 #: Import-path prefixes whose factories may be named by a checkpoint without the user's say-so.
 TRUSTED_PREFIXES = ("compressor.", "torchvision.models")
-
-
-def register_model(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    return MODELS.register(name)
 
 
 def list_models() -> list[str]:
@@ -90,4 +94,4 @@ def build_model(spec: str, **kwargs: Any) -> Any:
     return model
 
 
-from compressor.models import zoo as _zoo  # noqa: E402,F401  (registers the zoo)
+from compressor.models import zoo as _zoo  # noqa: E402,F401  (registers the zoo into MODELS)

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from compressor.errors import UsageError
-from compressor.models import register_model
+from compressor.models.base import register_model
 
 
 def _init(model: nn.Module) -> None:
