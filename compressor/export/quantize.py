@@ -1149,6 +1149,29 @@ def check_numerics(
     }
 
 
+def onnx_top1(
+    model: str | os.PathLike[str],
+    batches: Iterable[tuple[np.ndarray, np.ndarray | None]],
+    *,
+    runtime: Any = None,
+) -> float:
+    """Top-1 (%) of an ONNX classifier on ONNX Runtime over labelled ``(x, y)`` batches (any batch
+    size, also for a model with a fixed batch)."""
+    from compressor.targets import Runtime
+
+    run = _Runner(model, runtime or Runtime())
+    correct = total = 0
+    for x, y in batches:
+        if y is None:
+            raise DataError("onnx_top1 needs labelled batches")
+        logits = run(np.asarray(x, dtype=np.float32))
+        correct += int((logits.argmax(1) == np.asarray(y).reshape(-1)).sum())
+        total += len(logits)
+    if total == 0:
+        raise DataError("the data yielded no samples")
+    return 100.0 * correct / total
+
+
 # ------------------------------------------------------------------------------ entry points
 def quantize_with_data(
     model: str | os.PathLike[str],
