@@ -69,6 +69,12 @@ def register(app: typer.Typer) -> None:
             None, "--max-acc-drop", help="Largest allowed top-1 drop in points (default: the target's)."
         ),
         arch: str = typer.Option(None, "--arch", help="Architecture for a bare state_dict checkpoint."),
+        precision: str = typer.Option(
+            None,
+            "--precision",
+            help="What ships: fp32, int8 or auto (INT8 only if accurate and >= 10% faster; "
+            "default: the target's, auto for mobile/edge).",
+        ),
         config: Path = typer.Option(None, "--config", help="Run settings TOML (target < config < flags)."),
         out: Path = typer.Option(None, "--out", "-o", help="Output folder for the artifacts (default out/)."),
         dry_run: bool = typer.Option(
@@ -84,7 +90,7 @@ def register(app: typer.Typer) -> None:
             False, "--json", help="Print the report as JSON on stdout (progress goes to stderr)."
         ),
     ) -> None:
-        """Compress a checkpoint for a deploy target: search, slim, fine-tune, export, validate, report.
+        """Compress a checkpoint for a deploy target: search, slim, fine-tune, export, validate, quantize, report.
 
         Exit codes: 0 all passed, 2 bad input, 3 a budget not met, 4 validation failed.
         """
@@ -115,6 +121,7 @@ def register(app: typer.Typer) -> None:
                     lr=lr,
                     max_acc_drop=max_acc_drop,
                     arch=arch,
+                    precision=precision,
                     trust_pickle=trust_pickle,
                     command=command,
                     console=progress_console,

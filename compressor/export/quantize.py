@@ -73,8 +73,8 @@ import numpy as np
 
 from compressor.errors import BudgetError, DataError, UsageError, ValidationError
 from compressor.io import atomic_write
+from compressor.targets import PRECISIONS
 
-PRECISIONS = ("fp32", "int8", "auto")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 #: INT8 ships under ``precision="auto"`` only when its p50 is at least this much below FP32's.

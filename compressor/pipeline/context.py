@@ -14,7 +14,7 @@ from compressor.pipeline.schema import Check, LatencyCheckRow, ModelStats, Stage
 from compressor.pipeline.settings import FALLBACK_LR, Settings
 from compressor.pipeline.workspace import Workspace
 
-STAGES = ("load", "profile", "search", "slim", "finetune", "export", "validate", "report")
+STAGES = ("load", "profile", "search", "slim", "finetune", "export", "validate", "quantize", "report")
 
 
 class BudgetStop(Exception):
@@ -97,6 +97,7 @@ class RunContext:
     multiple_noted: bool = False
     dist: Dist = field(default_factory=Dist)
     lr: float = FALLBACK_LR
+    quantize: dict[str, Any] = field(default_factory=dict)  # the quantize stage's report section
 
     @property
     def rank(self) -> int:

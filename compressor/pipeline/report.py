@@ -80,6 +80,8 @@ def budgets(ctx: RunContext) -> list[Budget]:
                 "detail": "original vs compressed, test split, ONNX Runtime",
             }
         )
+    if ctx.quantize.get("budget"):  # precision "int8" and no INT8 model within the accuracy budget
+        out.append(ctx.quantize["budget"])
     return out
 
 
@@ -178,6 +180,7 @@ def build_report(ctx: RunContext, status: Status, exit_code: int, message: str) 
         "search": search_section(ctx),
         "export": ctx.export_info,
         "validation": ctx.validation,
+        "quantize": ctx.quantize,
         "stages": ctx.log.stages,
         "versions": collect_versions(),
         "artifacts": ctx.ws.artifacts(),
