@@ -19,8 +19,8 @@ calls :func:`compressor.export.quantize.quantize_with_data` with the run's setti
 
 When INT8 ships, ``out/model.onnx`` is the INT8 model, ``out/model.fp32.onnx`` the FP32 one
 (both with metadata), and ``out/test_data_set_0/`` holds the INT8 model's outputs on the same
-inputs. The decision is cached in ``.state/quantize/`` (keyed by ``model.pt``'s hash), so a
-resumed run reuses it.
+inputs. The decision is cached in ``.state/quantize/`` (keyed by the hash of the model's weights
+and the quantize settings), so a resumed run reuses it.
 """
 
 from __future__ import annotations
@@ -46,12 +46,22 @@ def _allowance(ctx: RunContext) -> float:
     return round(max(0.0, ctx.s.max_acc_drop - max(0.0, spent)), 4)
 
 
-def _cache_key(ctx: RunContext) -> dict[str, Any]:
-    from compressor.pipeline.workspace import sha256_file
+def _weights_sha(model: Any) -> str:
+    """SHA-256 of the model's state (names, shapes and values): what the FP32 ONNX model is."""
+    import hashlib
 
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _cache_key(ctx: RunContext, model: Any) -> dict[str, Any]:
     s = ctx.s
     return {
-        "model_pt": sha256_file(ctx.ws.model_pt) if ctx.ws.model_pt.is_file() else None,
+        "weights": _weights_sha(model),
         "precision": s.precision,
         "calib_batches": s.int8_calib_batches,
         "seed": s.seed,
@@ -64,7 +74,7 @@ def _decide(ctx: RunContext, model: Any, src: Path, dst: Path) -> tuple[dict[str
     from compressor.export.quantize import quantize_with_data
 
     cache = src.parent / "decision.json"
-    key = _cache_key(ctx)
+    key = _cache_key(ctx, model)
     if cache.is_file() and dst.is_file():
         saved = json.loads(cache.read_text(encoding="utf-8"))
         if saved.get("key") == key:
