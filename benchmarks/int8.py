@@ -405,11 +405,14 @@ def main(argv: list[str] | None = None) -> int:
                         f"({p['kernels_per_run']} kernels), overhead {p['overhead_fraction']:.0%}"
                     )
             print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
-    doc["machine"]["load_average_at_end"] = list(os.getloadavg())
-    atomic_write_json(args.out, doc)
-    png = Path(args.out).with_suffix(".png")
-    atomic_write(png, lambda t: chart(doc, Path(t)))
-    print(f"wrote {args.out} and {png}")
+            r["seconds"] = round(time.perf_counter() - t0, 1)
+            # written after every network: a run stopped early keeps what it measured, marked so
+            doc["complete"] = len(doc["results"]) == len(names)
+            doc["machine"]["load_average_at_end"] = list(os.getloadavg())
+            atomic_write_json(args.out, doc)
+            png = Path(args.out).with_suffix(".png")
+            atomic_write(png, lambda t: chart(doc, Path(t)))
+            print(f"wrote {args.out} and {png} ({len(doc['results'])}/{len(names)} networks)", flush=True)
     return 0
 
 
