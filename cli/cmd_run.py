@@ -112,6 +112,12 @@ def register(app: typer.Typer) -> None:
             metavar="PATTERN",
             help="Never prune the output channels of modules matching this glob, e.g. 'layer4.*' (repeatable).",
         ),
+        precision: str = typer.Option(
+            None,
+            "--precision",
+            help="What ships: fp32, int8 or auto (INT8 only if accurate and >= 10% faster; "
+            "default: the target's, auto for mobile/edge).",
+        ),
         config: Path = typer.Option(
             None, "--config", help="Run settings TOML (target < config < flags); layout: docs/cli.md."
         ),
@@ -134,7 +140,7 @@ def register(app: typer.Typer) -> None:
             False, "--quiet", "-q", help="No progress (warnings and errors still show)."
         ),
     ) -> None:
-        """Compress a checkpoint for a deploy target: search, slim, fine-tune, export, validate, report.
+        """Compress a checkpoint for a deploy target: search, slim, fine-tune, export, validate, quantize, report.
 
         Exit codes: 0 all passed, 2 bad input, 3 a budget not met, 4 validation failed.
         """
@@ -172,6 +178,7 @@ def register(app: typer.Typer) -> None:
                     replace_head=replace_head or None,
                     exclude=exclude or None,
                     threads=threads,
+                    precision=precision,
                     trust_pickle=trust_pickle,
                     progress=not quiet,
                     command=command,

@@ -213,7 +213,73 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     for q in ("p50", "p90"):
         a, b = _get(o, "latency", q), _get(c, "latency", q)
         rows.append((f"Latency {q} (ms, ONNX Runtime)", fmt_num(a, 3), fmt_num(b, 3), ratio_txt(a, b)))
+    if c.get("precision"):
+        rows.append(("Precision shipped", "fp32", str(c["precision"]), ""))
     return rows
+
+
+def _quantize_html(q: dict[str, Any]) -> str:
+    """The quantize stage: FP32 vs INT8 (accuracy, latency, size), the decision, the layers kept FP32."""
+    f, i = q.get("fp32") or {}, q.get("int8") or {}
+
+    def size(v: Any) -> str:
+        return "–" if not isinstance(v, (int, float)) else f"{v / 1024:.1f} KiB"
+
+    rows = [
+        ["top-1 validation split (%)", fmt_num(f.get("val_top1")), fmt_num(i.get("val_top1"))],
+        ["top-1 test split (%)", fmt_num(f.get("test_top1")), fmt_num(i.get("test_top1"))],
+        ["latency p50 (ms)", fmt_num(f.get("p50"), 3), fmt_num(i.get("p50"), 3)],
+        ["latency p90 (ms)", fmt_num(f.get("p90"), 3), fmt_num(i.get("p90"), 3)],
+        ["file size", size(f.get("size_bytes")), size(i.get("size_bytes"))],
+    ]
+    parts = [
+        "<h2>Precision: FP32 vs INT8</h2>",
+        f'<p class="lead">requested <b>{_e(q.get("requested"))}</b>, shipped '
+        f"<b>{_e(q.get('precision'))}</b>: {_e(q.get('reason'))}</p>",
+        _table(
+            ["", "FP32", f"INT8 ({i.get('candidate') or '–'})"], [[_e(c) for c in r] for r in rows], (1, 2)
+        ),
+    ]
+    cands = q.get("candidates") or []
+    if cands:
+        parts.append("<h3>INT8 candidates</h3>")
+        parts.append(
+            _table(
+                ["candidate", "top-1 (%)", "drop (pt)", "accuracy", "p50 (ms)", "× FP32", "kept FP32"],
+                [
+                    [
+                        _e(c.get("name")),
+                        _e(fmt_num(c.get("top1"))),
+                        _e(fmt_num(c.get("drop"))),
+                        _e(c.get("accuracy")),
+                        _e(fmt_num(c.get("latency_p50"), 3)),
+                        _e(fmt_num(c.get("latency_ratio"), 2)),
+                        _e(len(c.get("excluded") or [])),
+                    ]
+                    for c in cands
+                ],
+                num_cols=(1, 2, 4, 5, 6),
+            )
+        )
+    kept = q.get("kept_fp32") or []
+    if kept:
+        parts.append("<h3>Layers kept in FP32</h3>")
+        parts.append(
+            _table(
+                ["node", "op", "relative error alone", "why"],
+                [
+                    [
+                        _e(k.get("node")),
+                        _e(k.get("op_type")),
+                        _e(fmt_num(k.get("rel_error"), 4)),
+                        _e(k.get("reason")),
+                    ]
+                    for k in kept
+                ],
+                num_cols=(2,),
+            )
+        )
+    return "".join(parts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -797,6 +863,9 @@ def render_html(report: dict[str, Any]) -> str:
     if rows:
         out.append("<h2>Budgets and checks</h2>")
         out.append(_table(["", "limit", "reached", "result", "detail"], rows, num_cols=(1, 2)))
+
+    if report.get("quantize"):
+        out.append(_quantize_html(report["quantize"]))
 
     # Plots
     layers = report.get("layers") or []

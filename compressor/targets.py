@@ -7,7 +7,7 @@ A target states what a compressed model must meet and how it is run::
     [budget]   flops, latency_ms, percentile, max_acc_drop
     [runtime]  provider, intra_op_threads, graph_optimization_level
     [input]    batch, shape
-    [export]   opset, channel_multiple, dynamic_batch
+    [export]   opset, channel_multiple, dynamic_batch, precision
 
 Every key has a default (see the dataclasses below), or the value of the ``base`` target when the
 file names one, so a user's file may state only what differs.
@@ -38,6 +38,9 @@ else:  # pragma: no cover - Python 3.10
 
 #: ONNX Runtime graph optimisation levels by their name in a target file.
 OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+#: What a target may ship (``[export] precision``); see :mod:`compressor.export.quantize`.
+PRECISIONS = ("fp32", "int8", "auto")
 
 #: Opsets the exporter is allowed to target (torch's TorchScript exporter stops at 20).
 MIN_OPSET, MAX_OPSET = 11, 20
@@ -84,11 +87,14 @@ class Input:
 @dataclass(frozen=True)
 class Export:
     """``opset``: ONNX opset; ``channel_multiple``: kept widths are rounded to a multiple of this
-    (1 = no rounding); ``dynamic_batch``: leave the batch dimension symbolic in the ONNX file."""
+    (1 = no rounding); ``dynamic_batch``: leave the batch dimension symbolic in the ONNX file;
+    ``precision``: what ships, ``fp32``, ``int8`` (INT8 when within the accuracy budget, else a
+    budget failure) or ``auto`` (INT8 only when it is accurate and measurably faster)."""
 
     opset: int = 17
     channel_multiple: int = 1
     dynamic_batch: bool = True
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,7 @@ _EXPECTED = {
     "opset": f"an integer ONNX opset from {MIN_OPSET} to {MAX_OPSET}",
     "channel_multiple": "an integer >= 1 (1 = no rounding)",
     "dynamic_batch": "true or false",
+    "precision": f"one of {', '.join(PRECISIONS)}",
 }
 
 
@@ -202,6 +209,7 @@ def _coerce(where: str, key: str, value: Any) -> Any:
         "opset": lambda v: _is_int(v) and MIN_OPSET <= v <= MAX_OPSET,
         "channel_multiple": lambda v: _is_int(v) and v >= 1,
         "dynamic_batch": lambda v: isinstance(v, bool),
+        "precision": lambda v: isinstance(v, str) and v in PRECISIONS,
     }[key]
     if not ok(value):
         raise UsageError(f"{where}: {key} = {value!r} is invalid: expected {_EXPECTED[key]}")

@@ -151,6 +151,7 @@ def test_report_numbers_match_the_artifacts(eagleeye_run: dict[str, Any]) -> Non
         "finetune",
         "export",
         "validate",
+        "quantize",
         "report",
     ]
     assert rep["versions"]["torch"] and rep["versions"]["onnxruntime"] and rep["versions"]["onnxsim"]

@@ -13,11 +13,12 @@ TINY = {
     "resnet_cifar": {"depth": 8, "width": 4},
     "mobilenet_v1": {"width_mult": 0.125, "blocks": 4},
     "vgg_small": {"width": 4},
+    "mbconv": {"width_mult": 0.25, "head": 16},
 }
 
 
 def test_zoo_is_registered() -> None:
-    assert {"resnet_cifar", "mobilenet_v1", "vgg_small"} <= set(list_models())
+    assert {"resnet_cifar", "mobilenet_v1", "vgg_small", "mbconv"} <= set(list_models())
     for name in TINY:
         assert canonical_arch(name) == f"compressor.models.zoo:{name}"
 
@@ -69,22 +70,56 @@ def test_bad_arguments_are_usage_errors(name: str, kwargs: dict[str, int]) -> No
         build_model(name, **kwargs)
 
 
-def test_demo_checkpoint_is_small_and_accurate() -> None:
+def test_mbconv_structure() -> None:
+    """Inverted residuals: depthwise 3x3, squeeze-excitation with a sigmoid gate, SiLU, residual adds."""
+    from compressor.models.zoo import MBConv, SqueezeExcite
+
+    m = build_model("mbconv", num_classes=10, in_channels=1)
+    blocks = [b for b in m.modules() if isinstance(b, MBConv)]
+    assert len(blocks) == 6 and sum(b.residual for b in blocks) == 3
+    assert all(b.dw.groups == b.dw.in_channels == b.dw.out_channels for b in blocks)
+    assert all(isinstance(b.se, SqueezeExcite) for b in blocks)
+    assert any(isinstance(a, torch.nn.SiLU) for a in m.modules())
+    assert not any(isinstance(a, torch.nn.ReLU) for a in m.modules())
+
+
+@pytest.mark.parametrize(
+    "ckpt,arch,min_acc,max_bytes",
+    [("resnet_mnist.pt", "resnet_cifar", 97.0, 5 * 2**20), ("mbconv_mnist.pt", "mbconv", 98.0, 2**20)],
+)
+def test_demo_checkpoint_is_small_and_accurate(ckpt: str, arch: str, min_acc: float, max_bytes: int) -> None:
     from pathlib import Path
 
     from compressor.checkpoint import load_checkpoint
     from compressor.data import load_data, make_loader
     from compressor.evaluate import accuracy
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "resnet_mnist.pt"
-    assert path.stat().st_size < 5 * 2**20
+    path = Path(__file__).resolve().parents[1] / "examples" / ckpt
+    assert path.stat().st_size <= max_bytes
     model, meta = load_checkpoint(path)
-    assert meta["arch"] == "compressor.models.zoo:resnet_cifar"
+    assert meta["arch"] == f"compressor.models.zoo:{arch}"
     assert (meta["dataset"], meta["input_shape"], meta["num_classes"]) == ("mnist5k", [1, 28, 28], 10)
     assert len(meta["mean"]) == len(meta["std"]) == 1
     data = load_data(meta["dataset"], meta=meta)
     top1 = accuracy(model, make_loader(data.test, 250))["top1"]
-    assert top1 >= 97.0 and top1 == pytest.approx(meta["accuracy"]["test"])
+    assert top1 >= min_acc and top1 == pytest.approx(meta["accuracy"]["test"])
+
+
+def test_mbconv_demo_prunes_at_half_the_flops() -> None:
+    """The trained MBConv demo through the engine: l1-uniform at 50% FLOPs (widths x8) slims and verifies."""
+    from pathlib import Path
+
+    import compressor
+    from compressor.checkpoint import load_checkpoint
+    from compressor.graph import build_graph, count, slim
+
+    model, _ = load_checkpoint(Path(__file__).resolve().parents[1] / "examples" / "mbconv_mnist.pt")
+    shape = (1, 1, 28, 28)
+    g = build_graph(model, input_shape=shape)
+    plan = compressor.search(model, method="l1-uniform", flops=0.5, input_shape=shape, graph=g, multiple=8)
+    small = slim(model, plan, graph=g)
+    assert g.verify(small, plan) < 1e-4
+    assert 0.45 < count(small, shape).macs / count(model, shape).macs <= 0.51
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

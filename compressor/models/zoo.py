@@ -210,3 +210,105 @@ class VGGSmall(nn.Module):
 def vgg_small(num_classes: int = 10, in_channels: int = 3, width: int = 16, pooled: int = 2) -> VGGSmall:
     """A small VGG: 2x(conv w), pool, 2x(conv 2w), pool, 2x(conv 4w), pool, flatten, 2 linear layers."""
     return VGGSmall(num_classes=num_classes, in_channels=in_channels, width=width, pooled=pooled)
+
+
+# --------------------------------------------------------------------------- MBConv (MobileNetV2/EfficientNet)
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation gate: global average pool, 1x1 reduce + SiLU, 1x1 expand + sigmoid,
+    multiply. ``squeeze`` channels in the bottleneck."""
+
+    def __init__(self, channels: int, squeeze: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce = nn.Conv2d(channels, squeeze, 1)
+        self.act = nn.SiLU()
+        self.expand = nn.Conv2d(squeeze, channels, 1)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.gate(self.expand(self.act(self.reduce(self.pool(x)))))
+        return x * s
+
+
+class MBConv(nn.Module):
+    """Inverted residual (MobileNetV2) with squeeze-excitation and SiLU (EfficientNet's MBConv):
+    1x1 expand (skipped when ``expand`` is 1), 3x3 depthwise, SE gate, 1x1 linear projection, and a
+    residual add when the stride is 1 and the width is unchanged."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, expand: int, se_ratio: float = 0.25) -> None:
+        super().__init__()
+        hidden = in_planes * expand
+        self.expand: nn.Module | None = None
+        if expand != 1:
+            self.expand = nn.Sequential(
+                nn.Conv2d(in_planes, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.SiLU()
+            )
+        self.dw = nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False)
+        self.bn_dw = nn.BatchNorm2d(hidden)
+        self.act_dw = nn.SiLU()
+        self.se = SqueezeExcite(hidden, max(1, int(in_planes * se_ratio)))
+        self.project = nn.Conv2d(hidden, planes, 1, bias=False)
+        self.bn_project = nn.BatchNorm2d(planes)
+        self.residual = stride == 1 and in_planes == planes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x if self.expand is None else self.expand(x)
+        out = self.se(self.act_dw(self.bn_dw(self.dw(out))))
+        out = self.bn_project(self.project(out))
+        return out + x if self.residual else out
+
+
+# (expand ratio, out channels, stride of the first block, blocks) per stage; for 28x28 to 32x32 inputs.
+MBCONV_CFG: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1),
+    (4, 24, 2, 2),
+    (4, 40, 2, 2),
+    (4, 64, 2, 1),
+)
+
+
+class MBConvNet(nn.Module):
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0, head: int = 128
+    ) -> None:
+        super().__init__()
+        _check_common("mbconv", num_classes, in_channels)
+        if not 0.0 < width_mult <= 4.0:
+            raise UsageError(f"mbconv: width_mult must be in (0, 4], got {width_mult}")
+        if head < 1:
+            raise UsageError(f"mbconv: head must be >= 1, got {head}")
+
+        def w(c: int) -> int:
+            return max(1, int(round(c * width_mult)))
+
+        stem = w(16)
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.SiLU()
+        )
+        blocks: list[nn.Module] = []
+        planes = stem
+        for expand, c, stride, n in MBCONV_CFG:
+            for i in range(n):
+                blocks.append(MBConv(planes, w(c), stride if i == 0 else 1, expand))
+                planes = w(c)
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Conv2d(planes, head, 1, bias=False), nn.BatchNorm2d(head), nn.SiLU())
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(head, num_classes)
+        _init(self)
+        for m in self.modules():  # start each residual branch near zero (a BN scale of 0 stalls SE)
+            if isinstance(m, MBConv) and m.residual:
+                nn.init.constant_(m.bn_project.weight, 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.blocks(self.stem(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+@register_model("mbconv")
+def mbconv(
+    num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0, head: int = 128
+) -> MBConvNet:
+    """A small MobileNetV2/EfficientNet-style network: MBConv blocks (1x1 expand, 3x3 depthwise,
+    squeeze-excitation, 1x1 projection, residual), SiLU activations, for small inputs."""
+    return MBConvNet(num_classes=num_classes, in_channels=in_channels, width_mult=width_mult, head=head)

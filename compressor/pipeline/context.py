@@ -14,7 +14,7 @@ from compressor.pipeline.schema import Check, LatencyCheckRow, ModelStats, Stage
 from compressor.pipeline.settings import FALLBACK_LR, Settings
 from compressor.pipeline.workspace import Workspace
 
-STAGES = ("load", "profile", "search", "slim", "finetune", "export", "validate", "report")
+STAGES = ("load", "profile", "search", "slim", "finetune", "export", "validate", "quantize", "report")
 
 
 class BudgetStop(Exception):
@@ -106,6 +106,7 @@ class RunContext:
     threads: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> CPU threads chosen
     latency_model: Any = None  # compressor.latency.LatencyModel when latency is the objective
     budget: Any = None  # compressor.methods.spec.CostBudget when latency is the objective
+    quantize: dict[str, Any] = field(default_factory=dict)  # the quantize stage's report section
 
     @property
     def rank(self) -> int:

@@ -50,6 +50,11 @@ def dry_run(ctx: RunContext, *, trust_pickle: bool) -> DryRunReport:
     est["finetune"] = s.epochs * (n_train * per_img * 8 + n_val * per_img) * s.flops
     est["export"] = 3.0
     est["validate"] = n_test * per_img * s.flops * 2 + 8.0
+    if s.precision != "fp32":  # calibration x 3 methods, ~3 candidates on the val split, timing
+        n_cal = s.int8_calib_batches * 32
+        est["quantize"] = 3 * (n_cal + 2 * n_val) * per_img * s.flops + 6.0 + 4.0 * s.int8_latency_repeats
+    else:
+        est["quantize"] = (n_val + n_test) * per_img * s.flops + 1.0
     est["report"] = 0.5
     what = {
         "profile": f"FLOPs, params, top-1 on PyTorch and ONNX Runtime over {n_test} test images",
@@ -65,6 +70,13 @@ def dry_run(ctx: RunContext, *, trust_pickle: bool) -> DryRunReport:
         else "skipped",
         "export": f"ONNX opset {ctx.target.export.opset}, onnxsim",
         "validate": "numerics, top-1 PyTorch vs ONNX Runtime, latency original vs compressed",
+        "quantize": (
+            f"precision {s.precision}: INT8 QDQ per-channel, {s.int8_calib_batches} calibration batches "
+            "of the training split, accuracy gate on the validation split"
+            + (", latency gate (>= 10% faster p50)" if s.precision == "auto" else "")
+            if s.precision != "fp32"
+            else "precision fp32: the FP32 model ships with its deployment metadata"
+        ),
         "report": "report.json, report.html",
     }
     plan: list[DryRunStage] = [

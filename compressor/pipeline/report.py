@@ -88,6 +88,8 @@ def budgets(ctx: RunContext) -> list[Budget]:
                 "detail": "original vs compressed, test split, ONNX Runtime",
             }
         )
+    if ctx.quantize.get("budget"):  # precision "int8" and no INT8 model within the accuracy budget
+        out.append(ctx.quantize["budget"])
     return out
 
 
@@ -186,6 +188,7 @@ def build_report(ctx: RunContext, status: Status, exit_code: int, message: str) 
         "search": search_section(ctx),
         "export": ctx.export_info,
         "validation": ctx.validation,
+        "quantize": ctx.quantize,
         "stages": ctx.log.stages,
         "finetune": {"history": ctx.finetune_history},
         "threads": ctx.threads,

@@ -47,6 +47,7 @@ def run(
     console: Any = None,
     progress: bool = True,
     method_options: dict[str, Any] | None = None,
+    precision: str | None = None,
 ) -> Report | DryRunReport | WorkerResult:
     """Compress ``checkpoint`` for ``target`` and return the report (also written to ``out``).
 
@@ -57,7 +58,8 @@ def run(
     (:mod:`compressor.latency`) instead of FLOPs.
     ``method_options`` (the method's options dataclass fields) go over the config's
     ``[method_options]``. ``dry_run`` loads and profiles the model and returns what would run with
-    a time estimate, writing nothing.
+    a time estimate, writing nothing. ``precision`` (``"fp32"``, ``"int8"`` or ``"auto"``;
+    default the target's) says what the quantize stage ships.
 
     Returns the report (:class:`~compressor.pipeline.schema.Report`, a dict as in report.json).
     Raises :class:`UsageError` (bad input, exit 2), :class:`BudgetError` (a budget not met, exit 3,
@@ -85,6 +87,7 @@ def run(
         "arch_args": arch_args or None, "input_shape": None if input_shape is None else list(input_shape),
         "mean": mean, "std": std, "replace_head": replace_head, "exclude": exclude or None,
         "threads": threads,
+        "precision": precision,
     }  # fmt: skip
     s, tgt = resolve_settings(ck, flags, config, method_options=method_options)
     log = StageLog(console or Console(stderr=True, highlight=False), progress)
@@ -177,7 +180,9 @@ def _stages(ctx: RunContext, *, trust_pickle: bool) -> Report | WorkerResult:
 
 
 def _run_stages(ctx: RunContext, *, trust_pickle: bool) -> Report | WorkerResult:
-    """load -> profile -> search -> slim -> fine-tune -> export (+ simplify) -> validate -> report."""
+    """load -> profile -> search -> slim -> fine-tune -> export (+ simplify) -> validate -> quantize
+    -> report."""
+    from compressor.pipeline.quantize import quantize
     from compressor.pipeline.search import search
     from compressor.pipeline.stages import (
         export_and_validate,
@@ -205,6 +210,7 @@ def _run_stages(ctx: RunContext, *, trust_pickle: bool) -> Report | WorkerResult
         return {"status": "worker", "rank": ctx.rank, "exit_code": 0}
     try:
         export_and_validate(ctx, model)
+        quantize(ctx, model)
     except ValidationError as e:
         report = finish(ctx, "validation_failed", 4, str(e))
         raise ValidationError(f"{e}{where}", report=report) from None

@@ -53,6 +53,9 @@ class ModelStats(TypedDict, total=False):
     latency: LatencyStats
     top1_after_slim: float | None  # compressed: right after slimming, before fine-tuning
     finetune_best_acc: float | None  # compressed: best search-validation top-1 of the fine-tune
+    precision: str  # compressed: what ships, "fp32" or "int8" (the quantize stage)
+    fp32_top1_ort: float | None  # compressed: the FP32 model's top-1 on ONNX Runtime
+    size_bytes: int  # compressed: the shipped model.onnx's size
 
 
 class Budget(TypedDict):
@@ -160,6 +163,7 @@ class Report(TypedDict, total=False):
     search: SearchSection
     export: dict[str, Any]  # ExportResult.to_dict()
     validation: ValidationSection
+    quantize: dict[str, Any]  # the quantize stage: FP32 vs INT8, the decision (compressor.pipeline.quantize)
     stages: list[StageRecord]
     versions: dict[str, str | None]
     artifacts: dict[str, str]

@@ -182,6 +182,17 @@ class Settings:
         1, config=False, from_target="export.channel_multiple", help="kept widths rounded to this multiple"
     )
     batch: int = setting(1, config=False, fingerprint=False, from_target="input.batch", help="batch exported")
+    precision: str = setting(
+        "fp32",
+        from_target="export.precision",
+        help="what ships: fp32, int8 or auto (INT8 only when accurate and >= 10% faster)",
+    )
+    int8_calib_batches: int = setting(
+        8, minimum=1, help="INT8 calibration batches (32 training images each, seeded)"
+    )
+    int8_latency_repeats: int = setting(
+        3, minimum=1, fingerprint=False, help="interleaved timing repeats of the INT8 latency gate"
+    )
     method_options: dict[str, Any] = setting(
         default_factory=dict, help="options of the method (its options dataclass)"
     )
@@ -345,7 +356,9 @@ def resolve_settings(
         check = info(by_name[k]).check
         if check is not None:
             check(v)
-    target = load_target(str(target_name), **{k: float(v) for k, v in overrides.items()})
+    target = load_target(
+        str(target_name), **{k: v if isinstance(v, str) else float(v) for k, v in overrides.items()}
+    )
 
     values: dict[str, Any] = {}
     for f in FIELDS:

@@ -3,7 +3,7 @@
 ::
 
     out/
-      model.onnx  model.pt  plan.json  candidates.jsonl  report.json  report.html  test_data_set_0/
+      model.onnx  model.fp32.onnx (when INT8 ships)  model.pt  plan.json  candidates.jsonl  report.json  report.html  test_data_set_0/
       .state/     run fingerprint, cached profile of the original, scratch ONNX files
 
 A rerun with the same settings into the same ``out`` picks up what was finished; a rerun with
@@ -28,6 +28,7 @@ from compressor.io import atomic_write_json
 
 ARTIFACTS = (
     "model.onnx",
+    "model.fp32.onnx",
     "model.pt",
     "plan.json",
     "candidates.jsonl",
