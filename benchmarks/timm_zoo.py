@@ -266,6 +266,7 @@ def main(zoo: str = "timm", default_out: str = "timm_zoo.json") -> None:
     ap.add_argument("--warm-reps", type=int, default=5, help="warm calls per tool and model")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per worker process")
     ap.add_argument("--no-tp", action="store_true")
+    ap.add_argument("--jobs", type=int, default=1, help="models measured at a time (one thread each)")
     ap.add_argument("--out", default=str(HERE / "results" / default_out))
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
     ap.add_argument("--tool", default="ours", help=argparse.SUPPRESS)
@@ -309,6 +310,7 @@ def main(zoo: str = "timm", default_out: str = "timm_zoo.json") -> None:
                 "cold_reps": args.cold_reps,
                 "warm_reps": args.warm_reps,
                 "timeout_s": args.timeout,
+                "jobs": args.jobs,
                 "threads": 1,
                 "torch_pruning": _tp_version(),
                 "compressor": __version__,
@@ -325,9 +327,7 @@ def main(zoo: str = "timm", default_out: str = "timm_zoo.json") -> None:
         tmp.replace(args.out)
         return out
 
-    for name in names:
-        row = one_model(name, args)
-        results[name] = row
+    def report(name: str, row: dict[str, Any]) -> None:
         o, t = row.get("ours", {}), row.get("torch_pruning", {})
         print(
             f"{name:32s} ours {'ok ' if o.get('verified') else 'NO '} f={o.get('flops_ratio', float('nan')):.2f} "
@@ -336,7 +336,16 @@ def main(zoo: str = "timm", default_out: str = "timm_zoo.json") -> None:
             f"{(o.get('error') or t.get('error') or '')[:60]}",
             flush=True,
         )
-        write(done=False)
+
+    # --jobs models at a time, each tool in its own one-thread worker process (both tools see the
+    # same machine load, so their times stay comparable); rows are kept in the table's order
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for name, row in zip(names, pool.map(lambda n: one_model(n, args), names), strict=True):
+            results[name] = row
+            report(name, row)
+            write(done=False)
     out = write(done=True)
     print(json.dumps(out["summary"], indent=1))
 
