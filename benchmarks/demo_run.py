@@ -5,7 +5,10 @@ in a fresh process (imports included, as a user sees it) into a temporary folder
 wall time in total and per stage, accuracy before/after (PyTorch and ONNX Runtime, test split),
 FLOPs, params, latency p50/p90 (ONNX Runtime, the target's settings), budgets and the exit code.
 
-    python benchmarks/demo_run.py [--methods eagleeye,epruner,l1-uniform] [--threads 1]
+    python benchmarks/demo_run.py [--methods eagleeye,l1-uniform] [--threads 1,2] [--seeds 0,1]
+
+Every method runs once per thread count and seed; the summary gives median/min/max over them
+(one run is one draw of the machine's noise and the seed: quote the spread).
 
 Writes benchmarks/results/demo_run.json. Goals: each run < 5 minutes on 2 CPU cores; accuracy
 drop <= 1 point at 50% FLOPs.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from machine_info import machine_info
+from machine_info import code_version, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "examples" / "resnet_mnist.pt"
@@ -37,7 +41,7 @@ def machine(threads: int) -> dict[str, Any]:
     )
 
 
-def run_one(method: str, out: Path, threads: int, extra: list[str]) -> dict[str, Any]:
+def run_one(method: str, out: Path, threads: int, seed: int, extra: list[str]) -> dict[str, Any]:
     cmd = [
         sys.executable,
         "-m",
@@ -50,6 +54,10 @@ def run_one(method: str, out: Path, threads: int, extra: list[str]) -> dict[str,
         "0.5",
         "--method",
         method,
+        "--seed",
+        str(seed),
+        "--threads",
+        str(threads),
         "--out",
         str(out),
         "--json",
@@ -61,6 +69,8 @@ def run_one(method: str, out: Path, threads: int, extra: list[str]) -> dict[str,
     wall = time.perf_counter() - t0
     rec: dict[str, Any] = {
         "method": method,
+        "threads": threads,
+        "seed": seed,
         "command": "compress " + " ".join(cmd[3:]),
         "exit_code": proc.returncode,
         "wall_s": round(wall, 1),
@@ -89,53 +99,75 @@ def run_one(method: str, out: Path, threads: int, extra: list[str]) -> dict[str,
         {k: b.get(k) for k in ("name", "limit", "value", "passed")} for b in rep.get("budgets") or []
     ]
     rec["status"] = rep.get("status")
+    q = rep.get("quantize") or {}
+    rec["precision_shipped"] = q.get("shipped") or q.get("precision") or "fp32"
     rec["settings"] = {
         k: (rep.get("settings") or {}).get(k) for k in ("epochs", "candidates", "calib_batches", "top_k")
     }
     return rec
 
 
+def _spread(xs: list[float]) -> dict[str, float] | None:
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    return {"median": statistics.median(xs), "min": xs[0], "max": xs[-1], "n": len(xs)}
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per method, over thread counts and seeds: top-1 after (ONNX Runtime), accuracy drop, FLOPs
+    and p50 latency ratios and wall time as median/min/max, and how many runs passed."""
+    out: dict[str, Any] = {}
+    for m in dict.fromkeys(r["method"] for r in results):
+        rs = [r for r in results if r["method"] == m]
+        out[m] = {
+            "runs": len(rs),
+            "passed": sum(r.get("status") == "passed" for r in rs),
+            "top1_ort_before": _spread([(r.get("original") or {}).get("top1_ort") for r in rs]),
+            "top1_ort_after": _spread([(r.get("compressed") or {}).get("top1_ort") for r in rs]),
+            "acc_drop_points": _spread([r.get("acc_drop_points") for r in rs]),
+            "flops_ratio": _spread([r.get("flops_ratio") for r in rs]),
+            "params_ratio": _spread([r.get("params_ratio") for r in rs]),
+            "latency_ratio_p50": _spread([r.get("latency_ratio_p50") for r in rs]),
+            "wall_s": _spread([r.get("wall_s") for r in rs]),
+            "precision_shipped": sorted({str(r.get("precision_shipped")) for r in rs}),
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default="eagleeye,epruner,l1-uniform")
-    ap.add_argument(
-        "--threads", type=int, default=1, help="torch threads (the machine is shared; 1 by default)"
-    )
+    ap.add_argument("--methods", default="eagleeye,l1-uniform")
+    ap.add_argument("--threads", default="1,2", help="comma-separated torch thread counts, each run")
+    ap.add_argument("--seeds", default="0,1", help="comma-separated seeds, each run")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("extra", nargs="*", help="extra flags passed to compress run (after --)")
     args = ap.parse_args()
     if not CHECKPOINT.is_file():
         sys.exit(f"{CHECKPOINT} is missing: train it with examples/train_baseline.py")
+    threads = [int(t) for t in args.threads.split(",")]
+    seeds = [int(t) for t in args.seeds.split(",")]
     results = []
     with tempfile.TemporaryDirectory(prefix="demo_run_") as tmp:
         for m in args.methods.split(","):
-            print(f"== compress run ... --method {m}", flush=True)
-            rec = run_one(m, Path(tmp) / m, args.threads, args.extra)
-            results.append(rec)
-            print(
-                json.dumps(
-                    {
-                        k: rec.get(k)
-                        for k in (
-                            "method",
-                            "exit_code",
-                            "wall_s",
-                            "stages_s",
-                            "flops_ratio",
-                            "acc_drop_points",
-                            "latency_ratio_p50",
-                        )
-                    },
-                    indent=1,
-                ),
-                flush=True,
-            )
+            for t in threads:
+                for seed in seeds:
+                    print(f"== compress run ... --method {m} --seed {seed} --threads {t}", flush=True)
+                    rec = run_one(m, Path(tmp) / f"{m}-{t}-{seed}", t, seed, args.extra)
+                    results.append(rec)
+                    keys = ("method", "threads", "seed", "exit_code", "wall_s", "stages_s", "flops_ratio")
+                    keys += ("acc_drop_points", "latency_ratio_p50", "precision_shipped")
+                    print(json.dumps({k: rec.get(k) for k in keys}, indent=1), flush=True)
     payload = {
         "benchmark": "demo_run",
         "checkpoint": str(CHECKPOINT.relative_to(ROOT)),
         "target": "mobile",
         "flops": 0.5,
-        "machine": machine(args.threads),
+        "machine": machine(max(threads)),
+        "code": code_version(),
+        "threads": threads,
+        "seeds": seeds,
+        "summary": summarize(results),
         "results": results,
         "goals": {"wall_s_max": 300, "acc_drop_points_max": 1.0},
     }

@@ -107,7 +107,7 @@ def test_run_json_report_and_arch_args_recorded(own_model_run: dict[str, Any]) -
     assert res.exit_code == 0, res.output
     rep = _json(res)
     assert rep["status"] == "passed" and rep["exit_code"] == 0
-    assert "[1/8] load" in res.stderr and "[1/8]" not in res.stdout  # progress on stderr only
+    assert "[1/9] load" in res.stderr and "[1/9]" not in res.stdout  # progress on stderr only
     model, meta = load_checkpoint(own_model_run["out"] / "model.pt")
     assert meta["arch_kwargs"] == {
         "num_classes": 3,

@@ -72,7 +72,7 @@ def search(
 ) -> Plan:
     """Prune every prunable group by one ratio so that ``flops`` of the MACs remain (0.5 if None)."""
     del model, data
-    budget = context.budget
+    budget = context.budget if context is not None else None
     if budget is not None and budget.kind != "flops":  # one ratio meeting another cost (latency)
         from compressor.latency import counts_for_cost
 
