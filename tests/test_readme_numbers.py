@@ -129,6 +129,7 @@ def readme_problems(readme: str, root: Path = ROOT) -> list[str]:
 
 # ------------------------------------------------------------------ the real README
 
+
 def test_readme_figures_agree_with_their_json() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert figures(readme), "the README quotes no figure from benchmarks/results"
