@@ -81,12 +81,36 @@ def test_residual_groups_are_coupled() -> None:
 
 
 def test_grouped_conv_pruned_by_whole_groups() -> None:
-    graph = build_graph(TOPOLOGIES["grouped"]().eval(), input_shape=SHAPE)
+    graph = build_graph(TOPOLOGIES["grouped"]().eval(), input_shape=SHAPE, grouped="whole")
+    assert graph.grouped == {"group.0": "whole"}
     g = next(g for g in graph.groups if ("group.0", "out") in g.members)
     assert g.size == 4  # 16 channels in 4 groups -> 4 prunable units
     plan = graph.plan_from_counts({g.name: 3}, method="t")
+    assert plan.info["grouped_convs"] == {"group.0": "whole"}
     small = slim(graph.model, plan, graph=graph)
     assert small.group[0].groups == 3 and small.group[0].out_channels == 12
+    assert graph.verify(small, plan) < 1e-5
+
+
+def test_grouped_conv_pruned_within_groups() -> None:
+    """4 groups of 4: within groups (4 + 4 classes) beats whole groups (4) and is chosen."""
+    graph = build_graph(TOPOLOGIES["grouped"]().eval(), input_shape=SHAPE)
+    assert graph.grouped == {"group.0": "within"}
+    out = next(g for g in graph.groups if ("group.0", "out") in g.members)
+    inp = next(g for g in graph.groups if ("group.0", "in") in g.members)
+    assert out is not inp and out.size == 4 and inp.size == 4  # a class per position in a group
+    plan = graph.plan_from_counts({out.name: 3, inp.name: 2}, method="t")
+    assert plan.info["grouped_convs"] == {"group.0": "within"}
+    small = slim(graph.model, plan, graph=graph)
+    conv = small.group[0]
+    assert (conv.groups, conv.in_channels, conv.out_channels) == (4, 8, 12)
+    assert tuple(conv.weight.shape[:2]) == (12, 2)
+    assert graph.verify(small, plan) < 1e-5
+    # a plan made for whole groups does not apply to a graph cut within groups
+    whole = build_graph(graph.model, input_shape=SHAPE, grouped="whole")
+    g = next(g for g in whole.groups if ("group.0", "out") in g.members)
+    with pytest.raises(UsageError, match="whole groups but this graph cuts it within"):
+        graph.keep_classes(whole.plan_from_counts({g.name: 3}, method="t"))
 
 
 def test_flatten_linear_slices_features() -> None:

@@ -59,6 +59,10 @@ class ChannelGraph:
         self.class_pos = part.class_pos
         self._at_risk = part.at_risk
         self._by_name = {g.name: g for g in self.groups}
+        #: per grouped conv with a choice, how it is cut: "whole" or "within" groups
+        self.grouped: dict[str, str] = {
+            r.name: r.extra["grouped"] for r in st.records.values() if "grouped" in r.extra
+        }
         self._cost_model = CostModel(
             self._cost_terms(),
             self.label_class,
@@ -164,6 +168,7 @@ class ChannelGraph:
         keep = np.ones(self.n_classes, dtype=bool)
         groups = plan.groups if isinstance(plan, Plan) else plan
         if isinstance(plan, Plan):
+            self._check_grouped(plan)
             for name, size in plan.group_sizes.items():
                 if name in self._by_name and self._by_name[name].size != size:
                     raise UsageError(
@@ -184,6 +189,18 @@ class ChannelGraph:
             keep[g.classes] = False
             keep[g.classes[idx]] = True
         return self._keep_producers(keep)
+
+    def _check_grouped(self, plan: Plan) -> None:
+        """A plan records how each grouped conv was cut; the graph must cut it the same way."""
+        recorded = (plan.info or {}).get("grouped_convs") or {}
+        if not isinstance(recorded, dict):
+            return
+        for name, how in recorded.items():
+            if name in self.grouped and self.grouped[name] != how:
+                raise UsageError(
+                    f"the plan cuts grouped conv {name!r} {how} groups but this graph cuts it "
+                    f"{self.grouped[name]} groups: build the graph with grouped={how!r} or make a new plan"
+                )
 
     def _keep_producers(self, keep: np.ndarray) -> np.ndarray:
         """A plan never empties a layer: a producer that would lose every output channel (a
@@ -222,6 +239,8 @@ class ChannelGraph:
             order = np.argsort(-np.asarray(imp[name]), kind="stable")
             groups[name] = sorted(int(i) for i in order[:k])
             sizes[name] = g.size
+        if self.grouped:
+            info = {"grouped_convs": dict(self.grouped), **info}
         return Plan(
             method=method,
             groups=groups,

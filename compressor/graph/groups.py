@@ -165,3 +165,20 @@ def _dedupe(xs: list[tuple[str, str]]) -> list[tuple[str, str]]:
             seen.add(x)
             out.append(x)
     return out
+
+
+def collapsed_whole_group_convs(st: LabelState, part: Partition) -> list[str]:
+    """Grouped convs cut in whole groups (``record.extra["grouped"] == "whole"``) whose channels
+    are left with fewer than two prunable classes: whole-group ties merged them into one class
+    (a channel shuffle after the conv) or froze them. ``build_graph`` cuts these within groups."""
+    out: list[str] = []
+    for rec in st.records.values():
+        if rec.extra.get("grouped") != "whole" or rec.in_labels is None or rec.out_labels is None:
+            continue
+        labels = torch.cat([rec.in_labels, rec.out_labels]).numpy()
+        cls = np.unique(part.label_class[labels])
+        gi = part.class_group_index[cls]
+        free = sum(1 for g in gi if g >= 0 and not part.groups[g].frozen and part.groups[g].size > 1)
+        if free < 2:
+            out.append(rec.name)
+    return out

@@ -66,6 +66,48 @@ def _n_params(m: nn.Module, *names: str) -> int:
 
 # --------------------------------------------------------------------------- convolutions
 
+WHOLE_GROUPS = "whole"
+WITHIN_GROUPS = "within"
+GROUPED_MODES = ("auto", WHOLE_GROUPS, WITHIN_GROUPS)
+
+
+def has_structure_choice(m: Any) -> bool:
+    """Whether grouped conv ``m`` can be pruned either way: ``1 < groups`` and more than one input
+    channel per group. A depthwise conv (one input per group) is always cut per group, which is
+    per channel."""
+    g = int(getattr(m, "groups", 1))
+    return g > 1 and m.in_channels // g > 1
+
+
+def grouped_structure(st: LabelState, name: str, m: Any) -> str:
+    """How the channels of grouped conv ``m`` are tied: ``"whole"`` or ``"within"`` groups.
+
+    * whole groups: input group ``a`` and output group ``a`` are one class; removing it removes
+      a group (``groups`` shrinks). ``g`` classes.
+    * within groups: the number of groups stays and every group loses the same channels: the
+      input channel at position ``j`` of every group is one class, and so is the output channel
+      at position ``j`` (inputs and outputs independently). ``in/g + out/g`` classes.
+
+    The rule (``st.grouped == "auto"``): the structure with more classes, i.e. more independent
+    cut decisions, which lets a FLOPs or latency target be met more closely and lets importance
+    choose among more channels; a tie keeps whole groups (fewer groups run faster on most
+    back ends). So ResNeXt's and RegNet's few wide groups are cut within groups, many narrow
+    groups as whole groups. ``build_graph`` then revisits every conv left with whole groups whose
+    channels collapsed into fewer than two prunable classes (a channel shuffle after it ties
+    position ``j`` of every group: with whole groups everything becomes one class) and cuts it
+    within groups instead. ``st.grouped`` ``"whole"`` or ``"within"`` forces one structure;
+    ``st.grouped_override`` forces it per conv.
+    """
+    if not has_structure_choice(m):
+        return WHOLE_GROUPS
+    forced = st.grouped_override.get(name)
+    if forced is not None:
+        return forced
+    if st.grouped != "auto":
+        return st.grouped
+    g = int(m.groups)
+    return WITHIN_GROUPS if m.in_channels // g + m.out_channels // g > g else WHOLE_GROUPS
+
 
 def _prop_conv(st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     transposed = isinstance(m, CONVT_TYPES)
@@ -74,8 +116,16 @@ def _prop_conv(st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: tor
     out_labels = st.module_space(name, m.out_channels)
     g = m.groups
     if g > 1:
-        # grouped / depthwise: input group a feeds only output group a -> prune whole groups
-        st.union_rows(torch.cat([cin.view(g, -1), out_labels.view(g, -1)], dim=1))
+        structure = grouped_structure(st, name, m)
+        if has_structure_choice(m):
+            rec.extra["grouped"] = structure
+        if structure == WITHIN_GROUPS:
+            # keep the groups: position j of every group goes together, inputs and outputs apart
+            st.union_rows(cin.view(g, -1).t())
+            st.union_rows(out_labels.view(g, -1).t())
+        else:
+            # whole groups: input group a feeds only output group a
+            st.union_rows(torch.cat([cin.view(g, -1), out_labels.view(g, -1)], dim=1))
     st.merge_inputs(rec, cin)
     rec.out_labels = out_labels
     k = int(torch.tensor(m.kernel_size).prod())
@@ -86,13 +136,32 @@ def _prop_conv(st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: tor
     return st.broadcast_labels(out_labels, out.shape, 1)
 
 
+def _within_positions(idx: torch.Tensor, g: int, per_group: int, name: str) -> torch.Tensor:
+    """The positions inside a group that ``idx`` (kept channels of ``g`` groups of ``per_group``)
+    keeps: the same in every group (guarded by the within-group unions)."""
+    if len(idx) % g:
+        raise AssertionError(f"{name}: within-group cut keeps {len(idx)} channels of {g} groups")
+    local = idx.view(g, -1) - torch.arange(g).view(g, 1) * per_group
+    if not bool((local == local[:1]).all()) or bool((local < 0).any()) or bool((local >= per_group).any()):
+        raise AssertionError(f"{name}: within-group cut keeps other positions in different groups")
+    return local[0].clone()
+
+
 def _slim_conv(m: Any, rec: ModuleRecord, keep: torch.Tensor) -> None:
     in_labels, out_labels = _io(rec)
     out_idx = kept_positions(out_labels, keep)
     in_idx = kept_positions(in_labels, keep)
     g = m.groups
     transposed = isinstance(m, CONVT_TYPES)
-    if g > 1:
+    if g > 1 and rec.extra.get("grouped") == WITHIN_GROUPS:
+        # groups stay; (out, in/g, *k) loses kept-position columns (transposed: (in, out/g, *k))
+        out_pos = _within_positions(out_idx, g, m.out_channels // g, rec.name)
+        in_pos = _within_positions(in_idx, g, m.in_channels // g, rec.name)
+        if transposed:
+            w = _index(_index(m.weight, 0, in_idx), 1, out_pos)
+        else:
+            w = _index(_index(m.weight, 0, out_idx), 1, in_pos)
+    elif g > 1:
         opg = m.out_channels // g
         ipg = m.in_channels // g
         new_g = len(out_idx) // opg
@@ -113,10 +182,10 @@ def _slim_conv(m: Any, rec: ModuleRecord, keep: torch.Tensor) -> None:
 
 def _cost_producer(m: Any, rec: ModuleRecord) -> list[CostTerm]:
     """Conv and linear: MACs and weights scale with inputs and outputs kept (outputs only when
-    grouped: a group's inputs go with its outputs), the bias with the outputs."""
+    cut in whole groups: a group's inputs go with its outputs), the bias with the outputs."""
     in_labels, out_labels = _io(rec)
     w, b = _n_params(m, "weight"), _n_params(m, "bias")
-    if getattr(m, "groups", 1) > 1:
+    if getattr(m, "groups", 1) > 1 and rec.extra.get("grouped") != WITHIN_GROUPS:
         return [CostTerm(rec.macs, w + b, (out_labels,))]
     return [CostTerm(rec.macs, w, (in_labels, out_labels)), CostTerm(0, b, (out_labels,))]
 
