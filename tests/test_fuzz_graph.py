@@ -57,7 +57,18 @@ def test_generator_covers_the_topologies() -> None:
     seen: Counter[str] = Counter()
     for seed in range(200):
         seen.update(_ops(seed))
-    for op in ("residual", "concat", "split", "depthwise", "grouped", "se", "pool", "bn", "add_earlier"):
+    for op in (
+        "residual",
+        "concat",
+        "split",
+        "depthwise",
+        "grouped",
+        "se",
+        "pool",
+        "bn",
+        "add_earlier",
+        "shuffle_unit",
+    ):
         assert seen[op] >= 10, (op, seen[op])
     for head in ("head:gap", "head:flatten", "head:mlp", "head:conv"):
         assert seen[head] >= 5, (head, seen[head])

@@ -152,6 +152,7 @@ def plan_from_record(ctx: RunContext, rec: dict[str, Any]) -> Any:
             seed=s.seed,
             input_shape=[1, *ctx.shape],
             flops_target=s.flops,
+            info={"grouped_convs": dict(g.grouped)} if g.grouped else {},
         )
     if rec.get("counts"):
         return g.plan_from_counts({k: int(v) for k, v in rec["counts"].items()}, method=s.method, seed=s.seed)

@@ -2,6 +2,7 @@
 
 Each seed gives the Python source of one ``nn.Module`` class with an explicit ``forward``
 (residual adds, concatenations, channel splits and chunks, depthwise and grouped convolutions,
+ShuffleNetV1 units (grouped 1x1, channel shuffle, depthwise, grouped 1x1),
 squeeze-excite, pooling, flatten into ``Linear``, BatchNorm, and some unusual but legal
 operations such as a cumulative sum over channels, a channel flip or shuffle, a per-channel
 ``nn.Parameter``, GroupNorm, a ``torch.fx.wrap``-ed custom function). The source is the
@@ -152,6 +153,25 @@ class _Builder:
         g = self.rng.choice(gs)
         c_out = g * self.rng.choice((1, 2, 3, 4))
         return self.conv(t, c_out, k=self.rng.choice((1, 3)), groups=g)
+
+    def op_shuffle_unit(self, t: _T) -> _T:
+        """ShuffleNetV1 unit: grouped 1x1 -> channel shuffle -> depthwise 3x3 -> grouped 1x1,
+        with a residual when the width comes back."""
+        rng = self.rng
+        gs = [g for g in (2, 3, 4) if t.c % g == 0]
+        if not gs:
+            return self.op_grouped(t)
+        g = rng.choice(gs)
+        mid = g * rng.choice((g, 2 * g, 1, 3))  # per group: a multiple of g or not
+        y = self.conv(t, mid, k=1, stride=1, groups=g, bn=True, act=True)
+        self.helpers["channel_shuffle"] = _CHANNEL_SHUFFLE
+        y = self.assign(f"channel_shuffle({y.var}, {g})", mid, y.h)
+        y = self.conv(y, mid, k=3, stride=1, groups=mid, bn=True, act=False)
+        c_out = t.c if rng.random() < 0.7 else g * rng.choice((1, 2, 3, 4))
+        y = self.conv(y, c_out, k=1, stride=1, groups=g, bn=True, act=False)
+        if c_out == t.c:
+            return self.assign(self.act(f"{t.var} + {y.var}"), t.c, t.h)
+        return y
 
     def op_residual(self, t: _T) -> _T:
         rng = self.rng
@@ -437,6 +457,7 @@ _OPS = (
     ("conv", 3.0),
     ("depthwise", 1.2),
     ("grouped", 1.0),
+    ("shuffle_unit", 0.6),
     ("residual", 2.0),
     ("add_earlier", 0.7),
     ("concat", 1.5),
