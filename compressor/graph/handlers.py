@@ -72,11 +72,12 @@ GROUPED_MODES = ("auto", WHOLE_GROUPS, WITHIN_GROUPS)
 
 
 def has_structure_choice(m: Any) -> bool:
-    """Whether grouped conv ``m`` can be pruned either way: ``1 < groups`` and more than one input
-    channel per group. A depthwise conv (one input per group) is always cut per group, which is
-    per channel."""
+    """Whether grouped conv ``m`` can usefully be pruned either way: ``1 < groups`` and more than
+    one input and one output channel per group. A depthwise conv (one input per group) is always
+    cut per group, which is per channel; so is a conv with one output per group (within groups,
+    its outputs would all be one class, which would also merge whatever they are added to)."""
     g = int(getattr(m, "groups", 1))
-    return g > 1 and m.in_channels // g > 1
+    return g > 1 and m.in_channels // g > 1 and m.out_channels // g > 1
 
 
 def grouped_structure(st: LabelState, name: str, m: Any) -> str:
