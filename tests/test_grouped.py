@@ -216,3 +216,23 @@ def test_within_group_checkpoint_reloads_in_a_fresh_process() -> None:
         a, b = small.get_submodule(n), back.get_submodule(n)
         assert (b.groups, b.in_channels, b.out_channels) == (a.groups, a.in_channels, a.out_channels)
         assert b.groups == model.get_submodule(n).groups
+
+
+def test_plan_file_records_the_structure(tmp_path) -> None:
+    """The saved plan names each grouped conv's structure; reloaded, it still applies."""
+    from compressor.plan import Plan
+
+    model = randomize(ShuffleV1Net(2, 16, 16), SHAPE)
+    graph = build_graph(model, input_shape=SHAPE)
+    plan = graph.plan_from_counts(graph.counts_for_flops(0.6), method="l1-uniform")
+    back = Plan.load(plan.save(tmp_path / "plan.json"))
+    assert back.info["grouped_convs"] == {
+        "units.0.gconv1": "within",
+        "units.0.gconv2": "within",
+        "units.1.gconv1": "within",
+        "units.1.gconv2": "within",
+    }
+    _check_exact(model, graph, back, SHAPE)
+    whole = build_graph(model, input_shape=SHAPE, grouped="whole")
+    with pytest.raises(UsageError, match="cuts grouped conv 'units.0.gconv1' within groups"):
+        whole.keep_classes(back)
