@@ -10,7 +10,7 @@ import torch.nn as nn
 from compressor.errors import TraceError, UsageError
 from compressor.graph.channel_graph import ChannelGraph
 from compressor.graph.cost import Cost
-from compressor.graph.groups import collapsed_whole_group_convs, partition
+from compressor.graph.groups import collapsed_whole_group_convs
 from compressor.graph.handlers import GROUPED_MODES
 from compressor.graph.labels import LabelState
 from compressor.graph.propagate import Propagation, model_error
@@ -39,12 +39,15 @@ def build_graph(
     input_shape: Sequence[int] | None = None,
     leaf_modules: Iterable[type[nn.Module]] = (),
     grouped: str = "auto",
+    _override: dict[str, str] | None = None,
 ) -> ChannelGraph:
     """Trace ``model`` and find its coupled channel groups (see :class:`ChannelGraph`).
 
     ``grouped``: how grouped convolutions are cut: ``"auto"`` (per conv, see
     :func:`compressor.graph.handlers.grouped_structure`), ``"whole"`` groups or ``"within"``
-    groups (every group keeps the same channel positions).
+    groups (every group keeps the same channel positions). With ``"auto"``, a conv whose whole
+    groups collapsed into fewer than two prunable classes is cut within groups instead and the
+    graph is built again (``_override``: those convs so far).
     """
     if grouped not in GROUPED_MODES:
         raise UsageError(
@@ -58,64 +61,49 @@ def build_graph(
     model.eval()
     try:
         gm = trace(model, leaf_modules)
-        st, p = _label_pass(model, gm, x, leaf_modules, LabelState(grouped))
-        for _ in range(3 if grouped == "auto" else 0):  # whole groups that collapsed: within instead
-            redo = [n for n in collapsed_whole_group_convs(st, partition(st)) if n not in st.grouped_override]
-            if not redo:
-                break
-            st, p = _label_pass(
-                model,
-                gm,
-                x,
-                leaf_modules,
-                LabelState(grouped, {**st.grouped_override, **dict.fromkeys(redo, "within")}),
-            )
+        st = LabelState()
+        st.grouped, st.grouped_override = grouped, dict(_override or {})
+        p = Propagation(gm, st, count_flops=True)
+        p.run(x)
+        # modules used only in training (auxiliary heads) are absent from the eval graph:
+        # trace the training graph too so their input channels are known.
+        used = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
+        dead = [
+            n
+            for n, m in model.named_modules()
+            if handler_for(m) is not None
+            and next(m.parameters(recurse=False), None) is not None
+            and n not in used
+            and not any(n.startswith(u + ".") for u in used)
+        ]
+        if dead:
+            model.train()
+            try:
+                gm_train = trace(model, leaf_modules)
+            finally:
+                model.eval()
+            if any(n.op == "call_module" and str(n.target) in dead for n in gm_train.graph.nodes):
+                macs = {name: rec.macs for name, rec in st.records.items()}
+                xt = x
+                for attempt in range(3):  # auxiliary heads may need a larger input than the eval graph
+                    try:
+                        Propagation(gm_train, st, tag=f"train{attempt}:").run(xt)
+                        break
+                    except (TraceError, UsageError):
+                        if attempt == 2:
+                            raise
+                        xt = torch.randn(*xt.shape[:2], *(2 * s for s in xt.shape[2:]), device=xt.device)
+                for name, rec in st.records.items():  # the cost model counts the eval graph only
+                    rec.macs = macs.get(name, 0)
     finally:
         model.train(was)
-    return ChannelGraph(model, gm, st, tuple(x.shape), unhandled_macs=int(p.flops // 2))
-
-
-def _label_pass(
-    model: nn.Module,
-    gm: torch.fx.GraphModule,
-    x: torch.Tensor,
-    leaf_modules: tuple[type[nn.Module], ...],
-    st: LabelState,
-) -> tuple[LabelState, Propagation]:
-    """One labelling pass over the eval graph (and the training graph's extra modules) into ``st``."""
-    p = Propagation(gm, st, count_flops=True)
-    p.run(x)
-    # modules used only in training (auxiliary heads) are absent from the eval graph:
-    # trace the training graph too so their input channels are known.
-    used = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
-    dead = [
-        n
-        for n, m in model.named_modules()
-        if handler_for(m) is not None
-        and next(m.parameters(recurse=False), None) is not None
-        and n not in used
-        and not any(n.startswith(u + ".") for u in used)
-    ]
-    if dead:
-        model.train()
-        try:
-            gm_train = trace(model, leaf_modules)
-        finally:
-            model.eval()
-        if any(n.op == "call_module" and str(n.target) in dead for n in gm_train.graph.nodes):
-            macs = {name: rec.macs for name, rec in st.records.items()}
-            xt = x
-            for attempt in range(3):  # auxiliary heads may need a larger input than the eval graph
-                try:
-                    Propagation(gm_train, st, tag=f"train{attempt}:").run(xt)
-                    break
-                except (TraceError, UsageError):
-                    if attempt == 2:
-                        raise
-                    xt = torch.randn(*xt.shape[:2], *(2 * s for s in xt.shape[2:]), device=xt.device)
-            for name, rec in st.records.items():  # the cost model counts the eval graph only
-                rec.macs = macs.get(name, 0)
-    return st, p
+    graph = ChannelGraph(model, gm, st, tuple(x.shape), unhandled_macs=int(p.flops // 2))
+    if grouped == "auto":  # ends: every round moves at least one more conv to within groups
+        redo = [n for n in collapsed_whole_group_convs(st, graph.partition) if n not in st.grouped_override]
+        if redo:
+            override = {**st.grouped_override, **dict.fromkeys(redo, "within")}
+            return build_graph(model, x, leaf_modules=leaf_modules, grouped=grouped, _override=override)
+    return graph
 
 
 def count(model: nn.Module, input_shape: Sequence[int]) -> Cost:

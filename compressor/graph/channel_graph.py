@@ -52,6 +52,7 @@ class ChannelGraph:
         self.records = st.records
         self.n_labels = st.n
         part = partition(st)
+        self.partition = part
         self.label_class = part.label_class
         self.n_classes = part.n_classes
         self.groups = part.groups

@@ -71,12 +71,12 @@ class LabelState:
     nothing is recorded, no label is minted and ``mask`` holds a keep flag per label.
     ``grouped`` is how grouped convolutions are tied (``"auto"``, ``"whole"`` or ``"within"``:
     see :func:`compressor.graph.handlers.grouped_structure`); ``grouped_override`` forces the
-    structure of single convolutions by module name (the second pass of ``build_graph``).
+    structure of single convolutions by module name (set by ``build_graph``).
     """
 
-    def __init__(self, grouped: str = "auto", grouped_override: dict[str, str] | None = None) -> None:
-        self.grouped = grouped
-        self.grouped_override: dict[str, str] = dict(grouped_override or {})
+    def __init__(self) -> None:
+        self.grouped = "auto"
+        self.grouped_override: dict[str, str] = {}
         self.n = 0
         self.spaces: dict[SpaceKey, Space] = {}
         self.pairs: list[torch.Tensor] = []  # (2, k) label pairs to union
