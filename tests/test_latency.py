@@ -259,3 +259,42 @@ def test_prune_takes_the_targets_multiple_and_a_latency_budget(
     assert json.loads(res.stdout)["latency_predicted_fraction"] <= 0.75 * 1.001
     res = run(app, ["prune", str(DEMO), "-o", str(tmp_path / "c.pt"), "--latency", "0.5"])
     assert res.exit_code == 2 and "--target" in res.output
+
+
+def test_search_under_a_latency_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`compress search --target mobile --latency 0.75` plans under the target's latency model (the
+    plan's predicted latency within the budget, widths at the target's multiple); a budget below the
+    model's predicted floor is exit 3 and writes no plan; --latency without --target, or outside
+    (0, 1], is a usage error."""
+    import json
+
+    from compressor.cli.main import app
+    from typer.testing import CliRunner
+
+    monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path / "cache"))
+    run = CliRunner().invoke
+    for method, extra in (
+        ("halp", []),
+        ("eagleeye", ["--candidates", "3", "--calib-batches", "2", "--top-k", "1"]),
+    ):
+        plan = tmp_path / f"{method}.json"
+        res = run(app, ["search", str(DEMO), "--method", method, "--target", "mobile", "--latency", "0.75",
+                        "-o", str(plan), "--json", *extra])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        s = json.loads(res.stdout)
+        assert s["latency_target"] == 0.75 and 0.5 < s["latency_predicted_fraction"] <= 0.75 * 1.01
+        kept = json.loads(plan.read_text())["groups"]
+        assert all(len(ch) % 8 == 0 or len(ch) < 8 for ch in kept.values())
+    low = tmp_path / "low.json"
+    res = run(
+        app,
+        ["search", str(DEMO), "--method", "halp", "--target", "mobile", "--latency", "0.05", "-o", str(low)],
+    )
+    assert res.exit_code == 3 and "most-pruned" in res.output and not low.exists()
+    res = run(
+        app, ["search", str(DEMO), "--method", "halp", "--latency", "0.6", "-o", str(tmp_path / "x.json")]
+    )
+    assert res.exit_code == 2 and "--target" in res.output
+    res = run(app, ["search", str(DEMO), "--method", "halp", "--target", "mobile", "--latency", "1.5",
+                    "-o", str(tmp_path / "y.json")])  # fmt: skip
+    assert res.exit_code == 2 and "--latency" in res.output
