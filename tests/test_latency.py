@@ -298,3 +298,31 @@ def test_search_under_a_latency_budget(tmp_path: Path, monkeypatch: pytest.Monke
     res = run(app, ["search", str(DEMO), "--method", "halp", "--target", "mobile", "--latency", "1.5",
                     "-o", str(tmp_path / "y.json")])  # fmt: skip
     assert res.exit_code == 2 and "--latency" in res.output
+
+
+def test_dry_run_estimates_the_latency_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`compress run --latency F --dry-run` says how many timings building the target's latency table
+    takes and about how long; once the table is in the cache it says the table is read from there."""
+    import json
+
+    from compressor.cli.main import app
+    from typer.testing import CliRunner
+
+    monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path / "cache"))
+    args = ["run", str(DEMO), "--target", "mobile", "--latency", "0.7", "--dry-run", "--json",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+
+    def table_row() -> dict:
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0, res.output
+        return next(r for r in json.loads(res.stdout)["plan"] if r["name"] == "latency table")
+
+    row = table_row()
+    assert row["estimate_s"] > 5 and "single-layer" in row["what"] and "end-to-end" in row["what"]
+    cache = Path(row["what"].rsplit("(", 1)[1].rstrip(")"))
+    assert cache.parent == tmp_path / "cache" / "latency" and not cache.exists()
+    cache.parent.mkdir(parents=True)
+    cache.write_text("{}")  # what decides is whether the table for this key is on disk
+    row = table_row()
+    assert row["estimate_s"] == 0 and row["what"].startswith("read from the cache")
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
