@@ -122,6 +122,7 @@ def test_methods_meet_a_latency_budget(built: tuple, method: str) -> None:
     )
     counts = lm.plan_counts(plan)
     assert all(1 <= counts[g] <= s for g, s in lm.sizes.items())
+    assert all(counts[g] % 8 == 0 or counts[g] == s for g, s in lm.sizes.items())  # the target's multiple
     reached = lm.fraction(counts)
     assert plan.info["budget"]["kind"] == "latency"
     assert reached <= 0.6 * 1.02
@@ -138,6 +139,17 @@ def test_eagleeye_draws_under_the_latency_budget(built: tuple) -> None:
         s = sample_strategy(graph, 0.6, seed=0, index=i, multiple=8, budget=budget)
         assert s.cost is not None and s.cost <= 0.6 * 1.01
         assert lm.fraction(s.counts) == pytest.approx(s.cost)
+
+
+def test_epruner_rounds_to_the_multiple_under_flops(built: tuple) -> None:
+    """EPruner with a channel multiple keeps AP's per-group ratios, at the multiple, on the target."""
+    model, graph, _, _, _, _ = built
+    plan = get_method("epruner")(model, graph, flops=0.5, multiple=8, progress=False)
+    sizes = {g.name: g.size for g in graph.prunable}
+    kept = {g: len(plan.groups.get(g, range(s))) for g, s in sizes.items()}
+    assert all(k % 8 == 0 or k == sizes[g] for g, k in kept.items())
+    assert any(k < sizes[g] for g, k in kept.items())
+    assert graph.cost(plan).macs / graph.full.macs == pytest.approx(0.5, abs=0.05)
 
 
 def test_halp_under_flops(built: tuple) -> None:
