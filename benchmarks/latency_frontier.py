@@ -223,6 +223,12 @@ def main() -> None:
     ap.add_argument("--budgets", default="0.7,0.5,0.35")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument(
+        "--flops-extra",
+        default="0.25,0.15",
+        help="extra FLOPs fractions for the FLOPs-driven methods only, so that their frontier reaches the "
+        "latencies the latency-aware methods reach (for the comparison at equal measured latency)",
+    )
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--candidates", type=int, default=8)
@@ -270,22 +276,24 @@ def main() -> None:
             },  # fmt: skip
             "runs": [],
         }
-        for b in budgets:
-            for label in labels:
-                for seed in seeds:
-                    t0 = time.perf_counter()
-                    row: dict[str, Any] = {"budget": b, "method": label, "seed": seed}
-                    try:
-                        plan = search_plan(label, b, seed, env, args)
-                        row["search_seconds"] = round(time.perf_counter() - t0, 1)
-                        row.update(evaluate(plan, seed, env, args, tmp))
-                    except Exception as e:  # noqa: BLE001 - a failed run is recorded, the others go on
-                        row["error"] = f"{type(e).__name__}: {e}"
-                    row["seconds"] = round(time.perf_counter() - t0, 1)
-                    result["runs"].append(row)
-                    print({k: v for k, v in row.items() if k != "counts"}, flush=True)
-                    atomic_write_json(args.out, result)
-        summary = summarize(result["runs"], budgets, labels)
+        extra = [float(f) for f in args.flops_extra.split(",") if f.strip()]
+        grid = [(b, label) for b in budgets for label in labels]
+        grid += [(f, label) for f in extra if f not in budgets for label in labels if not METHODS[label][1]]
+        for b, label in grid:
+            for seed in seeds:
+                t0 = time.perf_counter()
+                row: dict[str, Any] = {"budget": b, "method": label, "seed": seed}
+                try:
+                    plan = search_plan(label, b, seed, env, args)
+                    row["search_seconds"] = round(time.perf_counter() - t0, 1)
+                    row.update(evaluate(plan, seed, env, args, tmp))
+                except Exception as e:  # noqa: BLE001 - a failed run is recorded, the others go on
+                    row["error"] = f"{type(e).__name__}: {e}"
+                row["seconds"] = round(time.perf_counter() - t0, 1)
+                result["runs"].append(row)
+                print({k: v for k, v in row.items() if k != "counts"}, flush=True)
+                atomic_write_json(args.out, result)
+        summary = summarize(result["runs"], sorted({b for b, _ in grid}, reverse=True), labels)
         result["summary"] = summary
         result["seconds"] = round(time.perf_counter() - t_all, 1)
         atomic_write_json(args.out, result)
