@@ -10,14 +10,19 @@ percentile, as a fraction of the original's timed alongside). Methods:
 * ``eagleeye-latency``, ``epruner-latency`` and ``halp``: under the target's latency model
   (:mod:`compressor.latency`), meeting the budget as predicted latency.
 
-The reduced default (the MNIST demo ResNet, budgets 0.7 and 0.5, 2 seeds, 1 fine-tune epoch,
-8 EagleEye candidates) fits ~15 minutes of a shared 2-core machine; the issue's full sizes are
-options (``--budgets 0.7,0.5,0.35 --seeds 0,1,2 --epochs 5 --candidates 50``).
+"At equal measured latency": the FLOPs-driven methods' frontiers (mean top-1 against mean measured
+latency fraction over their budgets) are interpolated at each latency-aware result's measured
+latency, and the summary gives the difference (outside the latencies a frontier reached: None).
 
-    python benchmarks/latency_frontier.py
+The default is the issue's grid on one demo model (budgets 0.7, 0.5, 0.35; 3 seeds; all five
+methods; 1 fine-tuning epoch, 8 EagleEye candidates); run it once per demo model:
+
+    python benchmarks/latency_frontier.py                                   # the demo ResNet
+    python benchmarks/latency_frontier.py --checkpoint examples/mbconv_mnist.pt \
+        --out benchmarks/results/latency_frontier_mbconv.json
     python benchmarks/latency_frontier.py --methods halp,l1-uniform --budgets 0.5 --seeds 0
 
-Writes benchmarks/results/latency_frontier.json and .png.
+Writes the JSON given by --out (default benchmarks/results/latency_frontier.json) and a PNG beside it.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from machine_info import machine_info  # noqa: E402
+from machine_info import code_version, machine_info  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "latency_frontier.json"
 
@@ -137,6 +142,46 @@ def setup(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 orig_onnx=orig, original_top1=top1)  # fmt: skip
 
 
+def at_equal_latency(summary: list[dict[str, Any]], label: str, x: float) -> float | None:
+    """``label``'s mean top-1 interpolated (piecewise linear over its budgets' mean points) at mean
+    measured latency fraction ``x``; None outside the latencies it reached."""
+    pts = sorted((s["latency_fraction_p50_mean"], s["top1_mean"]) for s in summary if s["method"] == label)
+    if len(pts) < 1 or not pts[0][0] <= x <= pts[-1][0]:
+        return None
+    return round(float(np.interp(x, [p[0] for p in pts], [p[1] for p in pts])), 3)
+
+
+def summarize(runs: list[dict[str, Any]], budgets: list[float], labels: list[str]) -> list[dict[str, Any]]:
+    """Per (budget, method): runs, top-1 mean/sd/min/max, measured latency fraction mean/sd, budget
+    met within 5%; for latency-aware methods, each FLOPs-driven method's top-1 at the same measured
+    latency (interpolated along its own frontier) and the difference."""
+    summary: list[dict[str, Any]] = []
+    for b in budgets:
+        for label in labels:
+            rs = [r for r in runs if r["method"] == label and r["budget"] == b and "top1" in r]
+            if not rs:
+                continue
+            top1 = np.array([r["top1"] for r in rs])
+            lat = np.array([r["latency_fraction_p50"] for r in rs])
+            summary.append({
+                "budget": b, "method": label, "runs": len(rs),
+                "top1_mean": round(float(top1.mean()), 3), "top1_sd": round(float(top1.std(ddof=1)), 3) if len(rs) > 1 else None,
+                "top1_min": float(top1.min()), "top1_max": float(top1.max()),
+                "latency_fraction_p50_mean": round(float(lat.mean()), 4),
+                "latency_fraction_p50_sd": round(float(lat.std(ddof=1)), 4) if len(rs) > 1 else None,
+                "met_within_5pct": int(sum(lat <= b * 1.05)),
+            })  # fmt: skip
+    flops_driven = [lb for lb in labels if not METHODS[lb][1]]
+    for s in summary:
+        if METHODS[s["method"]][1]:
+            eq = {lb: at_equal_latency(summary, lb, s["latency_fraction_p50_mean"]) for lb in flops_driven}
+            s["flops_driven_top1_at_equal_latency"] = eq
+            s["gain_at_equal_latency"] = {
+                lb: (round(s["top1_mean"] - v, 3) if v is not None else None) for lb, v in eq.items()
+            }
+    return summary
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     """Top-1 against measured latency fraction: mean over seeds per (method, budget), bars = spread."""
     import matplotlib
@@ -175,9 +220,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default="examples/resnet_mnist.pt")
     ap.add_argument("--target", default="mobile")
-    ap.add_argument("--budgets", default="0.7,0.5")
-    ap.add_argument("--methods", default="l1-uniform,eagleeye-flops,eagleeye-latency,halp")
-    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--budgets", default="0.7,0.5,0.35")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument(
+        "--flops-extra",
+        default="0.25,0.15",
+        help="extra FLOPs fractions for the FLOPs-driven methods only, so that their frontier reaches the "
+        "latencies the latency-aware methods reach (for the comparison at equal measured latency)",
+    )
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--candidates", type=int, default=8)
@@ -204,6 +255,7 @@ def main() -> None:
         lm = env["lm"]
         result: dict[str, Any] = {
             "benchmark": "latency_frontier",
+            "code": code_version(),
             "settings": {
                 **{k: v for k, v in vars(args).items() if k != "out"},
                 "budgets": budgets,
@@ -224,33 +276,24 @@ def main() -> None:
             },  # fmt: skip
             "runs": [],
         }
-        for b in budgets:
-            for label in labels:
-                for seed in seeds:
-                    t0 = time.perf_counter()
-                    row: dict[str, Any] = {"budget": b, "method": label, "seed": seed}
-                    try:
-                        plan = search_plan(label, b, seed, env, args)
-                        row["search_seconds"] = round(time.perf_counter() - t0, 1)
-                        row.update(evaluate(plan, seed, env, args, tmp))
-                    except Exception as e:  # noqa: BLE001 - a failed run is recorded, the others go on
-                        row["error"] = f"{type(e).__name__}: {e}"
-                    row["seconds"] = round(time.perf_counter() - t0, 1)
-                    result["runs"].append(row)
-                    print({k: v for k, v in row.items() if k != "counts"}, flush=True)
-                    atomic_write_json(args.out, result)
-        summary = []
-        for b in budgets:
-            for label in labels:
-                rs = [r for r in result["runs"] if r["method"] == label and r["budget"] == b and "top1" in r]
-                if rs:
-                    summary.append({
-                        "budget": b, "method": label, "runs": len(rs),
-                        "top1_mean": round(float(np.mean([r["top1"] for r in rs])), 3),
-                        "top1_min": min(r["top1"] for r in rs), "top1_max": max(r["top1"] for r in rs),
-                        "latency_fraction_p50_mean": round(float(np.mean([r["latency_fraction_p50"] for r in rs])), 4),
-                        "met_within_5pct": sum(r["latency_fraction_p50"] <= b * 1.05 for r in rs),
-                    })  # fmt: skip
+        extra = [float(f) for f in args.flops_extra.split(",") if f.strip()]
+        grid = [(b, label) for b in budgets for label in labels]
+        grid += [(f, label) for f in extra if f not in budgets for label in labels if not METHODS[label][1]]
+        for b, label in grid:
+            for seed in seeds:
+                t0 = time.perf_counter()
+                row: dict[str, Any] = {"budget": b, "method": label, "seed": seed}
+                try:
+                    plan = search_plan(label, b, seed, env, args)
+                    row["search_seconds"] = round(time.perf_counter() - t0, 1)
+                    row.update(evaluate(plan, seed, env, args, tmp))
+                except Exception as e:  # noqa: BLE001 - a failed run is recorded, the others go on
+                    row["error"] = f"{type(e).__name__}: {e}"
+                row["seconds"] = round(time.perf_counter() - t0, 1)
+                result["runs"].append(row)
+                print({k: v for k, v in row.items() if k != "counts"}, flush=True)
+                atomic_write_json(args.out, result)
+        summary = summarize(result["runs"], sorted({b for b, _ in grid}, reverse=True), labels)
         result["summary"] = summary
         result["seconds"] = round(time.perf_counter() - t_all, 1)
         atomic_write_json(args.out, result)

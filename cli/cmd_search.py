@@ -59,6 +59,17 @@ def register(app: typer.Typer) -> None:
         flops: float | None = typer.Option(
             None, "--flops", help="Fraction of the original FLOPs (MACs) to keep, in (0, 1], e.g. 0.5."
         ),
+        target: str | None = typer.Option(
+            None,
+            "--target",
+            help="Deploy target: its channel multiple rounds kept widths (unless --option multiple=M); needed by --latency.",
+        ),
+        latency: float | None = typer.Option(
+            None,
+            "--latency",
+            help="Keep this fraction of the model's latency as the target's latency model predicts it "
+            "(ONNX Runtime, measured once and cached), instead of --flops; needs --target.",
+        ),
         option: list[str] | None = typer.Option(
             None, "--option", "-O", metavar="KEY=VALUE", help=OPTION_HELP
         ),
@@ -153,6 +164,8 @@ def register(app: typer.Typer) -> None:
                 device=device,
                 candidates_file=candidates_file,
                 progress=not (quiet or json_out),
+                target=target,
+                latency=latency,
                 **options,
             )
             if dist_env()[0] != 0:
@@ -174,6 +187,11 @@ def _print_summary(s: dict) -> None:
     t.add_row("params", f"{s['params_before']:,}", f"{s['params_after']:,}")
     console.print(t)
     console.print(f"groups pruned: {s['groups_pruned']} of {s['groups']}")
+    if s.get("latency_predicted_fraction") is not None:
+        console.print(
+            f"predicted latency: {s['latency_predicted_fraction']:.3f} of the original's "
+            f"(budget {s['latency_target']:g})"
+        )
     if s.get("score") is not None:
         console.print(f"best score: {s['score']:.2f} (candidate {s.get('candidate')})")
     if s.get("candidates_file"):

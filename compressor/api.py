@@ -15,7 +15,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from compressor.errors import UsageError, ValidationError
+from compressor.errors import BudgetError, UsageError, ValidationError
 
 #: Largest error of a slim model against the masked original, relative to the output scale
 #: (:meth:`ChannelGraph.verify`), that ``prune`` accepts.
@@ -162,6 +162,54 @@ def load_for_method(
     return MethodInputs(model, meta, graph, sample, bundle, spec_text)
 
 
+def _load_target_budget(target: str | None, latency: float | None) -> Any:
+    """The deploy target named by ``target`` (None without one); ``latency`` needs it and a fraction
+    in (0, 1] (:class:`UsageError` otherwise)."""
+    tgt = None
+    if target is not None:
+        from compressor.targets import load_target
+
+        tgt = load_target(target)
+    if latency is not None and (tgt is None or not 0 < float(latency) <= 1):
+        raise UsageError(
+            f"--latency {latency} needs --target and a fraction in (0, 1] of the model's predicted latency"
+        )
+    return tgt
+
+
+def _latency_budget(inputs: MethodInputs, tgt: Any, latency: float, progress: bool) -> tuple[Any, Any]:
+    """(latency model, CostBudget) keeping ``latency`` of the model's latency as the target's latency
+    model predicts it (measured once per target and model, then read from the cache)."""
+    from compressor.latency import build_latency_model
+    from compressor.methods.spec import CostBudget
+
+    m = int(tgt.export.channel_multiple)
+    lm = build_latency_model(
+        inputs.model, inputs.graph, tgt, tuple(inputs.input_shape), multiple=m, progress=progress
+    )
+    budget = CostBudget("latency", float(latency), lm.fraction, snap=lambda c: lm.snap(c, m), model=lm)
+    floor = lm.fraction({g.name: 1 for g in inputs.graph.prunable})
+    if float(latency) < floor:
+        raise BudgetError(
+            f"--latency {latency:g} is below what the latency model of target {tgt.name!r} predicts for the "
+            f"most-pruned plan ({floor:.3f} of the original's latency: the layers that cannot be pruned "
+            "and the runtime's fixed cost); ask for at least that, or use a faster target runtime"
+        )
+    return lm, budget
+
+
+def _check_predicted(lm: Any, budget: Any, plan: Any) -> None:
+    """Record the plan's predicted latency fraction; above the budget (1% slack for the last channel
+    step) is a :class:`BudgetError` (exit 3) saying what was reached."""
+    got = float(budget.cost(lm.plan_counts(plan)))
+    plan.info["latency_predicted_fraction"] = got
+    if got > budget.fraction * 1.01:
+        raise BudgetError(
+            f"the method's plan is predicted at {got:.3f} of the original's latency, above the budget "
+            f"{budget.fraction:g}; nothing was written (raise --latency, or try --method halp)"
+        )
+
+
 def search_checkpoint(
     checkpoint: str | os.PathLike[str],
     *,
@@ -176,6 +224,8 @@ def search_checkpoint(
     device: str = "auto",
     candidates_file: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    target: str | None = None,
+    latency: float | None = None,
     **options: Any,
 ) -> tuple[Any, dict[str, Any]]:
     """Load ``checkpoint`` (and its data, for methods that need data), run ``method`` and save the
@@ -183,13 +233,20 @@ def search_checkpoint(
 
     ``options`` go to the method; one it does not declare is a :class:`UsageError`. ``device``
     "auto" leaves the method's own default. ``candidates_file`` (for methods that score
-    candidates) defaults to ``<out stem>.candidates.jsonl`` beside ``out``.
+    candidates) defaults to ``<out stem>.candidates.jsonl`` beside ``out``. ``target``: a deploy
+    target whose channel multiple is the method's ``multiple`` unless given; ``latency`` (with
+    ``target``): search for this fraction of the model's latency as the target's latency model
+    predicts it, instead of ``flops``.
     """
     from compressor.device import dist_env
     from compressor.methods import MethodContext, check_flops, get_method
 
     spec = get_method(method)
-    check_flops(flops)
+    tgt = _load_target_budget(target, latency)
+    if latency is None:
+        check_flops(flops)
+    if tgt is not None and spec.has_option("multiple") and "multiple" not in options:
+        options = {**options, "multiple": int(tgt.export.channel_multiple)}
     opts = method_options(method, options, {"device": None if device == "auto" else device})
     t0 = time.perf_counter()
     inputs = load_for_method(
@@ -206,10 +263,17 @@ def search_checkpoint(
     elif candidates_file is None and out is not None:
         candidates_file = Path(out).with_name(Path(out).stem + ".candidates.jsonl")
     load_seconds = time.perf_counter() - t0
-    context = MethodContext(progress=progress, candidates_file=candidates_file, meta=inputs.meta)
+    lm = budget = None
+    if latency is not None:
+        lm, budget = _latency_budget(inputs, tgt, latency, progress)
+    context = MethodContext(
+        progress=progress, candidates_file=candidates_file, meta=inputs.meta, budget=budget
+    )
     plan = spec(
         inputs.model, inputs.graph, flops=flops, data=inputs.data, seed=seed, options=opts, context=context
     )
+    if lm is not None:
+        _check_predicted(lm, budget, plan)
     if plan.input_shape is None:
         plan.input_shape = [1, *inputs.input_shape]
     if plan.seed is None:
@@ -229,6 +293,8 @@ def search_checkpoint(
         "params_after": int(cost.params),
         "groups_pruned": sum(1 for g, k in plan.groups.items() if len(k) < plan.group_sizes[g]),
         "groups": len(plan.groups),
+        "latency_target": latency,
+        "latency_predicted_fraction": plan.info.get("latency_predicted_fraction"),
         "score": plan.info.get("score"),
         "candidate": plan.info.get("candidate"),
         "candidates_file": str(candidates_file) if candidates_file is not None else None,
@@ -284,17 +350,10 @@ def prune(
 
     refuse_overwriting_inputs(out, {"checkpoint": checkpoint, "--plan": plan})
     spec = None
-    tgt = None
-    if target is not None:
-        from compressor.targets import load_target
-
-        tgt = load_target(target)
-    if latency is not None and (tgt is None or not 0 < float(latency) <= 1):
-        raise UsageError(
-            f"--latency {latency} needs --target and a fraction in (0, 1] of the model's predicted latency"
-        )
+    tgt = _load_target_budget(target, latency)
     if plan is None:
-        check_flops(flops)
+        if latency is None:
+            check_flops(flops)
         spec = get_method(method)
         if tgt is not None and spec.has_option("multiple") and "multiple" not in options:
             options = {**options, "multiple": int(tgt.export.channel_multiple)}
@@ -316,22 +375,13 @@ def prune(
         assert plan is not None
         the_plan = Plan.load(plan)
     else:
-        budget = None
+        lm = budget = None
         if latency is not None:
-            from compressor.latency import build_latency_model
-            from compressor.methods.spec import CostBudget
-
-            m = int(tgt.export.channel_multiple)  # type: ignore[union-attr]
-            lm = build_latency_model(
-                model, graph, tgt, tuple(inputs.input_shape), multiple=m, progress=progress
-            )
-            budget = CostBudget(
-                "latency", float(latency), lm.fraction, snap=lambda c: lm.snap(c, m), model=lm
-            )
+            lm, budget = _latency_budget(inputs, tgt, latency, progress)
         ctx = MethodContext(progress=progress, meta=meta, budget=budget)
         the_plan = spec(model, graph, flops=flops, data=inputs.data, seed=seed, options=opts, context=ctx)
-        if budget is not None:
-            the_plan.info["latency_predicted_fraction"] = budget.cost(lm.plan_counts(the_plan))
+        if lm is not None:
+            _check_predicted(lm, budget, the_plan)
     shape = (1, *inputs.input_shape)
     small = slim(model, the_plan, graph=graph)
     before, after = count(model, shape), count(small, shape)

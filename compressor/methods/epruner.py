@@ -229,6 +229,11 @@ class EPrunerOptions:
         "channels a group keeps, the largest-L1 ones are kept; better sub-nets on the demo).",
     )
     tolerance: float = option(0.01, "Relative tolerance on the FLOPs target (0.01 = 1%).")
+    multiple: int = option(
+        1,
+        "Round kept widths to this channel multiple (1 = no rounding; compress run passes the target's). "
+        "With channels=l1, AP's per-group ratios are kept and rescaled to the target at that multiple.",
+    )
     groups: list[str] | None = option(None, "Prune only these channel groups (comma-separated names).")
     coupled: bool = option(True, "Also prune groups with several producing layers (residual channels).")
     damping: float = option(0.5, "Affinity Propagation damping.")
@@ -239,6 +244,8 @@ class EPrunerOptions:
     def __post_init__(self) -> None:
         if self.median not in MEDIAN_RULES:
             raise UsageError(f"unknown median rule {self.median!r}; valid: {', '.join(MEDIAN_RULES)}")
+        if self.multiple < 1:
+            raise UsageError(f"--multiple {self.multiple} must be at least 1")
         if self.channels not in ("l1", "exemplars"):
             raise UsageError(f"channels {self.channels!r} is not one of: l1, exemplars")
         if self.beta is not None and not (float(self.beta) > 0 and math.isfinite(float(self.beta))):
@@ -365,12 +372,25 @@ def search(
     if o.channels == "l1":
         # AP decides each group's width; the channels kept are the largest-L1 ones
         counts = {name: int(r.n_exemplars) for name, r in res.items()}
-        if flops_target is not None and not info["within_tolerance"] and counts:
+        shape = {n: 1.0 - c / prunable[n].size for n, c in counts.items()}
+        rescale = bool(counts) and max(shape.values(), default=0.0) > 0
+        if budget is not None and o.beta is None and rescale:
+            # AP's shape of per-group ratios, at the channel multiple, under the budget's cost; then
+            # raised to where the cost table says latency actually drops
+            from compressor.latency import counts_for_cost
+
+            counts = counts_for_cost(graph, budget.cost, budget.fraction, shape=shape, multiple=o.multiple)
+            if budget.snap is not None:
+                counts = budget.snap(counts)
+            info["budget"]["reached"] = float(budget.cost(counts))
+            frac = info["flops"] = graph.cost_of_counts(counts).macs / graph.full.macs
+        elif flops_target is not None and rescale and (o.multiple > 1 or not info["within_tolerance"]):
             # exemplar counts move in steps: keep AP's shape of per-group ratios, rescaled to the target
-            shape = {n: 1.0 - c / prunable[n].size for n, c in counts.items()}
-            if max(shape.values()) > 0:
-                counts = {n: int(c) for n, c in graph.counts_for_flops(flops_target, shape=shape).items()}
-                info["rescaled_to_target"] = graph.cost_of_counts(counts).macs / graph.full.macs
+            counts = {
+                n: int(c)
+                for n, c in graph.counts_for_flops(flops_target, shape=shape, multiple=o.multiple).items()
+            }
+            info["rescaled_to_target"] = graph.cost_of_counts(counts).macs / graph.full.macs
         plan = graph.plan_from_counts(counts, method="epruner", flops_target=flops_target)
         plan.input_shape = list(getattr(graph, "input_shape", []) or []) or None
         plan.info.update(info)

@@ -44,6 +44,14 @@ def dry_run(ctx: RunContext, *, trust_pickle: bool) -> DryRunReport:
     search_s, search_what = spec.cost(method_options(ctx), SearchCost(s.flops, n_train, n_val, per_img))
     est: dict[str, float] = {}
     est["profile"] = n_test * per_img * 2 + 5.0
+    table = None
+    if s.latency_objective:  # the target's latency table: measured once, then read from the cache
+        from compressor.latency import estimate_build
+
+        table = estimate_build(
+            ctx.model, ctx.graph, ctx.target, tuple(ctx.shape), multiple=max(int(s.channel_multiple), 1)
+        )
+        est["latency table"] = table["estimate_s"]
     est["search"] = search_s + (s.latency_candidates * 3.0 if s.latency_ms is not None else 0.0)
     est["slim"] = n_test * per_img * s.flops + 1.0
     # a training step costs ~3 forwards; per-image transforms and the optimizer about as much again
@@ -64,6 +72,12 @@ def dry_run(ctx: RunContext, *, trust_pickle: bool) -> DryRunReport:
             if s.latency_ms is not None
             else ""
         ),
+        "latency table": (
+            "read from the cache"
+            if table is None or table["cached"]
+            else f"{table['layer_timings']} single-layer and {table['plan_timings']} end-to-end timings on ONNX Runtime"
+        )
+        + (f" ({table['cache']})" if table else ""),
         "slim": "physical slimming, equivalence check",
         "finetune": f"{s.epochs} epochs on {n_train} images, batch {s.batch_size}, lr {ctx.lr:g}"
         if s.epochs

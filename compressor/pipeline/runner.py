@@ -202,7 +202,8 @@ def _run_stages(ctx: RunContext, *, trust_pickle: bool) -> Report | WorkerResult
         search(ctx)
     except (BudgetStop, BudgetError) as e:  # the search loop's, or a method's (its floor)
         msg = e.message if isinstance(e, BudgetStop) else str(e)
-        original_latency(ctx)  # the report still compares with the original's latency
+        if "latency" not in ctx.original:  # the report still compares with the original's latency;
+            original_latency(ctx)  # one timed by the search set the limit and is kept
         report = finish(ctx, "budget_not_met", 3, msg)
         raise BudgetError(msg + where, report=report) from None
     model = slim_and_finetune(ctx)
