@@ -58,6 +58,10 @@ def function_ids(
             return checked(res)
     if node.target is F.layer_norm:
         return _layer_norm(st, tag, node, ids, out, what)
+    if name in ops.MATMUL and len(in_ids) == 2 and all(isinstance(t, torch.Tensor) for t in in_ids):
+        res = _matmul(st, tag, node, in_ids[0], in_ids[1], out, what)
+        if res is not None:
+            return res
     if name in ops.UNARY or (name in ops.BINARY and len(tensor_in) == 1):
         if isinstance(x_ids, torch.Tensor) and isinstance(out, torch.Tensor):
             if x_ids.shape == out.shape:
@@ -127,6 +131,36 @@ def _binary(st: LabelState, operands: list[torch.Tensor], out: torch.Tensor, wha
     return ref
 
 
+def _matmul(
+    st: LabelState, tag: str, node: fx.Node, a: torch.Tensor, b: torch.Tensor, out: Any, what: str
+) -> Any:
+    """``a @ b`` over the last two dimensions (leading ones broadcast), or None (not followed).
+
+    Output element ``[..., i, j]`` reads row ``i`` of ``a`` and column ``j`` of ``b``, so its labels
+    are ``a``'s along the rows and ``b``'s along the columns (united where both vary, as an
+    elementwise op). The contracted dimension is a sum: when it carries channels (``a`` varies
+    along its last dimension only, ``b`` along its second-to-last only, as ``q @ k.T``), a pruned
+    channel is zero in both operands or gone from both, so the two sides are united channel by
+    channel and the output, which no single channel owns, gets fresh frozen labels.
+    """
+    if not isinstance(out, torch.Tensor) or a.dim() < 2 or b.dim() < 2 or out.dim() < 2:
+        return None
+    va, vb = set(st.varying_dims(a)), set(st.varying_dims(b))
+    ka, kb = a.dim() - 1, b.dim() - 2
+    if ka not in va and kb not in vb:
+        rows = a.narrow(ka, 0, 1)
+        cols = b.narrow(kb, 0, 1)
+        return _binary(st, [rows, cols], out, what)
+    if ka - 1 in va or kb + 1 in vb:
+        return None  # channels both contracted and kept: not a box the engine can cut
+    batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    ak = a.select(ka - 1, 0).expand(*batch, a.shape[-1]).reshape(-1)
+    bk = b.select(kb + 1, 0).expand(*batch, b.shape[-2]).reshape(-1)
+    code = torch.unique(ak * st.n + bk)
+    st.union(code // st.n, code % st.n)
+    return st.fresh_frozen(out, f"{what}: output of a sum over channels", key=f"{tag}{node.name}")
+
+
 def _reduce(
     st: LabelState, tag: str, node: fx.Node, x_ids: torch.Tensor, out: torch.Tensor, what: str
 ) -> Any:
@@ -154,11 +188,23 @@ def _check_index(st: LabelState, x_ids: torch.Tensor, index: Any, what: str) -> 
             continue
         if i is None:
             continue
-        full = isinstance(i, slice) and i == slice(None, None, None)
-        if not full and d in varying:
+        if not _covers(i, x_ids.shape[d]) and d in varying:
             st.freeze(x_ids, f"{what}: indexes or slices channels")
             return
         d += 1
+
+
+def _covers(i: Any, size: int) -> bool:
+    """Whether index ``i`` takes the whole of a dimension of ``size`` in order, at this size and at
+    any smaller one: ``:``, or a slice from 0 with step 1 whose stop is a literal int >= ``size``
+    (GhostNet's ``cat([x1, x2])[:, :out_chs]`` when the parts add up to ``out_chs``; Python clamps
+    the stop, so the slim model's narrower tensor is taken whole too). A computed bound is not."""
+    if not isinstance(i, slice):
+        return False
+    start_ok = i.start is None or (type(i.start) is int and i.start == 0)
+    step_ok = i.step is None or (type(i.step) is int and i.step == 1)
+    stop_ok = i.stop is None or (type(i.stop) is int and i.stop >= size)
+    return start_ok and step_ok and stop_ok
 
 
 def _check_split(st: LabelState, node: fx.Node, name: str, x_ids: torch.Tensor, what: str) -> None:
