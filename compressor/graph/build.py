@@ -45,7 +45,7 @@ def build_graph(
     was = model.training
     model.eval()
     try:
-        gm = trace(model, leaf_modules)
+        gm = trace(model, leaf_modules, example=(x,))
         st = LabelState()
         p = Propagation(gm, st, count_flops=True)
         p.run(x)
@@ -63,7 +63,7 @@ def build_graph(
         if dead:
             model.train()
             try:
-                gm_train = trace(model, leaf_modules)
+                gm_train = trace(model, leaf_modules, example=(x,))
             finally:
                 model.eval()
             if any(n.op == "call_module" and str(n.target) in dead for n in gm_train.graph.nodes):

@@ -118,6 +118,11 @@ class Propagation:
         name = ops.fn_name(node)
         args: Any = node.args
         src = args[0] if args and isinstance(args[0], fx.Node) else None
+        if node.meta.get("guard") and taint:
+            # a branch of the model's Python code was chosen on this value (traced for the example
+            # input only): the channels whose count it reads must not change
+            for t, _ in taint:
+                self.st.freeze(t, f"{node.name}: the model branches on these channels' count")
         if not tensors(out):
             x_ids = ids.get(src) if src is not None else None
             if isinstance(x_ids, torch.Tensor) and (
