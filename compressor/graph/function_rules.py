@@ -78,7 +78,10 @@ def function_ids(
     if name in ops.SOFTMAX and isinstance(x_ids, torch.Tensor):
         dim = ops.arg(node, 1, "dim")
         if isinstance(dim, int):
-            return st.along_dim_op(x_ids, dim % x_ids.dim(), what)
+            d = dim % x_ids.dim()
+            if d in st.varying_dims(x_ids) and _unite_along(st, x_ids, [d]):
+                return x_ids  # a softmax over stacked parts (radix), each channel's parts as one
+            return st.along_dim_op(x_ids, d, what)
     if name in ops.REDUCE and isinstance(x_ids, torch.Tensor) and isinstance(out, torch.Tensor):
         return _reduce(st, tag, node, x_ids, out, what)
     if name in ops.SHAPE or name in ops.CAT or name in ops.SPLIT:
@@ -168,13 +171,30 @@ def _reduce(
     keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
     nd = x_ids.dim()
     dims = list(range(nd)) if dim is None else [d % nd for d in ([dim] if isinstance(dim, int) else dim)]
-    if set(dims) & set(st.varying_dims(x_ids)):
+    if set(dims) & set(st.varying_dims(x_ids)) and not _unite_along(st, x_ids, dims):
         st.freeze(x_ids, f"{what}: reduces over channels")
         return st.fresh_frozen(out, f"{what}: reduces over channels", key=f"{tag}{node.name}")
     res = x_ids
     for d in sorted(dims, reverse=True):
         res = res.narrow(d, 0, 1) if keep else res.select(d, 0)
     return st.checked(res, out, [x_ids], what, key=f"{tag}chk:{what}")
+
+
+def _unite_along(st: LabelState, x_ids: torch.Tensor, dims: list[int]) -> bool:
+    """A reduction (or softmax) along ``dims`` that vary, when the other dimensions still carry
+    channels: the parts stacked along ``dims`` (SelectiveKernel's paths, ResNeSt's radix splits)
+    are united element by element, so every position is kept or cut along all of ``dims`` at
+    once, and the op computes the same on the kept positions. False (nothing united) when
+    nothing else varies: then ``dims`` are the channels themselves (a mean over channels
+    changes with their count) and the caller freezes them."""
+    if not set(st.varying_dims(x_ids)) - set(dims):
+        return False
+    first = x_ids
+    for d in dims:
+        first = first.narrow(d, 0, 1)
+    code = torch.unique(first.expand_as(x_ids).reshape(-1) * st.n + x_ids.reshape(-1))
+    st.union(code // st.n, code % st.n)
+    return True
 
 
 def _check_index(st: LabelState, x_ids: torch.Tensor, index: Any, what: str) -> None:
