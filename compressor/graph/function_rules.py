@@ -71,10 +71,10 @@ def function_ids(
         return _binary(st, tensor_in, out, what)
     if node.target in ops.SPATIAL_FN and isinstance(x_ids, torch.Tensor) and isinstance(out, torch.Tensor):
         return st.spatial(x_ids, out, what)
-    if name == "pad" and isinstance(x_ids, torch.Tensor):
-        pad = ops.arg(node, 1, "pad")
-        if isinstance(pad, (tuple, list)) and len(pad) <= 2 * (x_ids.dim() - 2):
-            return st.spatial(x_ids, out, what)
+    if name == "pad" and isinstance(x_ids, torch.Tensor) and isinstance(out, torch.Tensor):
+        res = _pad(st, x_ids, fx.node.map_arg(ops.arg(node, 1, "pad"), lambda n: real[n]), out)
+        if res is not None:
+            return res
     if name in ops.SOFTMAX and isinstance(x_ids, torch.Tensor):
         dim = ops.arg(node, 1, "dim")
         if isinstance(dim, int):
@@ -144,7 +144,7 @@ def _matmul(
     elementwise op). The contracted dimension is a sum: when it carries channels (``a`` varies
     along its last dimension only, ``b`` along its second-to-last only, as ``q @ k.T``), a pruned
     channel is zero in both operands or gone from both, so the two sides are united channel by
-    channel and the output, which no single channel owns, gets fresh frozen labels.
+    channel; the output, which no channel owns, gets one label that is never pruned.
     """
     if not isinstance(out, torch.Tensor) or a.dim() < 2 or b.dim() < 2 or out.dim() < 2:
         return None
@@ -161,7 +161,10 @@ def _matmul(
     bk = b.select(kb + 1, 0).expand(*batch, b.shape[-2]).reshape(-1)
     code = torch.unique(ak * st.n + bk)
     st.union(code // st.n, code % st.n)
-    return st.fresh_frozen(out, f"{what}: output of a sum over channels", key=f"{tag}{node.name}")
+    # one label, in a space no producer owns: never pruned, and never tying what it meets
+    # (``attn @ v`` leaves v's channels free)
+    lab = st.space(("node", f"{tag}{node.name}: sum over channels"), 1)
+    return lab.view([1] * out.dim()).expand(out.shape)
 
 
 def _reduce(
@@ -178,6 +181,23 @@ def _reduce(
     for d in sorted(dims, reverse=True):
         res = res.narrow(d, 0, 1) if keep else res.select(d, 0)
     return st.checked(res, out, [x_ids], what, key=f"{tag}chk:{what}")
+
+
+def _pad(st: LabelState, x_ids: torch.Tensor, pad: Any, out: torch.Tensor) -> torch.Tensor | None:
+    """``F.pad`` that pads no dimension carrying channels (NCHW's H and W, NHWC's H and W with
+    ``(0, 0)`` for C): the output's labels are the input's, spread over the new positions.
+    None when a channel dimension is padded or the padding is not a tuple of ints."""
+    if not isinstance(pad, (tuple, list)) or not all(type(p) is int for p in pad):
+        return None
+    if len(pad) > 2 * x_ids.dim() or out.dim() != x_ids.dim():
+        return None
+    padded = {x_ids.dim() - 1 - i // 2 for i, p in enumerate(pad) if p != 0}
+    if padded & set(st.varying_dims(x_ids)):
+        return None
+    base = x_ids
+    for d in padded:
+        base = base.narrow(d, 0, 1)
+    return base.expand(out.shape)
 
 
 def _unite_along(st: LabelState, x_ids: torch.Tensor, dims: list[int]) -> bool:
