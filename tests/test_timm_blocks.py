@@ -242,3 +242,26 @@ def test_a_branch_on_tensor_values_still_fails_to_trace() -> None:
 
     with pytest.raises(TraceError, match="control flow"):
         build_graph(OnValues().eval(), input_shape=(1, 3, 8, 8))
+
+
+class AuxHead(PadOdd):
+    """:class:`PadOdd` with BatchNorm before the branch and a head used only in training (so the
+    engine traces the training graph too, where the branch is evaluated as well)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(3)
+        self.aux = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        y = super().forward(self.bn(x))
+        return (y, self.aux(torch.relu(self.c1(x)))) if self.training else y
+
+
+def test_evaluating_a_branch_never_changes_the_model() -> None:
+    model = randomize(AuxHead().eval(), (1, 3, 11, 11))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    build_graph(model, input_shape=(1, 3, 11, 11))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not model.training

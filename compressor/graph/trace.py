@@ -27,7 +27,9 @@ class ChannelTracer(fx.Tracer):
     ) -> None:
         super().__init__()
         self.extra_leaves = tuple(leaf_modules)
-        self.example = tuple(example) if example is not None else None
+        # copies: an in-place op of the model must not change the caller's tensors
+        ex = None if example is None else [t.clone() if isinstance(t, torch.Tensor) else t for t in example]
+        self.example = tuple(ex) if ex is not None else None
         self._env: dict[fx.Node, Any] = {}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -40,8 +42,8 @@ class ChannelTracer(fx.Tracer):
     def to_bool(self, obj: fx.Proxy) -> bool:
         """Python control flow on a traced value (``if pad_h or pad_w``, ``if H == ws``,
         ``if v.device.type != 'meta'``): with an example input, the value is computed from the
-        graph traced so far and the branch that input takes is traced. The node is marked a
-        *guard*; the propagation pass freezes the channels whose count it depends on, since a
+        graph traced so far (in eval mode: no BatchNorm statistic changes) and the branch that
+        input takes is traced. The node is marked a *guard*; the propagation pass freezes the channels whose count it depends on, since a
         slimmed model could take the other branch (:meth:`Propagation._sizes`)."""
         if self.example is None or _unpatched() is None:
             return super().to_bool(obj)
@@ -62,13 +64,18 @@ class ChannelTracer(fx.Tracer):
             raise fx.proxy.TraceError(
                 "symbolically traced variables cannot be used as inputs to control flow"
             )
+        modes = [(m, m.training) for m in self.root.modules()]
         try:
+            self.root.eval()  # a training-mode run would update BatchNorm statistics
             with unpatched():  # run the real modules, not fx's tracing wrappers
                 return self._evaluate(node)
         except Exception as e:
             raise fx.proxy.TraceError(
                 f"symbolically traced variables cannot be used as inputs to control flow ({e})"
             ) from e
+        finally:
+            for m, was in modes:
+                m.training = was
 
     def _shape_only(self, node: fx.Node) -> bool:
         """Whether ``node`` depends on tensors only through their shape, device or dtype."""
