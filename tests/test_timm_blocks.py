@@ -265,3 +265,47 @@ def test_evaluating_a_branch_never_changes_the_model() -> None:
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not model.training
+
+
+# ----------------------------------------------------------------------------- multi-head attention
+class Heads2(nn.Module):
+    """Multi-head self-attention over pixels, ``qkv`` split as ``(3, heads, -1)``: the head size
+    shrinks, the same positions in every head of q, k and v."""
+
+    def __init__(self, fused: str = "") -> None:
+        super().__init__()
+        self.fused = fused
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.qkv = nn.Linear(8, 3 * 2 * 6)
+        self.proj = nn.Linear(12, 8)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        B, C, H, W = x.shape
+        t = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        q, k, v = self.qkv(t).reshape(B, H * W, 3, 2, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.fused == "scale":
+            a = nn.functional.scaled_dot_product_attention(q, k, v, scale=0.4)
+        elif self.fused == "default":
+            a = nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            a = torch.softmax((q @ k.transpose(-2, -1)) * 0.4, dim=-1) @ v
+        t = t + self.proj(a.transpose(1, 2).reshape(B, H * W, -1))
+        return self.head(t.transpose(1, 2).reshape(B, C, H, W))
+
+
+@pytest.mark.parametrize("fused", ["", "scale"])
+def test_multi_head_attention_prunes_the_head_size(fused: str) -> None:
+    shape = (1, 3, 5, 5)
+    res = _slim_checked(Heads2(fused), shape, 0.6)
+    assert res.small.qkv.out_features < 36 and res.small.qkv.out_features % 6 == 0  # 3 x 2 heads
+    assert res.small.proj.in_features * 3 == res.small.qkv.out_features
+
+
+def test_attention_with_its_default_scale_freezes_the_head_size_by_name() -> None:
+    shape = (1, 3, 5, 5)
+    model = randomize(Heads2("default").eval(), shape)
+    graph = build_graph(model, input_shape=shape)
+    assert "default scale reads the query's channel count" in str(graph.group("qkv").reason)
+    assert not graph.group("stem").frozen

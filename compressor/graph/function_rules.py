@@ -58,6 +58,10 @@ def function_ids(
             return checked(res)
     if node.target is F.layer_norm:
         return _layer_norm(st, tag, node, ids, out, what)
+    if name == "scaled_dot_product_attention" and isinstance(out, torch.Tensor):
+        res = _sdpa(st, node, ids, out, what)
+        if res is not None:
+            return res
     if name in ops.MATMUL and len(in_ids) == 2 and all(isinstance(t, torch.Tensor) for t in in_ids):
         res = _matmul(st, tag, node, in_ids[0], in_ids[1], out, what)
         if res is not None:
@@ -89,7 +93,11 @@ def function_ids(
             _check_split(st, node, name, x_ids, what)
         res = _apply(node, mixed)
         if name in ops.LITERAL_SIZE_OPS and isinstance(x_ids, torch.Tensor) and isinstance(res, torch.Tensor):
-            st.check_reshape(x_ids, res, _literal_dims(node, name, res.dim()), what)
+            literal = _literal_dims(node, name, res.dim())
+            if len(st.varying_dims(res)) > 2:
+                _split_many(st, res, literal, what)
+            else:
+                st.check_reshape(x_ids, res, literal, what)
         return checked(res)
     reason = f"{what} is not understood by the channel engine"
     st.freeze(in_ids, reason)
@@ -183,6 +191,51 @@ def _reduce(
     return st.checked(res, out, [x_ids], what, key=f"{tag}chk:{what}")
 
 
+def _sdpa(st: LabelState, node: fx.Node, ids: dict[fx.Node, Any], out: torch.Tensor, what: str) -> Any:
+    """``F.scaled_dot_product_attention(q, k, v)``: ``softmax(q @ k.T * scale) @ v``. The product
+    of q and k sums over their channels (united, as :func:`_matmul`); the output carries v's
+    channels. Without an explicit ``scale`` the op reads q's channel count (``1 / sqrt(E)``), so
+    q's and k's channels are frozen; v's stay free. None (not followed) with a mask or a shape
+    the rule does not cover."""
+    qkv = [ops.arg(node, i, key) for i, key in enumerate(("query", "key", "value"))]
+    mask = ops.arg(node, 3, "attn_mask")
+    if mask is not None or not all(isinstance(a, fx.Node) for a in qkv):
+        return None
+    q, k, v = (ids.get(a) for a in qkv)
+    if not all(isinstance(t, torch.Tensor) and t.dim() >= 2 for t in (q, k, v)):
+        return None
+    assert isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
+    if any(t.dim() - 2 in st.varying_dims(t) for t in (q, k, v)):
+        return None  # channels along the token dimension
+    batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+    qe = q.select(-2, 0).expand(*batch, q.shape[-1]).reshape(-1)
+    ke = k.select(-2, 0).expand(*batch, k.shape[-1]).reshape(-1)
+    code = torch.unique(qe * st.n + ke)
+    st.union(code // st.n, code % st.n)
+    if ops.arg(node, 6, "scale") is None:
+        st.freeze([q, k], f"{what}: its default scale reads the query's channel count")
+    try:
+        return v.narrow(-2, 0, 1).expand(out.shape)
+    except RuntimeError:
+        return None
+
+
+def _split_many(st: LabelState, res: torch.Tensor, literal: set[int], what: str) -> None:
+    """A reshape that splits channels into several dimensions (``(B, N, 3 * heads * d)`` to
+    ``(B, N, 3, heads, d)``): channel ``i`` of the innermost one goes together in every block of
+    the outer ones, so all blocks keep the same positions and the outer sizes (literals such as
+    ``3`` or ``num_heads``) never change; the innermost must not be a literal."""
+    v = st.varying_dims(res)
+    inner = v[-1]
+    idx: list[Any] = [0] * res.dim()
+    for d in v:
+        idx[d] = slice(None)
+    blocks = res[tuple(idx)]  # the varying dims only, in order
+    st.union_rows(blocks.reshape(-1, blocks.shape[-1]).t())
+    if inner in literal:
+        st.freeze(res, f"{what}: reshapes channels to a fixed size")
+
+
 def _pad(st: LabelState, x_ids: torch.Tensor, pad: Any, out: torch.Tensor) -> torch.Tensor | None:
     """``F.pad`` that pads no dimension carrying channels (NCHW's H and W, NHWC's H and W with
     ``(0, 0)`` for C): the output's labels are the input's, spread over the new positions.
@@ -255,6 +308,8 @@ def _check_split(st: LabelState, node: fx.Node, name: str, x_ids: torch.Tensor, 
     dim %= x_ids.dim()
     if dim not in st.varying_dims(x_ids):
         return
+    if name == "unbind" and _unite_along(st, x_ids, [dim]):
+        return  # every position of ``dim`` is kept or cut together: its size never changes
     n = ops.arg(node, 1, "chunks")
     c = x_ids.shape[dim]
     if name == "chunk" and isinstance(n, int) and c % n == 0:
