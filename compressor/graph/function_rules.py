@@ -3,7 +3,18 @@
 Modules have handlers (:mod:`compressor.graph.registry`); functions are classified by the op
 tables (:mod:`compressor.graph.ops`): elementwise ops keep or unite labels, shape ops are applied
 to the id tensors themselves, reductions and softmax are followed unless they act across
-channels, and anything else freezes the channels it touches.
+channels, and anything else freezes the channels it touches. In particular:
+
+* a slice that takes a whole channel dimension with literal bounds is a no-op (GhostNet's
+  ``cat([x1, x2])[:, :out_chs]``); one that cuts it freezes;
+* a reduction or softmax over parts stacked along a dimension (SelectiveKernel's paths,
+  ResNeSt's radix) unites the parts; over the channels themselves it freezes (a mean or max
+  over channels changes with their count: CBAM's spatial gate);
+* ``a @ b`` carries a's row channels and b's column channels; a sum over channels
+  (``q @ k.T``) unites both sides; ``F.scaled_dot_product_attention`` likewise, its default
+  scale freezing q and k (it reads their count);
+* channels reshaped into several dimensions (``3 x heads x head_dim``) keep the same innermost
+  positions in every block; ``F.pad`` that pads no channel dimension is spatial.
 """
 
 from __future__ import annotations

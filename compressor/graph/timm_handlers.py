@@ -10,6 +10,16 @@ plug-in:
 * ``Conv2dSame`` (TensorFlow "same" padding computed from the input size, which torch.fx
   cannot trace): a leaf cut like ``Conv2d``; its padding depends only on the spatial size,
   never on the channels.
+* ``MixedConv2d`` (MixNet): a leaf; its parts are followed and cut by the convolution handler
+  (records ``name.i``) and its own split sizes (``splits``, a table of the module, recorded in
+  a checkpoint's widths) are rewritten to the kept channels of each part.
+
+Not handled (still frozen, by name): ``StdConv2d`` / ``ScaledStdConv2d`` (ResNetV2-BiT, NFNet)
+are traced through, and their weight standardisation (``F.batch_norm`` over each filter) is not
+followed. Removing output channels would be exact; removing input channels changes every
+filter's statistics, so the exact treatment is to fold the standardised weights into a plain
+convolution in the slim model, a change of module type that the checkpoint's widths cannot
+record yet.
 """
 
 from __future__ import annotations
