@@ -6,8 +6,8 @@
    ``tolerance`` (relative; 1% by default) while keeping the random shape. No rejection
    sampling. Channels kept inside a group: largest L1 norm (summed over a coupled group's
    members). Candidate ``i`` is drawn from an RNG seeded with ``(seed, i)``. Floor: no
-   candidate cuts a group by more than ``max_ratio`` (0.9: it keeps at least 10% of its
-   channels); a FLOPs target unreachable above the floors is a budget failure (exit 3) before
+   candidate cuts a group by more than ``max_ratio`` (0.95, the sampler's cap: it keeps at
+   least 5% of its channels); a FLOPs target unreachable above the floors is a budget failure (exit 3) before
    any data is loaded (:mod:`compressor.methods.floor`).
 2. Score: slim the candidate, recompute its BatchNorm statistics on cached calibration batches
    from the training split (:func:`compressor.bn.adaptive_bn`), then top-1 accuracy (full
@@ -101,7 +101,7 @@ def _fit(
     attempt: int,
     tolerance: float,
     multiple: int,
-    max_ratio: float = 0.9,
+    max_ratio: float = 0.95,
 ) -> Strategy:
     """The strategy with per-group pruning ratios proportional to ``shape`` (None: uniform) that
     keeps ``flops`` of the MACs: one shared scale (``graph.counts_for_flops``), then single
@@ -153,7 +153,7 @@ def uniform_strategy(
     index: int = 0,
     tolerance: float = 0.01,
     multiple: int = 1,
-    max_ratio: float = 0.9,
+    max_ratio: float = 0.95,
 ) -> Strategy:
     """The l1-uniform baseline's plan as a candidate: one pruning ratio for every group."""
     return _fit(
@@ -173,7 +173,7 @@ def perturb_strategy(
     tolerance: float = 0.01,
     multiple: int = 1,
     max_attempts: int = 5,
-    max_ratio: float = 0.9,
+    max_ratio: float = 0.95,
 ) -> Strategy:
     """A local move around ``parent`` (kept counts per group): each group's pruning ratio plus
     Gaussian noise of ``sigma`` (clipped to [0, ``max_ratio``]), rescaled to the FLOPs target like a random
@@ -217,7 +217,7 @@ def sample_strategy(
     multiple: int = 1,
     max_attempts: int = 20,
     budget: CostBudget | None = None,
-    max_ratio: float = 0.9,
+    max_ratio: float = 0.95,
 ) -> Strategy:
     """Candidate ``index`` of the search with ``seed``: deterministic, within ``tolerance`` of ``flops``.
 
@@ -443,7 +443,7 @@ class EagleEyeOptions:
     )
     tolerance: float = option(0.01, "Relative tolerance on the FLOPs target (0.01 = 1%).")
     max_ratio: float = option(
-        0.9, "Largest share of any group's channels a candidate may cut (the floor keeps the rest)."
+        0.95, "Largest share of any group's channels a candidate may cut (the floor keeps the rest)."
     )
     multiple: int = option(1, "Round kept widths to this channel multiple.")
     top_k: int = option(
@@ -578,7 +578,7 @@ def search(
             "data": getattr(bundle, "name", None),
             "groups": [[g.name, int(g.size)] for g in graph.prunable],
             "macs": int(graph.full.macs),
-            **({"max_ratio": o.max_ratio} if o.max_ratio != 0.9 else {}),
+            **({"max_ratio": o.max_ratio} if o.max_ratio != 0.95 else {}),
             **({"budget": [budget.kind, budget.fraction]} if budget is not None else {}),
             **(
                 {}

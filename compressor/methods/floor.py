@@ -8,8 +8,11 @@ reaches, never a model that silently kept most of its FLOPs. Defaults, per metho
 
 * l1-uniform: ``max_ratio`` 0.8 (every group keeps at least 20%: one shared ratio, no search
   to reject a gutted group);
-* eagleeye and epruner: ``max_ratio`` 0.9 (at least 10%: their searches shape the cuts per
-  group, and a candidate that guts a group scores badly anyway, but never below this floor).
+* eagleeye: ``max_ratio`` 0.95 (at least 5%: the cap its sampler always had, so its pinned
+  strategies are unchanged; every candidate is scored on data, and one that guts a group
+  scores badly);
+* epruner: ``max_ratio`` 0.9 (at least 10%: Affinity Propagation decides each group's width
+  from the filters alone, nothing scores a gutted group).
 """
 
 from __future__ import annotations
