@@ -14,11 +14,12 @@ Per prunable group of the channel graph (the EPruner paper and its official code
 5. the kept channels are the exemplars; slimming inherits their weights, biases and
    BatchNorm parameters and statistics.
 
-Floor: no group keeps fewer than ``1 - max_ratio`` of its channels (``max_ratio`` 0.9: at least
-10%); a group AP cuts deeper is topped up with its largest-L1 non-exemplar channels. A FLOPs
-target that cannot be reached with every pruned group at its floor is a budget failure (exit 3)
-before any Affinity Propagation runs (:mod:`compressor.methods.floor`). A ``beta`` given
-directly is the paper's plan as is (no target, no floor).
+Floor: when a FLOPs target is searched, no group keeps fewer than ``1 - max_ratio`` of its
+channels (``max_ratio`` 0.9: at least 10%); a group AP cuts deeper is topped up with its
+largest-L1 non-exemplar channels. A FLOPs target that cannot be reached with every pruned group
+at its floor is a budget failure (exit 3) before any Affinity Propagation runs
+(:mod:`compressor.methods.floor`). A ``beta`` given directly is the paper's plan as is, and a
+latency budget is met as before (no floor).
 
 ``beta`` is given directly, or found by a bracketing search (:func:`find_beta`: bisection
 safeguarded false position) so the slimmed network keeps ``flops`` of the full model's MACs
@@ -321,10 +322,10 @@ def search(
     if not coupled:
         names = [n for n in names if _producers(prunable[n]) <= 1]
 
-    # a target (FLOPs or another cost) is met above the floors; a given beta is AP's plan as is
-    floors = (
-        {} if beta is not None else {n: c for n, c in floor_counts(graph, o.max_ratio).items() if n in names}
-    )
+    # a FLOPs target is met above the floors; a given beta is AP's plan as is, and another cost
+    # (predicted latency) is met by the budget's own search, as before
+    floored = beta is None and budget is None
+    floors = {n: c for n, c in floor_counts(graph, o.max_ratio).items() if n in names} if floored else {}
     if beta is None and budget is None and flops is not None:  # unreachable above the floors: fail now
         require_reachable(graph, float(flops), o.max_ratio, "epruner", names=names)
     t0 = time.perf_counter()
