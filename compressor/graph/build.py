@@ -60,7 +60,7 @@ def build_graph(
     was = model.training
     model.eval()
     try:
-        gm = trace(model, leaf_modules)
+        gm = trace(model, leaf_modules, example=(x,))
         st = LabelState()
         st.grouped, st.grouped_override = grouped, dict(_override or {})
         p = Propagation(gm, st, count_flops=True)
@@ -79,7 +79,7 @@ def build_graph(
         if dead:
             model.train()
             try:
-                gm_train = trace(model, leaf_modules)
+                gm_train = trace(model, leaf_modules, example=(x,))
             finally:
                 model.eval()
             if any(n.op == "call_module" and str(n.target) in dead for n in gm_train.graph.nodes):

@@ -3,7 +3,18 @@
 Modules have handlers (:mod:`compressor.graph.registry`); functions are classified by the op
 tables (:mod:`compressor.graph.ops`): elementwise ops keep or unite labels, shape ops are applied
 to the id tensors themselves, reductions and softmax are followed unless they act across
-channels, and anything else freezes the channels it touches.
+channels, and anything else freezes the channels it touches. In particular:
+
+* a slice that takes a whole channel dimension with literal bounds is a no-op (GhostNet's
+  ``cat([x1, x2])[:, :out_chs]``); one that cuts it freezes;
+* a reduction or softmax over parts stacked along a dimension (SelectiveKernel's paths,
+  ResNeSt's radix) unites the parts; over the channels themselves it freezes (a mean or max
+  over channels changes with their count: CBAM's spatial gate);
+* ``a @ b`` carries a's row channels and b's column channels; a sum over channels
+  (``q @ k.T``) unites both sides; ``F.scaled_dot_product_attention`` likewise, its default
+  scale freezing q and k (it reads their count);
+* channels reshaped into several dimensions (``3 x heads x head_dim``) keep the same innermost
+  positions in every block; ``F.pad`` that pads no channel dimension is spatial.
 """
 
 from __future__ import annotations
@@ -58,6 +69,14 @@ def function_ids(
             return checked(res)
     if node.target is F.layer_norm:
         return _layer_norm(st, tag, node, ids, out, what)
+    if name == "scaled_dot_product_attention" and isinstance(out, torch.Tensor):
+        res = _sdpa(st, node, ids, out, what)
+        if res is not None:
+            return res
+    if name in ops.MATMUL and len(in_ids) == 2 and all(isinstance(t, torch.Tensor) for t in in_ids):
+        res = _matmul(st, tag, node, in_ids[0], in_ids[1], out, what)
+        if res is not None:
+            return res
     if name in ops.UNARY or (name in ops.BINARY and len(tensor_in) == 1):
         if isinstance(x_ids, torch.Tensor) and isinstance(out, torch.Tensor):
             if x_ids.shape == out.shape:
@@ -67,14 +86,17 @@ def function_ids(
         return _binary(st, tensor_in, out, what)
     if node.target in ops.SPATIAL_FN and isinstance(x_ids, torch.Tensor) and isinstance(out, torch.Tensor):
         return st.spatial(x_ids, out, what)
-    if name == "pad" and isinstance(x_ids, torch.Tensor):
-        pad = ops.arg(node, 1, "pad")
-        if isinstance(pad, (tuple, list)) and len(pad) <= 2 * (x_ids.dim() - 2):
-            return st.spatial(x_ids, out, what)
+    if name == "pad" and isinstance(x_ids, torch.Tensor) and isinstance(out, torch.Tensor):
+        res = _pad(st, x_ids, fx.node.map_arg(ops.arg(node, 1, "pad"), lambda n: real[n]), out)
+        if res is not None:
+            return res
     if name in ops.SOFTMAX and isinstance(x_ids, torch.Tensor):
         dim = ops.arg(node, 1, "dim")
         if isinstance(dim, int):
-            return st.along_dim_op(x_ids, dim % x_ids.dim(), what)
+            d = dim % x_ids.dim()
+            if d in st.varying_dims(x_ids) and _unite_along(st, x_ids, [d]):
+                return x_ids  # a softmax over stacked parts (radix), each channel's parts as one
+            return st.along_dim_op(x_ids, d, what)
     if name in ops.REDUCE and isinstance(x_ids, torch.Tensor) and isinstance(out, torch.Tensor):
         return _reduce(st, tag, node, x_ids, out, what)
     if name in ops.SHAPE or name in ops.CAT or name in ops.SPLIT:
@@ -82,7 +104,11 @@ def function_ids(
             _check_split(st, node, name, x_ids, what)
         res = _apply(node, mixed)
         if name in ops.LITERAL_SIZE_OPS and isinstance(x_ids, torch.Tensor) and isinstance(res, torch.Tensor):
-            st.check_reshape(x_ids, res, _literal_dims(node, name, res.dim()), what)
+            literal = _literal_dims(node, name, res.dim())
+            if len(st.varying_dims(res)) > 2:
+                _split_many(st, res, literal, what)
+            else:
+                st.check_reshape(x_ids, res, literal, what)
         return checked(res)
     reason = f"{what} is not understood by the channel engine"
     st.freeze(in_ids, reason)
@@ -127,6 +153,39 @@ def _binary(st: LabelState, operands: list[torch.Tensor], out: torch.Tensor, wha
     return ref
 
 
+def _matmul(
+    st: LabelState, tag: str, node: fx.Node, a: torch.Tensor, b: torch.Tensor, out: Any, what: str
+) -> Any:
+    """``a @ b`` over the last two dimensions (leading ones broadcast), or None (not followed).
+
+    Output element ``[..., i, j]`` reads row ``i`` of ``a`` and column ``j`` of ``b``, so its labels
+    are ``a``'s along the rows and ``b``'s along the columns (united where both vary, as an
+    elementwise op). The contracted dimension is a sum: when it carries channels (``a`` varies
+    along its last dimension only, ``b`` along its second-to-last only, as ``q @ k.T``), a pruned
+    channel is zero in both operands or gone from both, so the two sides are united channel by
+    channel; the output, which no channel owns, gets one label that is never pruned.
+    """
+    if not isinstance(out, torch.Tensor) or a.dim() < 2 or b.dim() < 2 or out.dim() < 2:
+        return None
+    va, vb = set(st.varying_dims(a)), set(st.varying_dims(b))
+    ka, kb = a.dim() - 1, b.dim() - 2
+    if ka not in va and kb not in vb:
+        rows = a.narrow(ka, 0, 1)
+        cols = b.narrow(kb, 0, 1)
+        return _binary(st, [rows, cols], out, what)
+    if ka - 1 in va or kb + 1 in vb:
+        return None  # channels both contracted and kept: not a box the engine can cut
+    batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    ak = a.select(ka - 1, 0).expand(*batch, a.shape[-1]).reshape(-1)
+    bk = b.select(kb + 1, 0).expand(*batch, b.shape[-2]).reshape(-1)
+    code = torch.unique(ak * st.n + bk)
+    st.union(code // st.n, code % st.n)
+    # one label, in a space no producer owns: never pruned, and never tying what it meets
+    # (``attn @ v`` leaves v's channels free)
+    lab = st.space(("node", f"{tag}{node.name}: sum over channels"), 1)
+    return lab.view([1] * out.dim()).expand(out.shape)
+
+
 def _reduce(
     st: LabelState, tag: str, node: fx.Node, x_ids: torch.Tensor, out: torch.Tensor, what: str
 ) -> Any:
@@ -134,13 +193,92 @@ def _reduce(
     keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
     nd = x_ids.dim()
     dims = list(range(nd)) if dim is None else [d % nd for d in ([dim] if isinstance(dim, int) else dim)]
-    if set(dims) & set(st.varying_dims(x_ids)):
+    if set(dims) & set(st.varying_dims(x_ids)) and not _unite_along(st, x_ids, dims):
         st.freeze(x_ids, f"{what}: reduces over channels")
         return st.fresh_frozen(out, f"{what}: reduces over channels", key=f"{tag}{node.name}")
     res = x_ids
     for d in sorted(dims, reverse=True):
         res = res.narrow(d, 0, 1) if keep else res.select(d, 0)
     return st.checked(res, out, [x_ids], what, key=f"{tag}chk:{what}")
+
+
+def _sdpa(st: LabelState, node: fx.Node, ids: dict[fx.Node, Any], out: torch.Tensor, what: str) -> Any:
+    """``F.scaled_dot_product_attention(q, k, v)``: ``softmax(q @ k.T * scale) @ v``. The product
+    of q and k sums over their channels (united, as :func:`_matmul`); the output carries v's
+    channels. Without an explicit ``scale`` the op reads q's channel count (``1 / sqrt(E)``), so
+    q's and k's channels are frozen; v's stay free. None (not followed) with a mask or a shape
+    the rule does not cover."""
+    qkv = [ops.arg(node, i, key) for i, key in enumerate(("query", "key", "value"))]
+    mask = ops.arg(node, 3, "attn_mask")
+    if mask is not None or not all(isinstance(a, fx.Node) for a in qkv):
+        return None
+    q, k, v = (ids.get(a) for a in qkv)
+    if not all(isinstance(t, torch.Tensor) and t.dim() >= 2 for t in (q, k, v)):
+        return None
+    assert isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
+    if any(t.dim() - 2 in st.varying_dims(t) for t in (q, k, v)):
+        return None  # channels along the token dimension
+    batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+    qe = q.select(-2, 0).expand(*batch, q.shape[-1]).reshape(-1)
+    ke = k.select(-2, 0).expand(*batch, k.shape[-1]).reshape(-1)
+    code = torch.unique(qe * st.n + ke)
+    st.union(code // st.n, code % st.n)
+    if ops.arg(node, 6, "scale") is None:
+        st.freeze([q, k], f"{what}: its default scale reads the query's channel count")
+    try:
+        return v.narrow(-2, 0, 1).expand(out.shape)
+    except RuntimeError:
+        return None
+
+
+def _split_many(st: LabelState, res: torch.Tensor, literal: set[int], what: str) -> None:
+    """A reshape that splits channels into several dimensions (``(B, N, 3 * heads * d)`` to
+    ``(B, N, 3, heads, d)``): channel ``i`` of the innermost one goes together in every block of
+    the outer ones, so all blocks keep the same positions and the outer sizes (literals such as
+    ``3`` or ``num_heads``) never change; the innermost must not be a literal."""
+    v = st.varying_dims(res)
+    inner = v[-1]
+    idx: list[Any] = [0] * res.dim()
+    for d in v:
+        idx[d] = slice(None)
+    blocks = res[tuple(idx)]  # the varying dims only, in order
+    st.union_rows(blocks.reshape(-1, blocks.shape[-1]).t())
+    if inner in literal:
+        st.freeze(res, f"{what}: reshapes channels to a fixed size")
+
+
+def _pad(st: LabelState, x_ids: torch.Tensor, pad: Any, out: torch.Tensor) -> torch.Tensor | None:
+    """``F.pad`` that pads no dimension carrying channels (NCHW's H and W, NHWC's H and W with
+    ``(0, 0)`` for C): the output's labels are the input's, spread over the new positions.
+    None when a channel dimension is padded or the padding is not a tuple of ints."""
+    if not isinstance(pad, (tuple, list)) or not all(type(p) is int for p in pad):
+        return None
+    if len(pad) > 2 * x_ids.dim() or out.dim() != x_ids.dim():
+        return None
+    padded = {x_ids.dim() - 1 - i // 2 for i, p in enumerate(pad) if p != 0}
+    if padded & set(st.varying_dims(x_ids)):
+        return None
+    base = x_ids
+    for d in padded:
+        base = base.narrow(d, 0, 1)
+    return base.expand(out.shape)
+
+
+def _unite_along(st: LabelState, x_ids: torch.Tensor, dims: list[int]) -> bool:
+    """A reduction (or softmax) along ``dims`` that vary, when the other dimensions still carry
+    channels: the parts stacked along ``dims`` (SelectiveKernel's paths, ResNeSt's radix splits)
+    are united element by element, so every position is kept or cut along all of ``dims`` at
+    once, and the op computes the same on the kept positions. False (nothing united) when
+    nothing else varies: then ``dims`` are the channels themselves (a mean over channels
+    changes with their count) and the caller freezes them."""
+    if not set(st.varying_dims(x_ids)) - set(dims):
+        return False
+    first = x_ids
+    for d in dims:
+        first = first.narrow(d, 0, 1)
+    code = torch.unique(first.expand_as(x_ids).reshape(-1) * st.n + x_ids.reshape(-1))
+    st.union(code // st.n, code % st.n)
+    return True
 
 
 def _check_index(st: LabelState, x_ids: torch.Tensor, index: Any, what: str) -> None:
@@ -154,11 +292,23 @@ def _check_index(st: LabelState, x_ids: torch.Tensor, index: Any, what: str) -> 
             continue
         if i is None:
             continue
-        full = isinstance(i, slice) and i == slice(None, None, None)
-        if not full and d in varying:
+        if not _covers(i, x_ids.shape[d]) and d in varying:
             st.freeze(x_ids, f"{what}: indexes or slices channels")
             return
         d += 1
+
+
+def _covers(i: Any, size: int) -> bool:
+    """Whether index ``i`` takes the whole of a dimension of ``size`` in order, at this size and at
+    any smaller one: ``:``, or a slice from 0 with step 1 whose stop is a literal int >= ``size``
+    (GhostNet's ``cat([x1, x2])[:, :out_chs]`` when the parts add up to ``out_chs``; Python clamps
+    the stop, so the slim model's narrower tensor is taken whole too). A computed bound is not."""
+    if not isinstance(i, slice):
+        return False
+    start_ok = i.start is None or (type(i.start) is int and i.start == 0)
+    step_ok = i.step is None or (type(i.step) is int and i.step == 1)
+    stop_ok = i.stop is None or (type(i.stop) is int and i.stop >= size)
+    return start_ok and step_ok and stop_ok
 
 
 def _check_split(st: LabelState, node: fx.Node, name: str, x_ids: torch.Tensor, what: str) -> None:
@@ -169,6 +319,8 @@ def _check_split(st: LabelState, node: fx.Node, name: str, x_ids: torch.Tensor, 
     dim %= x_ids.dim()
     if dim not in st.varying_dims(x_ids):
         return
+    if name == "unbind" and _unite_along(st, x_ids, [dim]):
+        return  # every position of ``dim`` is kept or cut together: its size never changes
     n = ops.arg(node, 1, "chunks")
     c = x_ids.shape[dim]
     if name == "chunk" and isinstance(n, int) and c % n == 0:

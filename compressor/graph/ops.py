@@ -43,6 +43,8 @@ CAT = {"cat", "concat", "concatenate", "stack"}
 SPLIT = {"chunk", "split", "tensor_split", "unbind", "split_with_sizes"}
 REDUCE = {"mean", "sum", "amax", "amin", "prod", "std", "var", "logsumexp", "nansum", "nanmean"}
 SOFTMAX = {"softmax", "log_softmax", "_softmax"}
+#: Matrix products over the last two dimensions (``a @ b``).
+MATMUL = {"matmul", "bmm"}
 #: Functions acting on each channel separately (pooling, resizing).
 SPATIAL_FN: set[Any] = {
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,

@@ -38,6 +38,8 @@ class Propagation:
         self.count_flops = count_flops
         self.flops = 0
         self.taint: dict[fx.Node, list[tuple[torch.Tensor, int | None]]] = {}
+        #: (channels whose count shaped another tensor, that tensor, node): settled after the pass
+        self.deferred: list[tuple[torch.Tensor, torch.Tensor, str]] = []
         self.size_nodes: dict[fx.Node, torch.Tensor] = {}
 
     def _exec(self, fn: Any, *args: Any, count: bool = True, **kwargs: Any) -> Any:
@@ -101,6 +103,7 @@ class Propagation:
             for dead in users_done.get(node, ()):
                 real.pop(dead, None)
                 ids.pop(dead, None)
+        self._settle()
         return result
 
     # ---------------------------------------------------------------- sizes
@@ -118,6 +121,11 @@ class Propagation:
         name = ops.fn_name(node)
         args: Any = node.args
         src = args[0] if args and isinstance(args[0], fx.Node) else None
+        if node.meta.get("guard") and taint:
+            # a branch of the model's Python code was chosen on this value (traced for the example
+            # input only): the channels whose count it reads must not change
+            for t, _ in taint:
+                self.st.freeze(t, f"{node.name}: the model branches on these channels' count")
         if not tensors(out):
             x_ids = ids.get(src) if src is not None else None
             if isinstance(x_ids, torch.Tensor) and (
@@ -140,13 +148,28 @@ class Propagation:
             return
         data = ids.get(src) if src is not None else None
         for t, _ in taint:
-            same = (
-                name in ops.SHAPE
-                and isinstance(data, torch.Tensor)
-                and torch.equal(torch.unique(t), torch.unique(data))
-            )
-            if not same:
+            if name in ops.SHAPE and isinstance(data, torch.Tensor):
+                # the same channels (now, or once later ops unite them) shrink together
+                self.deferred.append((t, data, node.name))
+            else:
                 self.st.freeze(t, f"{node.name}: these channels' count shapes another tensor")
+
+    def _settle(self) -> None:
+        """Freeze the channels whose count shaped a tensor that, after every union of the pass,
+        still holds other channels (a reshape of ``y`` by ``x.size(1)`` is fine when ``x * y``
+        later makes them one: SplitAttn's radix attention)."""
+        if not self.deferred or not self.st.recording:
+            return
+        from compressor.graph.groups import _components
+
+        pairs = torch.cat(self.st.pairs, dim=1).numpy() if self.st.pairs else None
+        cls = _components(self.st.n, pairs[0], pairs[1])[1] if pairs is not None else None
+        for t, data, name in self.deferred:
+            a, b = torch.unique(t).numpy(), torch.unique(data).numpy()
+            same = set(cls[a].tolist()) == set(cls[b].tolist()) if cls is not None else set(a) == set(b)
+            if not same:
+                self.st.freeze(t, f"{name}: these channels' count shapes another tensor")
+        self.deferred = []
 
     # ---------------------------------------------------------------- per node
     def run_node(

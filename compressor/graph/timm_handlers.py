@@ -10,6 +10,16 @@ plug-in:
 * ``Conv2dSame`` (TensorFlow "same" padding computed from the input size, which torch.fx
   cannot trace): a leaf cut like ``Conv2d``; its padding depends only on the spatial size,
   never on the channels.
+* ``MixedConv2d`` (MixNet): a leaf; its parts are followed and cut by the convolution handler
+  (records ``name.i``) and its own split sizes (``splits``, a table of the module, recorded in
+  a checkpoint's widths) are rewritten to the kept channels of each part.
+
+Not handled (still frozen, by name): ``StdConv2d`` / ``ScaledStdConv2d`` (ResNetV2-BiT, NFNet)
+are traced through, and their weight standardisation (``F.batch_norm`` over each filter) is not
+followed. Removing output channels would be exact; removing input channels changes every
+filter's statistics, so the exact treatment is to fold the standardised weights into a plain
+convolution in the slim model, a change of module type that the checkpoint's widths cannot
+record yet.
 """
 
 from __future__ import annotations
@@ -21,8 +31,8 @@ import torch
 import torch.nn as nn
 
 from compressor.graph import handlers as H
-from compressor.graph.labels import LabelState
-from compressor.graph.registry import handler_for, register_handler
+from compressor.graph.labels import LabelState, ModuleRecord
+from compressor.graph.registry import handler_for, is_handled, kept_positions, register_handler
 
 _loaded = False
 
@@ -61,10 +71,53 @@ def _prop_group_norm_act(st: LabelState, name: str, m: Any, ids_in: torch.Tensor
     return H._prop_group_norm(st, name, m, ids_in, out)
 
 
+def _prop_mixed_conv(st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: torch.Tensor) -> Any:
+    """``MixedConv2d``: the input split at ``m.splits``, part ``i`` through convolution ``i`` (a
+    child, followed and cut by its own handler, recorded as ``name.i``), the outputs concatenated.
+    The split sizes are the module's own table, so slimming rewrites them (:func:`_slim_mixed_conv`)."""
+    cin = st.channel_labels(ids_in, 1, f"input of {name}")
+    convs = list(m.values())
+    outs = [c.out_channels for c in convs]
+    if sum(m.splits) != len(cin) or sum(outs) != out.shape[1] or len(convs) != len(m.splits):
+        st.freeze(ids_in, f"{name}: MixedConv2d whose splits do not add up")
+        return st.fresh_frozen(out, f"{name}: MixedConv2d whose splits do not add up")
+    parts = []
+    for i, (conv, lab, o) in enumerate(zip(convs, cin.split(list(m.splits)), out.split(outs, 1))):
+        h = handler_for(conv)
+        if h is None or h.propagate_fn is not H._prop_conv or not is_handled(conv):
+            st.freeze(ids_in, f"{name}.{i} ({type(conv).__name__}) is not a convolution the engine knows")
+            return st.fresh_frozen(out, f"{name}: a part is not understood")
+        sub_in = st.broadcast_labels(lab, (ids_in.shape[0], len(lab), *ids_in.shape[2:]), 1)
+        parts.append(h.propagate(st, f"{name}.{i}", conv, sub_in, o))
+    rec = st.record(name, "mixedconv")
+    st.merge_inputs(rec, cin)
+    rec.extra["splits"] = list(m.splits)
+    res = torch.cat(parts, 1)
+    rec.out_labels = res.reshape(res.shape[0], res.shape[1], -1)[0, :, 0].clone()
+    return res
+
+
+def _slim_mixed_conv(m: Any, rec: ModuleRecord, keep: torch.Tensor) -> None:
+    """New split sizes: the kept input channels of each part (the children are cut by their own
+    handlers); ``in_channels`` / ``out_channels`` follow."""
+    assert rec.in_labels is not None
+    parts = rec.in_labels.split(rec.extra["splits"])
+    m.splits = [len(kept_positions(p, keep)) for p in parts]
+    m.in_channels = sum(m.splits)
+    assert rec.out_labels is not None
+    m.out_channels = len(kept_positions(rec.out_labels, keep))
+
+
+def _no_cost(m: Any, rec: ModuleRecord) -> list[Any]:
+    """A container whose children's own handlers count its MACs and weights."""
+    return []
+
+
 def _register() -> None:
     from timm.layers import BatchNormAct2d, GroupNormAct
     from timm.layers import Linear as TimmLinear
     from timm.layers.conv2d_same import Conv2dSame
+    from timm.layers.mixed_conv2d import MixedConv2d
 
     for t in (BatchNormAct2d, getattr(sys.modules["timm.layers"], "SyncBatchNormAct", None)):
         if t is not None:
@@ -79,6 +132,7 @@ def _register() -> None:
         cost=H._cost_producer,
         filters=H._filters_linear,
     )
+    register_handler(MixedConv2d, propagate=_prop_mixed_conv, slim=_slim_mixed_conv, cost=_no_cost)
     register_handler(
         Conv2dSame, propagate=H._prop_conv, slim=H._slim_conv, cost=H._cost_producer, filters=H._filters_conv
     )

@@ -29,6 +29,7 @@ STRUCT_ATTRS = (
     "out_features",
     "num_parameters",
     "embed_dim",
+    "splits",  # timm's MixedConv2d: the channels of each part
 )
 
 
@@ -44,7 +45,7 @@ def _own_attrs(m: nn.Module) -> dict[str, Any]:
             continue
         if isinstance(v, int):
             attrs[a] = v
-        elif isinstance(v, tuple) and all(isinstance(i, int) for i in v):
+        elif isinstance(v, (tuple, list)) and all(isinstance(i, int) for i in v):
             attrs[a] = list(v)
     return attrs
 
@@ -73,7 +74,10 @@ def _rebuilt(m: nn.Module, attrs: dict[str, Any]) -> nn.Module:
             new.__dict__[table] = copy.copy(new.__dict__[table])
     for a, v in attrs.items():
         cur = new.__dict__.get(a)
-        new.__dict__[a] = tuple(v) if isinstance(cur, tuple) or isinstance(v, list) else v
+        if isinstance(cur, list):
+            new.__dict__[a] = list(v)
+        else:
+            new.__dict__[a] = tuple(v) if isinstance(cur, tuple) or isinstance(v, list) else v
     return new
 
 

@@ -5,7 +5,10 @@
    ``graph.counts_for_flops``) so the sub-net keeps the requested FLOPs fraction within
    ``tolerance`` (relative; 1% by default) while keeping the random shape. No rejection
    sampling. Channels kept inside a group: largest L1 norm (summed over a coupled group's
-   members). Candidate ``i`` is drawn from an RNG seeded with ``(seed, i)``.
+   members). Candidate ``i`` is drawn from an RNG seeded with ``(seed, i)``. Floor: no
+   candidate cuts a group by more than ``max_ratio`` (0.95, the sampler's cap: it keeps at
+   least 5% of its channels); a FLOPs target unreachable above the floors is a budget failure (exit 3) before
+   any data is loaded (:mod:`compressor.methods.floor`).
 2. Score: slim the candidate, recompute its BatchNorm statistics on cached calibration batches
    from the training split (:func:`compressor.bn.adaptive_bn`), then top-1 accuracy (full
    precision) on the cached search-validation split (``data.val``: evaluation transforms,
@@ -30,6 +33,7 @@ import numpy as np
 
 from compressor.errors import BudgetError, DataError, UsageError
 from compressor.methods import check_flops, register_method
+from compressor.methods.floor import check_max_ratio, clamp_counts, floor_counts, require_reachable
 from compressor.methods.spec import CostBudget, MethodContext, MethodSpec, SearchCost, option
 
 #: Official upper bounds R of the sampled ratios (the EagleEye paper's code): ResNet-50 keeping 75%/50%/25%
@@ -97,13 +101,19 @@ def _fit(
     attempt: int,
     tolerance: float,
     multiple: int,
+    max_ratio: float = 0.95,
 ) -> Strategy:
     """The strategy with per-group pruning ratios proportional to ``shape`` (None: uniform) that
     keeps ``flops`` of the MACs: one shared scale (``graph.counts_for_flops``), then single
-    channel steps (:func:`compressor.graph.cost.refine_counts`) for a rounding miss."""
+    channel steps (:func:`compressor.graph.cost.refine_counts`) for a rounding miss. No group is
+    cut by more than ``max_ratio`` of its channels (its floor, :mod:`compressor.methods.floor`)."""
     full = float(graph.full.macs)
-    counts = {k: int(v) for k, v in graph.counts_for_flops(flops, shape=shape, multiple=multiple).items()}
-    counts = {g: counts.get(g, sizes[g]) for g in sizes}
+    floors = floor_counts(graph, max_ratio)
+    counts = {
+        k: int(v)
+        for k, v in graph.counts_for_flops(flops, shape=shape, multiple=multiple, max_ratio=max_ratio).items()
+    }
+    counts = clamp_counts({g: counts.get(g, sizes[g]) for g in sizes}, floors)
     # a rounding miss: one step of `multiple` channels at a time, in the group whose change
     # lands closest to the target, until within tolerance (at most 4 moves per group)
     from compressor.graph.cost import refine_counts  # lazy: torch
@@ -114,6 +124,7 @@ def _fit(
         float(flops) * full,
         sizes=sizes,
         step=multiple,
+        min_count={g: floors.get(g, 1) for g in sizes},
         tolerance=tolerance,
         max_moves=4 * len(counts) + 4,
         choose="closest",
@@ -136,12 +147,19 @@ def _sizes(graph: Any) -> dict[str, int]:
 
 
 def uniform_strategy(
-    graph: Any, flops: float, *, index: int = 0, tolerance: float = 0.01, multiple: int = 1
+    graph: Any,
+    flops: float,
+    *,
+    index: int = 0,
+    tolerance: float = 0.01,
+    multiple: int = 1,
+    max_ratio: float = 0.95,
 ) -> Strategy:
     """The l1-uniform baseline's plan as a candidate: one pruning ratio for every group."""
     return _fit(
-        graph, flops, None, _sizes(graph), index=index, attempt=1, tolerance=tolerance, multiple=multiple
-    )
+        graph, flops, None, _sizes(graph), index=index, attempt=1, tolerance=tolerance, multiple=multiple,
+        max_ratio=max_ratio,
+    )  # fmt: skip
 
 
 def perturb_strategy(
@@ -155,9 +173,10 @@ def perturb_strategy(
     tolerance: float = 0.01,
     multiple: int = 1,
     max_attempts: int = 5,
+    max_ratio: float = 0.95,
 ) -> Strategy:
     """A local move around ``parent`` (kept counts per group): each group's pruning ratio plus
-    Gaussian noise of ``sigma`` (clipped to [0, 0.95]), rescaled to the FLOPs target like a random
+    Gaussian noise of ``sigma`` (clipped to [0, ``max_ratio``]), rescaled to the FLOPs target like a random
     draw. Deterministic in ``(seed, index)``; a draw that misses the tolerance is repeated (up to
     ``max_attempts``), and the nearest one under the budget is kept otherwise."""
     sizes = _sizes(graph)
@@ -167,12 +186,13 @@ def perturb_strategy(
     best: Strategy | None = None
     for attempt in range(1, max_attempts + 1):
         noise = rng.normal(0.0, sigma, size=len(sizes))
-        shape = {g: float(np.clip(base[g] + e, 0.0, 0.95)) for g, e in zip(sizes, noise, strict=True)}
+        shape = {g: float(np.clip(base[g] + e, 0.0, max_ratio)) for g, e in zip(sizes, noise, strict=True)}
         if max(shape.values()) <= 0.0:
             continue
         cand = _fit(
-            graph, flops, shape, sizes, index=index, attempt=attempt, tolerance=tolerance, multiple=multiple
-        )
+            graph, flops, shape, sizes, index=index, attempt=attempt, tolerance=tolerance, multiple=multiple,
+            max_ratio=max_ratio,
+        )  # fmt: skip
         if _within(cand.macs, target, tolerance):
             return cand
         if cand.macs <= target * (1 + tolerance) and (
@@ -180,7 +200,9 @@ def perturb_strategy(
         ):
             best = cand
     if best is None:
-        return uniform_strategy(graph, flops, index=index, tolerance=tolerance, multiple=multiple)
+        return uniform_strategy(
+            graph, flops, index=index, tolerance=tolerance, multiple=multiple, max_ratio=max_ratio
+        )
     return best
 
 
@@ -195,6 +217,7 @@ def sample_strategy(
     multiple: int = 1,
     max_attempts: int = 20,
     budget: CostBudget | None = None,
+    max_ratio: float = 0.95,
 ) -> Strategy:
     """Candidate ``index`` of the search with ``seed``: deterministic, within ``tolerance`` of ``flops``.
 
@@ -232,8 +255,9 @@ def sample_strategy(
     for attempt in range(1, max_attempts + 1):
         drawn = {name: float(r) for name, r in zip(sizes, rng.uniform(0.0, R, size=len(sizes)), strict=True)}
         cand = _fit(
-            graph, flops, drawn, sizes, index=index, attempt=attempt, tolerance=tolerance, multiple=multiple
-        )
+            graph, flops, drawn, sizes, index=index, attempt=attempt, tolerance=tolerance, multiple=multiple,
+            max_ratio=max_ratio,
+        )  # fmt: skip
         if _within(cand.macs, target, tolerance):
             return cand
         if best is None or abs(cand.macs - target) < abs(best.macs - target):
@@ -418,6 +442,9 @@ class EagleEyeOptions:
         None, "R, the largest pruning ratio drawn per group (default: the paper's for the FLOPs target)."
     )
     tolerance: float = option(0.01, "Relative tolerance on the FLOPs target (0.01 = 1%).")
+    max_ratio: float = option(
+        0.95, "Largest share of any group's channels a candidate may cut (the floor keeps the rest)."
+    )
     multiple: int = option(1, "Round kept widths to this channel multiple.")
     top_k: int = option(
         1, "Fine-tune the best K briefly and keep the best after fine-tuning (1: the best score)."
@@ -446,6 +473,7 @@ class EagleEyeOptions:
             raise UsageError(f"--tolerance {self.tolerance} must be in (0, 1), e.g. 0.01 for 1%")
         if self.calib_split not in ("train_eval", "train"):
             raise UsageError(f"calib_split {self.calib_split!r} is not one of: train_eval, train")
+        check_max_ratio(self.max_ratio)
         if self.top_k < 1:
             raise UsageError(f"--top-k {self.top_k} must be at least 1")
         if self.multiple < 1:
@@ -511,6 +539,8 @@ def search(
     if candidates is None and time_budget is None:
         candidates = 100
     R = default_ratio_max(flops) if o.ratio_max is None else float(o.ratio_max)
+    if budget is None:  # before any data is loaded: an unreachable target fails at once
+        require_reachable(graph, float(flops), o.max_ratio, "eagleeye")
     bundle = _resolve_data(data, context.meta)
     dev = resolve_device(o.device)
     dev = init_distributed(dev).device(dev)
@@ -548,6 +578,7 @@ def search(
             "data": getattr(bundle, "name", None),
             "groups": [[g.name, int(g.size)] for g in graph.prunable],
             "macs": int(graph.full.macs),
+            **({"max_ratio": o.max_ratio} if o.max_ratio != 0.95 else {}),
             **({"budget": [budget.kind, budget.fraction]} if budget is not None else {}),
             **(
                 {}
@@ -572,12 +603,14 @@ def search(
 
     def strategy(i: int) -> Strategy:
         if guided and i == 0:
-            return uniform_strategy(graph, flops, index=0, tolerance=tolerance, multiple=multiple)
+            return uniform_strategy(
+                graph, flops, index=0, tolerance=tolerance, multiple=multiple, max_ratio=o.max_ratio
+            )
         if guided and i >= block:
             around = parents[i // block]
             return perturb_strategy(
                 graph, flops, around[i % len(around)], seed=seed, index=i, sigma=o.local_sigma,
-                tolerance=tolerance, multiple=multiple,
+                tolerance=tolerance, multiple=multiple, max_ratio=o.max_ratio,
             )  # fmt: skip
         return sample_strategy(
             graph,
@@ -588,6 +621,7 @@ def search(
             tolerance=tolerance,
             multiple=multiple,
             budget=budget,
+            max_ratio=o.max_ratio,
         )
 
     def evaluate(i: int) -> dict[str, Any]:

@@ -14,6 +14,13 @@ Per prunable group of the channel graph (the EPruner paper and its official code
 5. the kept channels are the exemplars; slimming inherits their weights, biases and
    BatchNorm parameters and statistics.
 
+Floor: when a FLOPs target is searched, no group keeps fewer than ``1 - max_ratio`` of its
+channels (``max_ratio`` 0.9: at least 10%); a group AP cuts deeper is topped up with its
+largest-L1 non-exemplar channels. A FLOPs target that cannot be reached with every pruned group
+at its floor is a budget failure (exit 3) before any Affinity Propagation runs
+(:mod:`compressor.methods.floor`). A ``beta`` given directly is the paper's plan as is, and a
+latency budget is met as before (no floor).
+
 ``beta`` is given directly, or found by a bracketing search (:func:`find_beta`: bisection
 safeguarded false position) so the slimmed network keeps ``flops`` of the full model's MACs
 (analytic cost, ``graph.cost``) within ``tolerance`` (relative, 1% by default); when no beta
@@ -36,6 +43,7 @@ import torch
 from compressor.ap import APProblem, APResult, neg_sq_distances
 from compressor.errors import UsageError
 from compressor.methods import check_flops, register_method
+from compressor.methods.floor import check_max_ratio, clamp_counts, floor_counts, require_reachable
 from compressor.methods.spec import MethodContext, MethodSpec, option
 from compressor.plan import Plan
 
@@ -83,9 +91,11 @@ class ExemplarCache:
         max_iter: int = 200,
         convergence_iter: int = 15,
         device: str | torch.device = "cpu",
+        floors: Mapping[str, int] | None = None,
     ) -> None:
         self.graph = graph
         self.names = list(names)
+        self.floors = dict(floors or {})
         self.median = median
         self.ap_kw: dict[str, Any] = {
             "damping": damping,
@@ -132,8 +142,25 @@ class ExemplarCache:
         return {b: {name: self._res[(name, b)] for name in self.names} for b in betas}
 
     def keep(self, beta: float) -> dict[str, list[int]]:
+        """The kept channels per group at ``beta``: AP's exemplars, raised to the group's floor by
+        the largest-L1 channels that are not exemplars."""
         res = self.results([beta])[float(beta)]
-        return {name: r.exemplars.cpu().tolist() for name, r in res.items()}
+        return {name: self._floored(name, r.exemplars.cpu().tolist()) for name, r in res.items()}
+
+    def counts(self, beta: float) -> dict[str, int]:
+        """Kept channel counts per group at ``beta``: AP's exemplar counts, at least the floor."""
+        res = self.results([beta])[float(beta)]
+        return {name: max(int(r.n_exemplars), self.floors.get(name, 1)) for name, r in res.items()}
+
+    def _floored(self, name: str, kept: list[int]) -> list[int]:
+        need = self.floors.get(name, 1) - len(kept)
+        if need <= 0:
+            return kept
+        # L1 of the channel's vector: its producers' filters, as graph.importance() ranks them
+        score = self.graph.channel_vectors(name).abs().sum(dim=1).cpu().tolist()
+        have = set(kept)
+        extra = [int(i) for i in sorted(range(len(score)), key=lambda i: -score[i]) if i not in have]
+        return sorted(kept + extra[:need])
 
 
 def _producers(group: Any) -> int:
@@ -146,7 +173,7 @@ def _fraction(graph: Any, keep: dict[str, list[int]]) -> float:
 
 
 def _budget_fraction(graph: Any, budget: Any, keep: dict[str, list[int]]) -> float:
-    """The plan's cost under ``budget`` (a :class:`CostBudget`; None: FLOPs)."""
+    """The plan's cost under ``budget`` (a :class:`CostBudget`; None: FLOPs); ``keep`` is floored."""
     if budget is None:
         return _fraction(graph, keep)
     return float(budget.cost({g: len(k) for g, k in keep.items()}))
@@ -240,8 +267,12 @@ class EPrunerOptions:
     max_iter: int = option(200, "Affinity Propagation: most iterations.")
     convergence_iter: int = option(15, "Affinity Propagation: stop after this many unchanged iterations.")
     device: str = option("cpu", "Device that runs Affinity Propagation: cpu, auto, cuda or cuda:N.")
+    max_ratio: float = option(
+        0.9, "Largest share of any group's channels that may be cut (the floor keeps the rest)."
+    )
 
     def __post_init__(self) -> None:
+        check_max_ratio(self.max_ratio)
         if self.median not in MEDIAN_RULES:
             raise UsageError(f"unknown median rule {self.median!r}; valid: {', '.join(MEDIAN_RULES)}")
         if self.multiple < 1:
@@ -298,6 +329,12 @@ def search(
     if not coupled:
         names = [n for n in names if _producers(prunable[n]) <= 1]
 
+    # a FLOPs target is met above the floors; a given beta is AP's plan as is, and another cost
+    # (predicted latency) is met by the budget's own search, as before
+    floored = beta is None and budget is None
+    floors = {n: c for n, c in floor_counts(graph, o.max_ratio).items() if n in names} if floored else {}
+    if beta is None and budget is None and flops is not None:  # unreachable above the floors: fail now
+        require_reachable(graph, float(flops), o.max_ratio, "epruner", names=names)
     t0 = time.perf_counter()
     cache = ExemplarCache(
         graph,
@@ -307,6 +344,7 @@ def search(
         max_iter=max_iter,
         convergence_iter=convergence_iter,
         device=device,
+        floors=floors,
     )
     info: dict[str, Any] = {
         "coupled": coupled,
@@ -348,16 +386,17 @@ def search(
     res = cache.results([b])[b] if names else {}
     kept: dict[str, list[int]] = {}
     sizes: dict[str, int] = {}
-    for name, r in res.items():
+    for name, k in (cache.keep(b) if names else {}).items():
         n = prunable[name].size
-        if r.n_exemplars < n:
-            kept[name] = r.exemplars.cpu().tolist()
+        if len(k) < n:
+            kept[name] = k
             sizes[name] = n
     info.update(
         {
             "beta": b,
             "flops": frac,
             "exemplars": {name: r.n_exemplars for name, r in res.items()},
+            "max_ratio": o.max_ratio,
             "sizes": {name: prunable[name].size for name in names},
             "iterations": {name: r.n_iter for name, r in res.items()},
             "not_converged": [name for name, r in res.items() if not r.converged],
@@ -371,7 +410,7 @@ def search(
     info["channels"] = o.channels
     if o.channels == "l1":
         # AP decides each group's width; the channels kept are the largest-L1 ones
-        counts = {name: int(r.n_exemplars) for name, r in res.items()}
+        counts = cache.counts(b) if names else {}
         shape = {n: 1.0 - c / prunable[n].size for n, c in counts.items()}
         rescale = bool(counts) and max(shape.values(), default=0.0) > 0
         if budget is not None and o.beta is None and rescale:
@@ -386,10 +425,10 @@ def search(
             frac = info["flops"] = graph.cost_of_counts(counts).macs / graph.full.macs
         elif flops_target is not None and rescale and (o.multiple > 1 or not info["within_tolerance"]):
             # exemplar counts move in steps: keep AP's shape of per-group ratios, rescaled to the target
-            counts = {
-                n: int(c)
-                for n, c in graph.counts_for_flops(flops_target, shape=shape, multiple=o.multiple).items()
-            }
+            counts = graph.counts_for_flops(
+                flops_target, shape=shape, multiple=o.multiple, max_ratio=o.max_ratio
+            )
+            counts = clamp_counts(counts, floors)
             info["rescaled_to_target"] = graph.cost_of_counts(counts).macs / graph.full.macs
         plan = graph.plan_from_counts(counts, method="epruner", flops_target=flops_target)
         plan.input_shape = list(getattr(graph, "input_shape", []) or []) or None
