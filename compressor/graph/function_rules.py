@@ -73,10 +73,12 @@ def function_ids(
         res = _sdpa(st, node, ids, out, what)
         if res is not None:
             return res
-    if name in ops.MATMUL and len(in_ids) == 2 and all(isinstance(t, torch.Tensor) for t in in_ids):
-        res = _matmul(st, tag, node, in_ids[0], in_ids[1], out, what)
-        if res is not None:
-            return res
+    if name in ops.MATMUL and len(in_ids) == 2:
+        a, b = in_ids
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            res = _matmul(st, tag, node, a, b, out, what)
+            if res is not None:
+                return res
     if name in ops.UNARY or (name in ops.BINARY and len(tensor_in) == 1):
         if isinstance(x_ids, torch.Tensor) and isinstance(out, torch.Tensor):
             if x_ids.shape == out.shape:
@@ -87,9 +89,9 @@ def function_ids(
     if node.target in ops.SPATIAL_FN and isinstance(x_ids, torch.Tensor) and isinstance(out, torch.Tensor):
         return st.spatial(x_ids, out, what)
     if name == "pad" and isinstance(x_ids, torch.Tensor) and isinstance(out, torch.Tensor):
-        res = _pad(st, x_ids, fx.node.map_arg(ops.arg(node, 1, "pad"), lambda n: real[n]), out)
-        if res is not None:
-            return res
+        padded = _pad(st, x_ids, fx.node.map_arg(ops.arg(node, 1, "pad"), lambda n: real[n]), out)
+        if padded is not None:
+            return padded
     if name in ops.SOFTMAX and isinstance(x_ids, torch.Tensor):
         dim = ops.arg(node, 1, "dim")
         if isinstance(dim, int):

@@ -54,8 +54,8 @@ def deepest_fraction(graph: Any, max_ratio: float, names: Iterable[str] | None =
     floor: the least any plan above the floors reaches."""
     floors = floor_counts(graph, max_ratio)
     if names is not None:
-        keep = set(names)
-        floors = {g: c for g, c in floors.items() if g in keep}
+        wanted = set(names)
+        floors = {g: c for g, c in floors.items() if g in wanted}
     keep = {g: list(range(c)) for g, c in floors.items()}  # a group's channels cost alike
     return float(graph.cost(keep).macs / max(graph.full.macs, 1))
 
