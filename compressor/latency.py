@@ -365,6 +365,22 @@ def cache_key(layers: list[Layer], sizes: dict[str, int], target: Any, input_sha
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20], desc
 
 
+def _table_setup(
+    model: Any, graph: Any, target: Any, input_shape: tuple[int, ...], multiple: int | None, max_points: int
+) -> tuple[Any, int, tuple[int, ...], list[Layer], dict[str, int], str, dict[str, Any]]:
+    """(target, grid multiple, input shape, layers, group sizes, cache key, key description): what
+    decides a latency table, shared by building it and estimating the build."""
+    from compressor.targets import load_target
+
+    target = load_target(target)
+    m = int(multiple if multiple is not None else target.export.channel_multiple) or 1
+    shape = tuple(int(s) for s in input_shape)
+    layers = find_layers(model, graph, shape)
+    sizes = {g.name: int(g.size) for g in graph.prunable}
+    key, desc = cache_key(layers, sizes, target, shape, m, max_points)
+    return target, m, shape, layers, sizes, key, desc
+
+
 def build_latency_model(
     model: Any,
     graph: Any,
@@ -389,14 +405,9 @@ def build_latency_model(
     ``clock``: ``"wall"`` (latency as seen) or ``"thread_cpu"`` (with one intra-op thread: the
     calling thread's CPU time, which leaves out time other processes take on a shared machine).
     """
-    from compressor.targets import load_target
-
-    target = load_target(target)
-    m = int(multiple if multiple is not None else target.export.channel_multiple) or 1
-    input_shape = tuple(int(s) for s in input_shape)
-    layers = find_layers(model, graph, input_shape)
-    sizes = {g.name: int(g.size) for g in graph.prunable}
-    key, desc = cache_key(layers, sizes, target, input_shape, m, max_points)
+    target, m, input_shape, layers, sizes, key, desc = _table_setup(
+        model, graph, target, input_shape, multiple, max_points
+    )
     if clock != "wall":
         desc["clock"] = clock
         key = hashlib.sha256((key + clock).encode()).hexdigest()[:20]
@@ -485,14 +496,7 @@ def estimate_build(
     """What :func:`build_latency_model` with the same arguments would do, without timing anything:
     ``cached`` (the table is read from the cache, ~0 s), the number of single-layer and end-to-end
     timings, and ``estimate_s``, a rough time on this machine."""
-    from compressor.targets import load_target
-
-    target = load_target(target)
-    m = int(multiple if multiple is not None else target.export.channel_multiple) or 1
-    input_shape = tuple(int(s) for s in input_shape)
-    layers = find_layers(model, graph, input_shape)
-    sizes = {g.name: int(g.size) for g in graph.prunable}
-    key, _ = cache_key(layers, sizes, target, input_shape, m, max_points)
+    _, m, _, layers, _, key, _ = _table_setup(model, graph, target, input_shape, multiple, max_points)
     path = cache_dir(cache) / f"{key}.json"
     n_layer = _timings(_table_grids(layers, m, max_points))
     n_plan = calib_plans + 1
