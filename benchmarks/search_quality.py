@@ -286,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     # the slow searches first, so two workers finish together
     jobs.sort(key=lambda j: (j["seed"], j["method"] != "eagleeye", j["model"], -j["flops"]))
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_suffix(".runs.jsonl")
     done: list[dict[str, Any]] = []
     if args.resume and log.exists():

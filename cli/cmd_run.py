@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
         top_k: int = typer.Option(
             None,
             "--top-k",
-            help="A method with a top_k option fine-tunes the top-k 1 epoch each and keeps the best (default 3; 1 = best score).",
+            help="A method with a top_k option fine-tunes at most K finalists 1 epoch each (the best score, those within one standard error of it, and the uniform plan) and keeps the best (default 3; 1 = best score).",
         ),
         max_acc_drop: float = typer.Option(
             None, "--max-acc-drop", help="Largest allowed top-1 drop in points (default: the target's)."

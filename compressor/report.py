@@ -780,15 +780,16 @@ def _search_plots(search: dict[str, Any], settings: dict[str, Any]) -> str:
             [(t["score"], t["finetuned"]) for t in topk],
             xlabel="adaptive-BN score (%)",
             ylabel="accuracy after short fine-tune (%)",
-            title="EagleEye top-k: adaptive-BN score vs fine-tuned accuracy",
+            title="EagleEye finalists: adaptive-BN score vs fine-tuned accuracy",
             highlight=chosen,
             colour=C_COMP,
-            point_label="top-k candidate",
+            point_label="finalist",
             labels=[f"#{t.get('id')}: score {t['score']:.2f}, fine-tuned {t['finetuned']:.2f}" for t in topk],
         )
         parts.append(
-            f'<div class="fig">{svg}<div class="cap">EagleEye: the top-{len(topk)} candidates by adaptive-BN score, '
-            "each briefly fine-tuned; the best after fine-tuning (ringed) is kept.</div></div>"
+            f'<div class="fig">{svg}<div class="cap">EagleEye: {len(topk)} finalists (the best adaptive-BN score, those '
+            "within one standard error of it, and the uniform plan), each briefly fine-tuned; the best after "
+            "fine-tuning (ringed) is kept.</div></div>"
         )
     return '<div class="grid">' + "".join(parts) + "</div>" if parts else ""
 

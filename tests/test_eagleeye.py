@@ -133,6 +133,7 @@ def test_search_returns_a_plan_at_the_flops_target(tmp_path) -> None:  # type: i
         data=_Guarded(data),
         seed=3,
         candidates=5,
+        top_k=1,  # the finalists' fine-tunes train on data.train; the scoring must not
         calib_batches=2,
         batch_size=16,
         device="cpu",
@@ -173,7 +174,7 @@ def test_search_is_deterministic_and_resumes_to_the_same_plan(tmp_path) -> None:
 
 def test_top_k_finetune_picks_the_best_after_finetuning() -> None:
     fx = _fixtures()
-    plan = fx.run_tiny_search(candidates=4, top_k=2, finetune_epochs=1)
+    plan = fx.run_tiny_search(candidates=4, top_k=2, top_k_rule="best", finetune_epochs=1)
     ft = plan.info["finetuned"]
     assert len(ft) == 2
     best = max(ft, key=lambda r: (r["finetuned"], -r["index"]))

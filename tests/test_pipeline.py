@@ -161,7 +161,10 @@ def test_report_numbers_match_the_artifacts(eagleeye_run: dict[str, Any]) -> Non
     assert plan.method == "eagleeye"
     assert sum(r["after"] for r in rep["layers"]) < sum(r["before"] for r in rep["layers"])
     assert any(cand.get("chosen") for cand in rep["search"]["candidates"])
-    assert len(rep["search"]["topk"]) == 3  # EagleEye fine-tunes the top 3 by default and keeps the best
+    # EagleEye's finalists: the best score, those within one standard error of it (at most 3 by
+    # score) and the uniform plan (candidate 0), each fine-tuned briefly; the best is kept
+    finals = rep["search"]["topk"]
+    assert 2 <= len(finals) <= 4 and 0 in [t["id"] for t in finals]
     assert sum(t["chosen"] for t in rep["search"]["topk"]) == 1
     # the ONNX model runs on ONNX Runtime with the recorded input
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])

@@ -15,7 +15,11 @@
    never the test split, never training augmentation).
 3. Search: :func:`compressor.search_loop.run_search` (candidate and/or time budget, every candidate
    appended to ``candidates.jsonl`` as scored so a rerun resumes, sharded under torchrun).
-4. Optionally fine-tune the top-k candidates briefly and keep the best after fine-tuning.
+4. Finalists (``top_k`` > 1): the best score, the candidates whose score is within one standard
+   error of it (the score cannot tell them apart) and the uniform plan are each fine-tuned for
+   ``finetune_epochs`` on the training split less ``finetune_holdout`` images, scored on those
+   held-out images, and the best after fine-tuning is kept (:func:`finalists`). The paper's
+   rule (the best score) is ``top_k=1``; ``top_k_rule="best"`` fine-tunes the K best scores.
 
 The model and the data are loaded once per search; calibration and validation batches are
 cached as tensors on the device, so a candidate costs its slimming plus its forward passes.
@@ -75,12 +79,12 @@ class Strategy:
 
 
 def _topk_line(i: int, k: int, rec: dict[str, Any], acc: float, elapsed: float) -> None:
-    """One stderr line per top-k candidate fine-tuned, with the time left."""
+    """One stderr line per finalist fine-tuned, with the time left."""
     import sys
 
     eta = elapsed / i * (k - i)
     print(
-        f"  top-k fine-tune {i}/{k}: candidate #{int(rec['index'])} score {float(rec['score']):.2f} -> "
+        f"  finalist fine-tune {i}/{k}: candidate #{int(rec['index'])} score {float(rec['score']):.2f} -> "
         f"{acc:.2f}% after fine-tuning ({elapsed:.0f} s, about {eta:.0f} s left)",
         file=sys.stderr,
         flush=True,
@@ -423,6 +427,62 @@ def _resolve_data(data: Any, meta: Mapping[str, Any] | None) -> Any:
     return data
 
 
+def finalists(
+    ranked: list[dict[str, Any]],
+    *,
+    top_k: int,
+    rule: str,
+    z: float,
+    n_val: int,
+    uniform_index: int | None = None,
+) -> list[dict[str, Any]]:
+    """The candidates worth a short fine-tune, best score first (none when ``top_k`` is 1).
+
+    ``best``: the ``top_k`` best scores. ``uncertain``: the best score, then every candidate whose
+    score is within ``z`` standard errors of it, at most ``top_k`` in all, plus the uniform plan
+    (candidate ``uniform_index``) wherever it ranked. The standard error is the binomial one of
+    the best score on ``n_val`` images, ``sqrt(p (1 - p) / n_val)``: candidates closer than that
+    are not told apart by the score, so the fine-tune decides between them; the uniform plan is
+    the baseline a search has to beat, so it is always a finalist. A single finalist needs no
+    fine-tune and none is returned.
+    """
+    if top_k <= 1 or len(ranked) <= 1:
+        return []
+    if rule == "best":
+        return list(ranked[:top_k])
+    best = float(ranked[0]["score"])
+    p = min(max(best / 100.0, 0.0), 1.0)
+    se = 100.0 * float(np.sqrt(p * (1.0 - p) / max(n_val, 1)))
+    out = [r for r in ranked if float(r["score"]) >= best - z * se][:top_k]
+    if uniform_index is not None and all(int(r["index"]) != uniform_index for r in out):
+        out += [r for r in ranked if int(r["index"]) == uniform_index]
+    return out if len(out) > 1 else []
+
+
+def _finetune_split(bundle: Any, holdout: int, seed: int) -> tuple[Any, int]:
+    """The data of the finalists' fine-tunes: ``holdout`` training images (at most half the
+    split, drawn with ``seed``) scored with evaluation transforms and left out of the fine-tune's
+    training images; ``(bundle, 0)`` when ``holdout`` is 0 or the split is too small for it."""
+    import copy
+    import dataclasses
+
+    from torch.utils.data import Subset
+
+    n = len(bundle.train)
+    k = min(int(holdout), n // 2)
+    if k < 1 or len(bundle.train_eval) != n:
+        return bundle, 0
+    order = np.random.default_rng([int(seed), 17]).permutation(n)
+    held, kept = sorted(order[:k].tolist()), sorted(order[k:].tolist())
+    parts = {"train": Subset(bundle.train, kept), "val": Subset(bundle.train_eval, held)}
+    if dataclasses.is_dataclass(bundle) and not isinstance(bundle, type):
+        return dataclasses.replace(bundle, **parts), k
+    out = copy.copy(bundle)  # a bundle-like namespace
+    for name, part in parts.items():
+        setattr(out, name, part)
+    return out, k
+
+
 # ---------------------------------------------------------------------------------------------
 # the method
 # ---------------------------------------------------------------------------------------------
@@ -447,9 +507,25 @@ class EagleEyeOptions:
     )
     multiple: int = option(1, "Round kept widths to this channel multiple.")
     top_k: int = option(
-        1, "Fine-tune the best K briefly and keep the best after fine-tuning (1: the best score)."
+        3,
+        "Finalists: at most K candidates by score are fine-tuned briefly and the best after fine-tuning "
+        "is kept (1: the best score, as in the paper).",
     )
-    finetune_epochs: int = option(1, "Epochs of each top-k fine-tune.")
+    top_k_rule: Literal["uncertain", "best"] = option(
+        "uncertain",
+        "uncertain: the finalists are the best score, the candidates whose score is within "
+        "uncertainty_z standard errors of it (at most top_k in all), and the uniform plan; best: the "
+        "top_k scores.",
+    )
+    uncertainty_z: float = option(
+        1.0, "uncertain: how many standard errors of the best score a finalist may be below it."
+    )
+    finetune_holdout: int = option(
+        2000,
+        "Training images held out of the finalists' fine-tunes and used to score them (at most half "
+        "the training split; 0: fine-tune on all of it and score on data.val).",
+    )
+    finetune_epochs: int = option(1, "Epochs of each finalist's fine-tune.")
     device: str = option("auto", "Device that scores candidates: auto, cpu, cuda or cuda:N.")
     sampling: Literal["guided", "paper"] = option(
         "guided",
@@ -476,6 +552,14 @@ class EagleEyeOptions:
         check_max_ratio(self.max_ratio)
         if self.top_k < 1:
             raise UsageError(f"--top-k {self.top_k} must be at least 1")
+        if self.top_k_rule not in ("uncertain", "best"):
+            raise UsageError(f"top_k_rule {self.top_k_rule!r} is not one of: uncertain, best")
+        if not self.uncertainty_z >= 0:
+            raise UsageError(f"uncertainty_z {self.uncertainty_z} must be 0 or more")
+        if self.finetune_holdout < 0:
+            raise UsageError(f"finetune_holdout {self.finetune_holdout} must be 0 or more")
+        if self.finetune_epochs < 1:
+            raise UsageError(f"finetune_epochs {self.finetune_epochs} must be at least 1")
         if self.multiple < 1:
             raise UsageError(f"--multiple {self.multiple} must be at least 1")
         if self.sampling not in ("guided", "paper"):
@@ -685,14 +769,28 @@ def search(
 
     chosen = ranked[0]
     finetuned: list[dict[str, Any]] = []
-    if top_k > 1 and len(ranked) > 1:
+    n_val = sum(int(y.numel()) for _, y in val)
+    finals = finalists(
+        ranked,
+        top_k=top_k,
+        rule=o.top_k_rule,
+        z=o.uncertainty_z,
+        n_val=n_val,
+        uniform_index=0 if guided else None,
+    )
+    holdout = 0
+    if len(finals) > 1:
         from compressor.train import finetune
 
-        t0, k = time.perf_counter(), min(top_k, len(ranked))
-        for i, rec in enumerate(ranked[:top_k]):
+        ft_data, holdout = _finetune_split(bundle, o.finetune_holdout, seed)
+        ft_scorer = scorer if not holdout else Scorer(
+            model, graph, calib, cache_batches(ft_data.val, batch_size=max(batch_size, 256), device=dev), dev
+        )  # fmt: skip
+        t0, k = time.perf_counter(), len(finals)
+        for i, rec in enumerate(finals):
             sub = scorer.build(plan_of(rec["counts"]))
-            res = finetune(sub, bundle, epochs=o.finetune_epochs, device=str(dev), seed=seed, progress=False)
-            ft = scorer.accuracy(res.model.to(dev))
+            res = finetune(sub, ft_data, epochs=o.finetune_epochs, device=str(dev), seed=seed, progress=False)
+            ft = ft_scorer.accuracy(res.model.to(dev))
             finetuned.append({"index": int(rec["index"]), "score": float(rec["score"]), "finetuned": ft})
             if context.progress:
                 _topk_line(i + 1, k, rec, ft, time.perf_counter() - t0)
@@ -722,7 +820,7 @@ def search(
             "calib_batches": len(calib),
             "calib_split": calib_split,
             "batch_size": batch_size,
-            "val_images": sum(int(y.numel()) for _, y in val),
+            "val_images": n_val,
             "candidates_scored": len(result.records),
             "candidates_resumed": result.resumed,
             "stopped_by": result.stopped_by,
@@ -743,6 +841,10 @@ def search(
     if finetuned:
         plan.info["finetuned"] = finetuned
         plan.info["finetune_epochs"] = o.finetune_epochs
+        plan.info["finalists_rule"] = o.top_k_rule
+        plan.info["finetune_scored_on"] = (
+            f"{holdout} held-out training images" if holdout else f"{n_val} search-validation images"
+        )
     return plan
 
 
@@ -762,7 +864,8 @@ def describe(info: Mapping[str, Any]) -> str:
     topk = [t for t in info.get("finetuned") or [] if isinstance(t, dict)]
     ep = info.get("finetune_epochs")
     return text + (
-        f", the best of the top {len(topk)} after {ep} epoch{'s' if ep != 1 else ''} of fine-tuning each)"
+        f", the best of {len(topk)} finalists after {ep} epoch{'s' if ep != 1 else ''} of fine-tuning each, "
+        f"scored on {info.get('finetune_scored_on') or 'the search-validation images'})"
         if topk
         else ", the best score)"
     )
@@ -770,11 +873,12 @@ def describe(info: Mapping[str, Any]) -> str:
 
 def estimate(options: EagleEyeOptions, cost: SearchCost) -> tuple[float, str]:
     """Seconds of the search: each candidate's calibration and scoring passes on the slimmed
-    model (~``flops`` of the full model's time), plus the top-k fine-tunes."""
+    model (~``flops`` of the full model's time), plus the finalists' fine-tunes."""
     n = options.candidates if options.candidates is not None else 100
     per_img = cost.seconds_per_image
     per_cand = (options.calib_batches * options.batch_size + cost.n_val) * per_img * cost.flops + 0.05
-    seconds = n * per_cand + options.top_k * cost.n_train * per_img * 3 * cost.flops
+    finals = options.top_k + 1 if options.top_k > 1 else 0  # at most top_k by score and the uniform plan
+    seconds = n * per_cand + finals * options.finetune_epochs * cost.n_train * per_img * 3 * cost.flops
     what = (
         f"eagleeye: {n} candidates at {cost.flops:g} FLOPs, adaptive BN on {options.calib_batches} "
         f"batches, scored on {cost.n_val} images"

@@ -143,7 +143,7 @@ class Settings:
     out: str = setting("out", fingerprint=False, help="output folder")
     candidates: int = setting(20, minimum=1, help="candidates a scoring method evaluates")
     calib_batches: int = setting(10, minimum=1, help="adaptive-BN calibration batches per candidate")
-    top_k: int = setting(3, minimum=1, help="fine-tune the top-k candidates 1 epoch each, keep the best")
+    top_k: int = setting(3, minimum=1, help="fine-tune at most K finalists 1 epoch each, keep the best")
     batch_size: int = setting(64, minimum=1, help="batch size of fine-tuning and calibration")
     lr: float | None = setting(
         None,
