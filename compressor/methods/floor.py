@@ -13,6 +13,8 @@ reaches, never a model that silently kept most of its FLOPs. Defaults, per metho
   scores badly);
 * epruner: ``max_ratio`` 0.9 (at least 10%: Affinity Propagation decides each group's width
   from the filters alone, nothing scores a gutted group).
+* halp: ``min_keep`` 0.2 (at least 20%, as l1-uniform: its greedy knapsack removes the channels
+  of least importance per unit of cost saved, and without a floor it gutted the costliest groups).
 """
 
 from __future__ import annotations
