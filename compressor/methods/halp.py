@@ -15,7 +15,7 @@ with each channel's latency taken from a lookup table. Here, data-free and deter
    while it still does. Channels kept inside a group: the most important. Floor: every group keeps
    at least ``min_keep`` (20%) of its channels, as l1-uniform; with a 5% floor the knapsack cut
    the demo models' costliest groups (the stem, a projection) to one or two channels and lost
-   15-40 points of top-1 after fine-tuning (docs/search_quality.md). A FLOPs target unreachable
+   up to 39 points of top-1 against l1-uniform after fine-tuning (docs/search_quality.md). A FLOPs target unreachable
    above the floor is a budget failure (exit 3).
 """
 
