@@ -47,8 +47,12 @@ def tables(d: dict[str, Any]) -> str:
                     for x in runs
                     if (x["model"], x["flops"], x["method"]) == (model, r["flops"], "eagleeye")
                 ]
-                uni = sum(int((x.get("info") or {}).get("candidate", -1)) == 0 for x in mine)
-                extra = f" (chose the uniform plan in {uni}/{len(mine)})"
+                info = [x.get("info") or {} for x in mine]
+                if all(i.get("sampling") == "guided" for i in info):  # candidate 0 is the uniform plan
+                    uni = sum(int(i.get("candidate", -1)) == 0 for i in info)
+                    extra = f" (chose the uniform plan in {uni}/{len(mine)})"
+                else:
+                    extra = f" ({info[0].get('sampling', '?')} sampling)"
             out.append(
                 f"| {r['flops']:g} | {r['method']}{extra} | {fmt(r['mean'])} ± {fmt(r['sd'])} | "
                 + (
@@ -75,12 +79,17 @@ def goals(rows: list[dict[str, Any]]) -> list[str]:
         worse = [Path(r["model"]).stem for r in ee if r["vs_baseline"]["verdict"] == "significantly worse"]
         ep_worse = [Path(r["model"]).stem for r in ep if r["vs_baseline"]["verdict"] == "significantly worse"]
         ok = bool(wins) and not worse
-        out.append(
+        line = (
             f"- {flops:g} of the FLOPs: EagleEye above l1-uniform by more than the spread on "
             f"{', '.join(wins) or 'no model'}; significantly below on {', '.join(worse) or 'none'} -> "
-            f"**{'met' if ok else 'not met'}**. EPruner significantly below l1-uniform on "
-            f"{', '.join(ep_worse) or 'none'} -> **{'met' if not ep_worse else 'not met'}**."
+            f"**{'met' if ok else 'not met'}**."
         )
+        if ep:
+            line += (
+                f" EPruner significantly below l1-uniform on {', '.join(ep_worse) or 'none'} -> "
+                f"**{'met' if not ep_worse else 'not met'}**."
+            )
+        out.append(line)
     return out
 
 

@@ -80,3 +80,27 @@ def test_committed_zoo_json_is_exactly_what_the_script_writes(name: str) -> None
     assert d["complete"] is True
     assert d["code"]["git_commit"] and not d["code"]["git_dirty"]  # one code version for every row
     assert d["summary"] == json.loads(json.dumps(tz.summarize(d["results"]), default=float))
+
+
+def _sq_row(model: str, flops: float, method: str, mean_diff: float, sd: float, verdict: str) -> dict:
+    vs = {
+        "mean_diff": mean_diff,
+        "sd_diff": sd,
+        "verdict": verdict,
+        "beats_by_more_than_spread": mean_diff > sd,
+    }
+    return {"model": model, "flops": flops, "method": method, "vs_baseline": vs}
+
+
+def test_search_quality_goals_need_a_win_beyond_the_spread_and_no_significant_loss() -> None:
+    goals = _script("search_quality_tables").goals
+    ns = "no significant difference"
+    win = [_sq_row("a.pt", 0.5, "eagleeye", 0.6, 0.4, ns), _sq_row("b.pt", 0.5, "eagleeye", -0.1, 0.2, ns)]
+    assert "**met**" in goals(win)[2]
+    loss = [win[0], _sq_row("b.pt", 0.5, "eagleeye", -0.3, 0.1, "significantly worse")]
+    assert "**not met**" in goals(loss)[2] and "significantly below on b" in goals(loss)[2]
+    noise = [_sq_row("a.pt", 0.5, "eagleeye", 0.3, 0.4, ns)]  # a gain inside the spread
+    assert "**not met**" in goals(noise)[2]
+    # the committed benchmark's summary goes through the same rule
+    d = json.loads((BENCH / "results" / "search_quality.json").read_text())
+    assert len(goals(d["summary"])) == 2 + len({r["flops"] for r in d["summary"]})
