@@ -133,7 +133,7 @@ def test_search_returns_a_plan_at_the_flops_target(tmp_path) -> None:  # type: i
         data=_Guarded(data),
         seed=3,
         candidates=5,
-        top_k=1,  # the finalists' fine-tunes train on data.train; the scoring must not
+        top_k=1,  # the finalists' fine-tunes train on data.train (the next test); the scoring must not
         calib_batches=2,
         batch_size=16,
         device="cpu",

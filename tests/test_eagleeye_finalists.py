@@ -46,15 +46,18 @@ def test_the_holdout_is_left_out_of_the_finetune_and_scored_with_eval_transforms
     x = torch.arange(40, dtype=torch.float32).view(40, 1)
     train = TensorDataset(x, torch.zeros(40, dtype=torch.long))
     train_eval = TensorDataset(-x, torch.zeros(40, dtype=torch.long))  # "eval transforms": negated
-    bundle = SimpleNamespace(train=train, train_eval=train_eval, val="val", test="test")
+    bundle = SimpleNamespace(
+        name="toy", num_classes=1, train=train, train_eval=train_eval, val="val", test="test"
+    )
     out, k = _finetune_split(bundle, 2000, seed=0)
     assert k == 20  # at most half of the training split
     fit = {float(out.train[i][0]) for i in range(len(out.train))}
     held = {-float(out.val[i][0]) for i in range(len(out.val))}
     assert len(fit) == 20 and len(held) == 20 and not fit & held and fit | held == set(range(40))
     assert all(float(out.val[i][0]) <= 0 for i in range(len(out.val)))  # from train_eval
-    assert out.test == "test" and bundle.val == "val"  # the caller's bundle is untouched
-    assert _finetune_split(bundle, 0, seed=0) == (bundle, 0)
+    assert out.test == [] and bundle.test == "test" and bundle.val == "val"  # a copy, never the test split
+    none, k = _finetune_split(bundle, 0, seed=0)
+    assert k == 0 and none.train is train and none.val == "val" and none.test == []
     other, _ = _finetune_split(bundle, 8, seed=1)
     assert len(other.val) == 8
 
@@ -71,6 +74,30 @@ def test_search_finetunes_the_finalists_on_held_out_training_images() -> None:
     assert plan.info["candidate"] == best["index"]
     plan = fx.run_tiny_search(candidates=6, finetune_holdout=0)
     assert plan.info["finetune_scored_on"] == "64 search-validation images"
+
+
+class _NoTest:
+    """A bundle whose test split a search must not read."""
+
+    def __init__(self, data: SimpleNamespace) -> None:
+        self.name, self.num_classes = data.name, data.num_classes
+        self.train, self.train_eval, self.val = data.train, data.train_eval, data.val
+
+    @property
+    def test(self) -> None:
+        raise AssertionError("the search read the test split")
+
+
+def test_the_finalists_fine_tunes_never_read_the_test_split() -> None:
+    import dist_search_worker as fx
+
+    from compressor.methods.eagleeye import eagleeye
+
+    model, graph, data = fx.tiny_setup()
+    for holdout in (2000, 0):  # scored on held-out training images, or on data.val
+        plan = eagleeye(model, graph, flops=0.5, data=_NoTest(data), seed=3, candidates=6, calib_batches=2,
+                        batch_size=16, device="cpu", progress=False, finetune_holdout=holdout)  # fmt: skip
+        assert len(plan.info["finetuned"]) >= 2
 
 
 def test_the_papers_rule_keeps_the_best_score_without_finetuning() -> None:

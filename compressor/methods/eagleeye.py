@@ -462,25 +462,27 @@ def finalists(
 def _finetune_split(bundle: Any, holdout: int, seed: int) -> tuple[Any, int]:
     """The data of the finalists' fine-tunes: ``holdout`` training images (at most half the
     split, drawn with ``seed``) scored with evaluation transforms and left out of the fine-tune's
-    training images; ``(bundle, 0)`` when ``holdout`` is 0 or the split is too small for it."""
-    import copy
+    training images (none when ``holdout`` is 0 or the split is too small: then ``data.val``
+    scores them), and the number held out. The test split is emptied: a search never reads it."""
     import dataclasses
+    from types import SimpleNamespace
 
     from torch.utils.data import Subset
 
     n = len(bundle.train)
     k = min(int(holdout), n // 2)
+    parts: dict[str, Any] = {"test": []}
     if k < 1 or len(bundle.train_eval) != n:
-        return bundle, 0
-    order = np.random.default_rng([int(seed), 17]).permutation(n)
-    held, kept = sorted(order[:k].tolist()), sorted(order[k:].tolist())
-    parts = {"train": Subset(bundle.train, kept), "val": Subset(bundle.train_eval, held)}
+        k = 0
+    else:
+        order = np.random.default_rng([int(seed), 17]).permutation(n)
+        held, kept = sorted(order[:k].tolist()), sorted(order[k:].tolist())
+        parts.update(train=Subset(bundle.train, kept), val=Subset(bundle.train_eval, held))
     if dataclasses.is_dataclass(bundle) and not isinstance(bundle, type):
         return dataclasses.replace(bundle, **parts), k
-    out = copy.copy(bundle)  # a bundle-like namespace
-    for name, part in parts.items():
-        setattr(out, name, part)
-    return out, k
+    # a bundle-like object: what a fine-tune reads of it
+    keep = {a: getattr(bundle, a) for a in ("name", "num_classes", "train", "val") if a not in parts}
+    return SimpleNamespace(**keep, **parts), k
 
 
 # ---------------------------------------------------------------------------------------------
