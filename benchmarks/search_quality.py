@@ -17,7 +17,7 @@ Each (model, budget, method, seed) runs in its own worker process with one threa
 and per model/budget/method the mean, standard deviation, and the paired difference to
 l1-uniform with a paired t-test and a sign test) and ``results/search_quality.png``.
 
-    python benchmarks/search_quality.py                       # defaults: ~20 min on 2 cores
+    python benchmarks/search_quality.py                       # defaults: 120 runs, ~40 min on 2 cores
     python benchmarks/search_quality.py --seeds 5 --epochs 2 --budgets 0.5,0.25
 """
 
