@@ -216,3 +216,33 @@ def test_handlers_reject_wrong_module_type(module: nn.Module) -> None:
 def test_rejected_input_shape_is_usage_error() -> None:
     with pytest.raises(UsageError, match="rejects input shape"):
         build_graph(TOPOLOGIES["residual"]().eval(), input_shape=(1, 1, 16, 16))
+
+
+class ReshapeByOtherCount(nn.Module):
+    """``sr(x).reshape(B, C, -1)`` with ``C`` read from ``x`` (timm's PVT-v2 / Twins attention):
+    the reshape lays out sr's output by x's channel count, so neither count may change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.sr = nn.Conv2d(8, 8, 2, stride=2)
+        self.head = nn.Linear(8, 4)
+        self.b = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.a(x))
+        B, C, H, W = x.shape
+        y = self.sr(x).reshape(B, C, -1).mean(-1)
+        return self.head(y) + self.b(x).mean((2, 3))[:, :4]
+
+
+def test_a_reshape_by_another_tensors_channel_count_freezes_both_tensors() -> None:
+    from compressor.graph import slim
+
+    model = ReshapeByOtherCount().eval()
+    graph = build_graph(model, input_shape=(1, 3, 8, 8))
+    assert graph.group("a").frozen and graph.group("sr").frozen
+    assert "shaped by another tensor's channel count" in str(graph.group("sr").reason)
+    plan = graph.plan_from_counts(graph.counts_for_flops(0.6), method="t")
+    small = slim(model, plan, graph=graph)
+    small(torch.randn(2, 3, 8, 8))  # runs: the reshape still fits

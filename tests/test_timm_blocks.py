@@ -309,3 +309,72 @@ def test_attention_with_its_default_scale_freezes_the_head_size_by_name() -> Non
     graph = build_graph(model, input_shape=shape)
     assert "default scale reads the query's channel count" in str(graph.group("qkv").reason)
     assert not graph.group("stem").frozen
+
+
+# ----------------------------------------------------------------------------- weight standardisation
+class Std(nn.Module):
+    """timm's weight-standardised convolutions (ResNetV2-BiT, NFNet): plain, scaled, and with
+    TensorFlow "same" padding computed from the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers import ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
+
+        self.stem = ScaledStdConv2d(3, 16, 3, padding=1)
+        self.a = StdConv2d(16, 16, 3)
+        self.b = StdConv2dSame(16, 16, 3, stride=2)
+        self.c = ScaledStdConv2dSame(16, 12, 3, stride=2)
+        self.head = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for m in (self.stem, self.a, self.b, self.c):
+            x = torch.relu(m(x))
+        return self.head(x)
+
+
+def test_weight_standardised_convs_are_pruned_exactly_and_folded_where_inputs_are_cut(tmp_path: Any) -> None:
+    from timm.layers import ScaledStdConv2d, StdConv2d
+    from timm.layers.conv2d_same import Conv2dSame
+
+    from compressor.checkpoint import load_checkpoint, save_checkpoint
+
+    shape = (1, 3, 13, 13)
+    res = _slim_checked(Std(), shape)
+    assert set(res.frozen_reasons) == {"network output"}, res.frozen_reasons
+    small = res.small
+    # the stem reads the image (no input cut): it stays weight-standardised, its gain sliced
+    assert type(small.stem) is ScaledStdConv2d and small.stem.gain.shape[0] == small.stem.out_channels < 16
+    # every layer that lost inputs now applies the standardised weights as a plain convolution
+    assert type(small.a) is nn.Conv2d and small.a.in_channels < 16
+    assert type(small.b) is Conv2dSame and type(small.c) is Conv2dSame  # dynamic "same" padding kept
+    assert "gain" not in dict(small.c.named_parameters())
+    path = tmp_path / "std.pt"
+    save_checkpoint(small, path, meta={"arch": "tests.test_timm_blocks:Std"})
+    again, _ = load_checkpoint(path, arch="tests.test_timm_blocks:Std")
+    assert type(again.a) is nn.Conv2d and type(again.stem) is ScaledStdConv2d
+    x = torch.randn(2, *shape[1:])
+    with torch.no_grad():
+        assert torch.equal(again.eval()(x), small.eval()(x))
+    # the naive cut (the raw weights sliced, the standardisation kept) applies other weights:
+    # standardising is invariant to a per-filter affine map, so re-standardising the folded
+    # weights gives exactly the naive cut's weights; the outside check must refuse it
+    model = randomize(Std().eval(), shape)  # the original, as _slim_checked randomised it
+    naive = StdConv2d(small.a.in_channels, small.a.out_channels, 3)
+    with torch.no_grad():
+        naive.weight.copy_(small.a.weight)
+    broken = load_checkpoint(path, arch="tests.test_timm_blocks:Std")[0]
+    broken.a = naive
+    assert outside_check(model, small, input_shape=shape).ok
+    assert not outside_check(model, broken, input_shape=shape).ok
+
+
+def test_a_class_token_passed_between_stages_is_counted_and_slimmed() -> None:
+    """PiT hands its class token to its transformer stages in a tuple: counting the slim model's
+    FLOPs must not trip the FLOP counter's autograd hooks (it did: 'Expected gradient function')."""
+    from compressor.models import build_model
+
+    shape = (1, 3, 64, 64)
+    model = build_model("timm:pit_ti_224", img_size=64)
+    res = _slim_checked(model, shape)
+    assert res.flops_ratio == pytest.approx(0.5, abs=0.02)
+    assert all(p.requires_grad for p in res.small.parameters())  # restored after counting

@@ -118,6 +118,12 @@ def count(model: nn.Module, input_shape: Sequence[int]) -> Cost:
     x = torch.zeros(tuple(int(s) for s in input_shape), device=device)
     was = model.training
     model.eval()
+    # no parameter requires grad while counting: the counter's module tracker hooks the autograd
+    # graph of every module input that does, which fails for a parameter passed as an input
+    # (PiT hands its class token to its transformer stages as is)
+    grads = [(q, q.requires_grad) for q in model.parameters()]
+    for q, _ in grads:
+        q.requires_grad_(False)
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
             model(x)
@@ -127,6 +133,8 @@ def count(model: nn.Module, input_shape: Sequence[int]) -> Cost:
         raise model_error(e, tuple(int(s) for s in input_shape)) from e
     finally:
         model.train(was)
+        for q, g in grads:
+            q.requires_grad_(g)
     per = fc.get_flop_counts()
     root = type(model).__name__
     rows = []

@@ -168,7 +168,9 @@ class Propagation:
             a, b = torch.unique(t).numpy(), torch.unique(data).numpy()
             same = set(cls[a].tolist()) == set(cls[b].tolist()) if cls is not None else set(a) == set(b)
             if not same:
+                # both counts must stay as they are: the reshape reads one to lay out the other
                 self.st.freeze(t, f"{name}: these channels' count shapes another tensor")
+                self.st.freeze(data, f"{name}: shaped by another tensor's channel count")
         self.deferred = []
 
     # ---------------------------------------------------------------- per node

@@ -14,12 +14,18 @@ plug-in:
   (records ``name.i``) and its own split sizes (``splits``, a table of the module, recorded in
   a checkpoint's widths) are rewritten to the kept channels of each part.
 
-Not handled (still frozen, by name): ``StdConv2d`` / ``ScaledStdConv2d`` (ResNetV2-BiT, NFNet)
-are traced through, and their weight standardisation (``F.batch_norm`` over each filter) is not
-followed. Removing output channels would be exact; removing input channels changes every
-filter's statistics, so the exact treatment is to fold the standardised weights into a plain
-convolution in the slim model, a change of module type that the checkpoint's widths cannot
-record yet.
+* ``StdConv2d`` / ``StdConv2dSame`` / ``ScaledStdConv2d`` / ``ScaledStdConv2dSame`` (weight
+  standardisation: ResNetV2-BiT, NFNet, the ViT hybrids): leaves cut like ``Conv2d``. Each
+  filter is standardised over its own inputs (``F.batch_norm`` over ``in/groups x kh x kw``),
+  so removing **output** channels is exact: the rows (and ``gain``) are sliced and the layer
+  stays a weight-standardised convolution, which keeps standardising while it is fine-tuned.
+  Removing **input** channels would change every filter's mean and variance, so then the
+  layer is **folded** (:func:`fold_weight_standardization`): the slim model holds a plain
+  ``nn.Conv2d`` (``Conv2dSame`` for dynamic "same" padding) whose weights are the standardised
+  (and ``gain * scale``-scaled) weights of the original, cut like any convolution. The output
+  is exactly the original's; the folded layer is fine-tuned as a plain convolution. The
+  checkpoint records the fold as the width ``weight_standardization_folded = 1``, which
+  :func:`compressor.graph.widths.apply_widths` replays on a freshly built model.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from compressor.graph import handlers as H
 from compressor.graph.labels import LabelState, ModuleRecord
@@ -108,6 +115,69 @@ def _slim_mixed_conv(m: Any, rec: ModuleRecord, keep: torch.Tensor) -> None:
     m.out_channels = len(kept_positions(rec.out_labels, keep))
 
 
+_STD_CONVS = ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame")
+#: the width a folded weight-standardised convolution records (see :func:`fold_weight_standardization`)
+FOLDED = "weight_standardization_folded"
+
+
+def is_std_conv(m: nn.Module) -> bool:
+    """Whether ``m`` is one of timm's weight-standardised convolutions (not yet folded)."""
+    return type(m).__name__ in _STD_CONVS and type(m).__module__.startswith("timm.")
+
+
+@torch.no_grad()
+def standardized_weight(m: Any) -> torch.Tensor:
+    """The weight ``m`` convolves with: each filter standardised over its inputs, then scaled by
+    ``gain * scale`` for the scaled variants (timm's own forward, without the convolution)."""
+    w = m.weight
+    gain = getattr(m, "gain", None)
+    scale = (gain * m.scale).reshape(-1) if isinstance(gain, torch.Tensor) else None
+    flat = F.batch_norm(
+        w.reshape(1, w.shape[0], -1), None, None, weight=scale, training=True, momentum=0.0, eps=m.eps
+    )
+    return flat.reshape_as(w)
+
+
+@torch.no_grad()
+def fold_weight_standardization(m: Any) -> None:
+    """Turn the weight-standardised convolution ``m`` into the plain convolution it computes, in
+    place: its weight becomes :func:`standardized_weight`, ``gain`` and the standardisation's
+    attributes go, and its class becomes ``nn.Conv2d`` (timm's ``Conv2dSame`` when it pads
+    "same" dynamically). Both are bases of timm's classes, so the object stays valid."""
+    from timm.layers.conv2d_same import Conv2dSame
+
+    w = standardized_weight(m)
+    dynamic = bool(getattr(m, "same_pad", False))
+    m._parameters["weight"] = nn.Parameter(w.clone(), requires_grad=m.weight.requires_grad)
+    m._parameters.pop("gain", None)
+    for a in ("eps", "scale", "gain_init", "same_pad"):
+        m.__dict__.pop(a, None)
+    m.__class__ = Conv2dSame if dynamic else nn.Conv2d
+    m.__dict__[FOLDED] = 1
+
+
+def _slim_std_conv(m: Any, rec: ModuleRecord, keep: torch.Tensor) -> None:
+    """Cut like a convolution; fold the standardisation first when a filter loses inputs (a
+    whole-group cut keeps every remaining filter's inputs)."""
+    in_labels, out_labels = H._io(rec)
+    in_idx = kept_positions(in_labels, keep)
+    whole_groups = m.groups > 1 and rec.extra.get("grouped") != H.WITHIN_GROUPS
+    if len(in_idx) < m.in_channels and not whole_groups:
+        fold_weight_standardization(m)
+        H._slim_conv(m, rec, keep)
+        return
+    out_idx = kept_positions(out_labels, keep)
+    H._slim_conv(m, rec, keep)
+    if isinstance(getattr(m, "gain", None), torch.Tensor):
+        H._set_param(m, "gain", H._index(m.gain, 0, out_idx))
+
+
+def _filters_std_conv(m: Any, rec: ModuleRecord) -> torch.Tensor:
+    """The filters the layer really applies (standardised), one row per output channel."""
+    w = standardized_weight(m).detach()
+    return w.reshape(w.shape[0], -1)
+
+
 def _no_cost(m: Any, rec: ModuleRecord) -> list[Any]:
     """A container whose children's own handlers count its MACs and weights."""
     return []
@@ -136,6 +206,18 @@ def _register() -> None:
     register_handler(
         Conv2dSame, propagate=H._prop_conv, slim=H._slim_conv, cost=H._cost_producer, filters=H._filters_conv
     )
+    import timm.layers.std_conv as std
+
+    for cname in _STD_CONVS:
+        t = getattr(std, cname, None)
+        if t is not None:
+            register_handler(
+                t,
+                propagate=H._prop_conv,
+                slim=_slim_std_conv,
+                cost=H._cost_producer,
+                filters=_filters_std_conv,
+            )
 
 
 def load_for(model: nn.Module) -> None:

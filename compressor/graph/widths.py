@@ -30,6 +30,9 @@ STRUCT_ATTRS = (
     "num_parameters",
     "embed_dim",
     "splits",  # timm's MixedConv2d: the channels of each part
+    # 1 on a weight-standardised convolution folded into a plain one by slimming (timm's
+    # StdConv2d family, see compressor.graph.timm_handlers.fold_weight_standardization)
+    "weight_standardization_folded",
 )
 
 
@@ -81,6 +84,21 @@ def _rebuilt(m: nn.Module, attrs: dict[str, Any]) -> nn.Module:
     return new
 
 
+def _folded(m: nn.Module, name: str) -> nn.Module:
+    """A folded copy of the weight-standardised convolution ``m`` (its weights are filled by
+    ``load_state_dict`` afterwards)."""
+    from compressor.graph.timm_handlers import fold_weight_standardization, is_std_conv
+
+    if not is_std_conv(m):
+        raise CheckpointError(
+            f"checkpoint widths say module {name!r} is a folded weight-standardised convolution, but the "
+            f"architecture has a {type(m).__name__} there; was the checkpoint made from a different architecture?"
+        )
+    new = _rebuilt(m, {})
+    fold_weight_standardization(new)
+    return new
+
+
 def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     """Put ``new`` in place of the submodule ``name`` (every parent that holds it); returns the root."""
     if not name:
@@ -111,6 +129,9 @@ def apply_widths(
                 f"checkpoint widths name module {name!r}, which architecture {type(model).__name__} does not have; "
                 "was the checkpoint made from a different architecture?"
             ) from None
+        if attrs.get("weight_standardization_folded") and "weight_standardization_folded" not in vars(m):
+            m = _folded(m, name)
+            model = _replace(model, name, m)
         own = _own_attrs(m)
         changed = {a: v for a, v in attrs.items() if a in own and own[a] != v}
         if changed:

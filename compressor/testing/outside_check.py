@@ -9,8 +9,10 @@ imports ``compressor.graph``: the check trusts no bookkeeping of the tool that s
 What is matched, and how the original is masked:
 
 * ``Conv1d/2d/3d`` (and subclasses such as timm's ``Conv2dSame`` / ``StdConv2d``),
-  ``ConvTranspose`` and ``Linear``: every slimmed filter row is located among the original's
-  rows, then every slimmed input column within that row (grouped and depthwise convolutions
+  ``ConvTranspose`` and ``Linear``: the weights compared are the ones each layer really
+  convolves with (for a subclass that transforms its weight in ``forward``, such as timm's
+  weight-standardised ``StdConv2d``, the weight it passes to ``F.conv2d``, captured by running
+  it); every slimmed filter row is located among the original's rows, then every slimmed input column within that row (grouped and depthwise convolutions
   per group: a slimmed group must read inputs of one original group). The slimmed weights must
   equal ``W[kept_out][:, kept_in]`` exactly (and the bias ``b[kept_out]``). The original then
   runs with a forward pre-hook that zeroes every input channel the slimmed layer does not read
@@ -303,10 +305,78 @@ def _conv_layout(m: nn.Module, w: torch.Tensor) -> torch.Tensor:
     return w.detach()
 
 
+class _Captured(Exception):
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight
+
+
+_CONV_FNS = {
+    F.conv1d,
+    F.conv2d,
+    F.conv3d,
+    F.conv_transpose1d,
+    F.conv_transpose2d,
+    F.conv_transpose3d,
+    F.linear,
+}
+
+
+class _CaptureWeight(TorchFunctionMode):
+    """Stops a layer's forward at its convolution (or linear) and keeps the weight it passes."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _CONV_FNS:
+            w = args[1] if len(args) > 1 else kwargs.get("weight")
+            if isinstance(w, torch.Tensor):
+                raise _Captured(w)
+        return func(*args, **kwargs)
+
+
+_PLAIN_FORWARDS = {
+    c.forward
+    for c in (
+        nn.Conv1d,
+        nn.Conv2d,
+        nn.Conv3d,
+        nn.ConvTranspose1d,
+        nn.ConvTranspose2d,
+        nn.ConvTranspose3d,
+        nn.Linear,
+    )
+}
+
+
+@torch.no_grad()
+def _effective_weight(m: nn.Module) -> Any:
+    """The weight ``m`` really applies. A layer that keeps torch's own forward applies
+    ``m.weight``; one whose class overrides ``forward`` (a weight-standardised convolution, a
+    weight reparametrisation) is run once on zeros and its weight taken where it reaches the
+    convolution or linear function. Falls back to ``m.weight`` when that does not work."""
+    w = getattr(m, "weight", None)
+    if type(m).forward in _PLAIN_FORWARDS or not isinstance(w, torch.Tensor):
+        return w
+    if isinstance(m, nn.Linear):
+        x = torch.zeros(1, m.in_features, dtype=w.dtype, device=w.device)
+    elif isinstance(m, nn.modules.conv._ConvNd):
+        k = [(kk - 1) * d + 1 for kk, d in zip(m.kernel_size, m.dilation)]
+        x = torch.zeros(1, m.in_channels, *k, dtype=w.dtype, device=w.device)
+    else:
+        return w
+    try:
+        with _CaptureWeight():
+            m(x)
+    except _Captured as c:
+        return c.weight if c.weight.shape == w.shape else w
+    except Exception:
+        return w
+    return w
+
+
 def _match_filters(name: str, om: nn.Module, sm: nn.Module) -> LayerMatch:
-    """Kept output and input channels of a slimmed Conv/Linear, from its weights."""
+    """Kept output and input channels of a slimmed Conv/Linear, from the weights they apply."""
     is_conv = isinstance(om, nn.modules.conv._ConvNd)
-    ow, sw = om.weight, sm.weight
+    ow, sw = _effective_weight(om), _effective_weight(sm)
     if not isinstance(ow, torch.Tensor) or not isinstance(sw, torch.Tensor) or ow.dim() != sw.dim():
         raise _Unmatched("its weight is missing or has another number of dimensions")
     if is_conv:
@@ -490,6 +560,12 @@ def match_layers(original: nn.Module, slim: nn.Module) -> tuple[dict[str, LayerM
             ):
                 matches[name] = _match_filters(name, om, sm)
                 covered.update(f"{name}.{t}" if name else t for t in ("weight", "bias"))
+                if (
+                    type(om).forward not in _PLAIN_FORWARDS
+                ):  # its own tensors (a gain) are in the weight it applies
+                    covered.update(
+                        f"{name}.{t}" if name else t for t, _ in om.named_parameters(recurse=False)
+                    )
             elif isinstance(om, _NORMS):
                 matches[name] = _match_norm(name, om, sm)
                 covered.update(f"{name}.{t}" if name else t for t in _CHANNEL_TENSORS)
@@ -519,7 +595,7 @@ def match_layers(original: nn.Module, slim: nn.Module) -> tuple[dict[str, LayerM
                 _box_slice(tname, t, ts, kind)
             except _Unmatched as e:
                 unmatched.append((tname, str(e)))
-        missing = [n for n in oget if n not in sget]
+        missing = [n for n in oget if n not in sget and n not in covered]
         if missing:
             unmatched.append((missing[0], f"this {kind} of the original is missing from the slimmed model"))
     return matches, unmatched
