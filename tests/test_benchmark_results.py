@@ -104,3 +104,23 @@ def test_search_quality_goals_need_a_win_beyond_the_spread_and_no_significant_lo
     # the committed benchmark's summary goes through the same rule
     d = json.loads((BENCH / "results" / "search_quality.json").read_text())
     assert len(goals(d["summary"])) == 2 + len({r["flops"] for r in d["summary"]})
+
+
+def test_timm_zoo_tables_goals_follow_the_rows() -> None:
+    """The timm table script's goals: every family verified, more verified than Torch-Pruning,
+    95% on target, median time no more than Torch-Pruning's."""
+    tt = _script("timm_zoo_tables")
+    tz = _script("timm_zoo")
+    rows = _rows()
+    d = {"results": rows, "summary": tz.summarize(rows)}
+    g = tt.goals(d)
+    assert "1 of 2 **not met** (not: vit)" in g[0]  # c (vit) has no model ours verified
+    assert "ours verified 1 of 3, Torch-Pruning 2: **not met**" in g[1]
+    assert "1 of 3 (33.3%, goal 95%) **not met**" in g[2]
+    assert "**met**" in g[3]  # ours' median cold 2.0 s <= Torch-Pruning's 2.0 s
+    good = {"a": {**rows["a"], "torch_pruning": {**rows["a"]["torch_pruning"], "verified": False}}}
+    d = {"results": good, "summary": tz.summarize(good)}
+    assert all("**met**" in line and "not met" not in line for line in tt.goals(d))
+    table = tt.family_table(rows)
+    assert table[2].startswith("| resnet | 2 | 1 | 1 | 1 |")
+    assert [m.split(" | ")[0] for m in tt.misses(rows)[2:]] == ["| b", "| c"]

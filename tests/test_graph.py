@@ -246,3 +246,36 @@ def test_a_reshape_by_another_tensors_channel_count_freezes_both_tensors() -> No
     plan = graph.plan_from_counts(graph.counts_for_flops(0.6), method="t")
     small = slim(model, plan, graph=graph)
     small(torch.randn(2, 3, 8, 8))  # runs: the reshape still fits
+
+
+class WritesIntoSlice(nn.Module):
+    """``x[:, :, 1:, 1:] = ...`` (timm's MViTv2 adds relative positions this way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.c = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.a(x))
+        y = self.b(x)
+        y[:, :, 1:, 1:] = y[:, :, 1:, 1:] + self.c(x)[:, :, 1:, 1:]
+        return self.head(torch.relu(y))
+
+
+def test_an_in_place_write_into_a_slice_traces_and_freezes_what_it_touches() -> None:
+    from compressor.testing.outside_check import outside_check, randomize
+
+    shape = (1, 3, 6, 6)
+    model = randomize(WritesIntoSlice().eval(), shape)
+    graph = build_graph(model, input_shape=shape)
+    # b's and c's outputs (one group: they are added) are what the write touches
+    assert graph.group("b").frozen and "in-place write into part of a tensor" in str(graph.group("b").reason)
+    assert not graph.group("a").frozen  # what feeds the write is still cut
+    plan = graph.plan_from_counts(graph.counts_for_flops(0.8), method="t")
+    small = slim(model, plan, graph=graph)
+    assert small.a.out_channels < 8
+    assert graph.verify(small, plan) < 1e-4
+    assert outside_check(model, small, input_shape=shape).ok

@@ -19,6 +19,7 @@ channels, and anything else freezes the channels it touches. In particular:
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -42,6 +43,11 @@ def function_ids(
     in_ids = [ids.get(a) for a in node.all_input_nodes]
     tensor_in = [t for t in in_ids if isinstance(t, torch.Tensor)]
     has_tuple_in = any(isinstance(t, (tuple, list)) for t in in_ids)
+    if node.target is operator.setitem:
+        # x[...] = y writes y's values into part of x in place: neither side is followed
+        reason = f"{node.name}: an in-place write into part of a tensor (x[...] = y) is not followed"
+        st.freeze([t for t in in_ids if isinstance(t, torch.Tensor)], reason)
+        return None
     if not tensors(out):
         return None
     if not tensor_in and not has_tuple_in:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import traceback
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -140,6 +141,11 @@ class _Proxy(fx.Proxy):
         if k in ("device", "dtype", "is_cuda") and isinstance(tracer, ChannelTracer) and tracer.example:
             return getattr(tracer.concrete(self.node), k)
         return super().__getattr__(k)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        """``x[...] = y`` (MViTv2's relative positions): recorded as ``operator.setitem``, an
+        in-place write the propagation pass freezes (it does not follow the written part)."""
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
 
 
 def _user_frame(exc: BaseException) -> str:
