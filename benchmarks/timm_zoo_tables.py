@@ -109,6 +109,28 @@ def goals(d: dict[str, Any]) -> list[str]:
     n = len(results)
     on = sum(_on_target(r.get("ours", {})) for r in results.values())
     cold, warm = s["median_cold_s"], s["median_warm_s"]
+    both = [
+        r
+        for r in results.values()
+        if isinstance(r.get("ours", {}).get("cold_s"), dict)
+        and isinstance(r.get("torch_pruning", {}).get("cold_s"), dict)
+    ]
+
+    def paired(kind: str) -> tuple[float, float, float] | None:
+        rows = [
+            r
+            for r in both
+            if isinstance(r["ours"].get(kind), dict) and isinstance(r["torch_pruning"].get(kind), dict)
+        ]
+        if not rows:
+            return None
+        o = [r["ours"][kind]["median"] for r in rows]
+        t = [r["torch_pruning"][kind]["median"] for r in rows]
+        return (
+            statistics.median(o),
+            statistics.median(t),
+            statistics.median(a / b for a, b in zip(o, t, strict=True)),
+        )
 
     def verdict(ok: bool) -> str:
         return "**met**" if ok else "**not met**"
@@ -126,6 +148,11 @@ def goals(d: dict[str, Any]) -> list[str]:
         f"- median time per model, cold: ours {cold['ours']:.3f} s, Torch-Pruning {cold['torch_pruning']:.3f} s "
         f"{verdict(le(cold['ours'], cold['torch_pruning']))}; warm: ours {warm['ours']:.3f} s, "
         f"Torch-Pruning {warm['torch_pruning']:.3f} s {verdict(le(warm['ours'], warm['torch_pruning']))}",
+    ] + [
+        f"  - on the {len(both)} models both tools slimmed, {kind[:4]}: ours {p[0]:.3f} s, Torch-Pruning "
+        f"{p[1]:.3f} s, median ratio ours / Torch-Pruning {p[2]:.2f} {verdict(p[0] <= p[1])}"
+        for kind in ("cold_s", "warm_s")
+        if (p := paired(kind)) is not None
     ]
 
 

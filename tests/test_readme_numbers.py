@@ -61,15 +61,22 @@ def figures(readme: str) -> list[Figure]:
 
 
 def lookup(doc: Any, path: str) -> Any:
-    """``doc`` at the dotted ``path`` (a number indexes a list)."""
+    """``doc`` at the dotted ``path`` (a number indexes a list; a key that itself holds dots,
+    such as ``ours_flops_within_0.02_of_target``, is matched whole)."""
     cur = doc
-    for part in path.split("."):
+    parts = path.split(".")
+    i = 0
+    while i < len(parts):
         if isinstance(cur, list):
-            cur = cur[int(part)]
-        elif isinstance(cur, dict) and part in cur:
-            cur = cur[part]
+            cur, i = cur[int(parts[i])], i + 1
+            continue
+        for j in range(len(parts), i, -1):  # the longest key first
+            key = ".".join(parts[i:j])
+            if isinstance(cur, dict) and key in cur:
+                cur, i = cur[key], j
+                break
         else:
-            raise KeyError(part)
+            raise KeyError(parts[i])
     return cur
 
 
@@ -142,7 +149,14 @@ def test_readme_figures_agree_with_their_json() -> None:
 def results(tmp_path: Path) -> Path:
     d = tmp_path / "benchmarks" / "results"
     d.mkdir(parents=True)
-    doc = {"demo": {"top1": [99.0, 99.4]}, "ratio": 0.5312, "err": 2.36e-6, "n": 1000, "frac": 0.994}
+    doc = {
+        "demo": {"top1": [99.0, 99.4]},
+        "ratio": 0.5312,
+        "err": 2.36e-6,
+        "n": 1000,
+        "frac": 0.994,
+        "s": {"within_0.02": 119},
+    }
     (d / "r.json").write_text(json.dumps(doc))
     return tmp_path
 
@@ -160,6 +174,7 @@ def _doc(*figs: str) -> str:
         '[2.4e-6](benchmarks/results/r.json "err")',
         '[1,000](benchmarks/results/r.json "n")',
         '[99.4%](benchmarks/results/r.json "frac *100")',
+        '[119](benchmarks/results/r.json "s.within_0.02")',  # a key with a dot in it
     ],
 )
 def test_a_right_figure_passes(results: Path, fig: str) -> None:
@@ -174,6 +189,7 @@ def test_a_right_figure_passes(results: Path, fig: str) -> None:
         ('[2.3e-6](benchmarks/results/r.json "err")', "shows 2.3e-6"),
         ('[99.4%](benchmarks/results/r.json "frac")', "shows 99.4"),  # missing scale
         ('[99.4%](benchmarks/results/r.json "demo.top5")', "no value"),
+        ('[119](benchmarks/results/r.json "s.within_0.03")', "no value"),
         ('[99.4%](benchmarks/results/missing.json "demo")', "does not exist"),
         ("[99.4%](benchmarks/results/r.json)", "JSON path"),
     ],
