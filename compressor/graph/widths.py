@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from compressor.errors import CheckpointError
+from compressor.graph.timm_handlers import FOLDED, fold_weight_standardization, is_std_conv
 
 STRUCT_ATTRS = (
     "in_channels",
@@ -30,9 +31,7 @@ STRUCT_ATTRS = (
     "num_parameters",
     "embed_dim",
     "splits",  # timm's MixedConv2d: the channels of each part
-    # 1 on a weight-standardised convolution folded into a plain one by slimming (timm's
-    # StdConv2d family, see compressor.graph.timm_handlers.fold_weight_standardization)
-    "weight_standardization_folded",
+    FOLDED,
 )
 
 
@@ -87,8 +86,6 @@ def _rebuilt(m: nn.Module, attrs: dict[str, Any]) -> nn.Module:
 def _folded(m: nn.Module, name: str) -> nn.Module:
     """A folded copy of the weight-standardised convolution ``m`` (its weights are filled by
     ``load_state_dict`` afterwards)."""
-    from compressor.graph.timm_handlers import fold_weight_standardization, is_std_conv
-
     if not is_std_conv(m):
         raise CheckpointError(
             f"checkpoint widths say module {name!r} is a folded weight-standardised convolution, but the "
@@ -129,7 +126,7 @@ def apply_widths(
                 f"checkpoint widths name module {name!r}, which architecture {type(model).__name__} does not have; "
                 "was the checkpoint made from a different architecture?"
             ) from None
-        if attrs.get("weight_standardization_folded") and "weight_standardization_folded" not in vars(m):
+        if attrs.get(FOLDED) and FOLDED not in vars(m):
             m = _folded(m, name)
             model = _replace(model, name, m)
         own = _own_attrs(m)
