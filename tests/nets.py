@@ -202,6 +202,31 @@ class Misc1d(nn.Module):
         return self.out(F.relu(self.bn(self.c1d(x)))).flatten(1)
 
 
+class Windowed(nn.Module):
+    """Windows folded into the batch before a linear layer and a conv (Swin, GCViT, MaxViT), and
+    a per-image vector repeated over the windows of the batch (GCViT's global query): the cost
+    model must count every window, not the first row of the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 8, stride=2)
+        self.fc1 = nn.Linear(8, 12)
+        self.fc2 = nn.Linear(12, 8)
+        self.conv = nn.Conv2d(8, 6, 3, padding=1)
+        self.query = nn.Linear(8, 12)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)  # (1, 8, 8, 8)
+        b, c, h, w = x.shape
+        win = x.reshape(b, c, 2, 4, 2, 4).permute(0, 2, 4, 3, 5, 1).reshape(-1, 16, c)  # 4 windows
+        g = self.query(x.mean((2, 3))).unsqueeze(1)  # (1, 1, 12): one per image
+        g = g.repeat_interleave(win.shape[0] // b, dim=0)  # (4, 1, 12): one per window
+        win = win + self.fc2(F.relu(self.fc1(win)) * g)
+        y = self.conv(win.reshape(-1, 4, 4, c).permute(0, 3, 1, 2))  # (4, 6, 4, 4)
+        return self.head(y.mean((2, 3))).mean(0, keepdim=True)
+
+
 @torch.fx.wrap
 def custom_op(x: torch.Tensor) -> torch.Tensor:
     """An op the engine cannot know: a cumulative sum across channels."""
@@ -248,4 +273,5 @@ TOPOLOGIES = {
     "groupnorm": GroupNormNet,
     "misc1d": Misc1d,
     "unknown_op": UnknownOp,
+    "windowed": Windowed,
 }

@@ -279,3 +279,34 @@ def test_an_in_place_write_into_a_slice_traces_and_freezes_what_it_touches() -> 
     assert small.a.out_channels < 8
     assert graph.verify(small, plan) < 1e-4
     assert outside_check(model, small, input_shape=shape).ok
+
+
+class RepeatsChannels(nn.Module):
+    """Every channel repeated twice in place before a conv reads them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.b = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)).repeat_interleave(2, dim=1))
+
+
+def test_repeat_interleave_is_followed_along_the_batch_and_the_channels() -> None:
+    from compressor.testing.outside_check import outside_check, randomize
+
+    # along the batch (one query per image, repeated over its windows): nothing freezes
+    windowed = build_graph(TOPOLOGIES["windowed"]().eval(), input_shape=SHAPE)
+    assert [g.name for g in windowed.frozen] == ["head"]
+    assert not windowed.group("query").frozen
+    # along the channels: both copies of a channel are kept or cut together
+    shape = (1, 3, 6, 6)
+    model = randomize(RepeatsChannels().eval(), shape)
+    graph = build_graph(model, input_shape=shape)
+    assert not graph.group("a").frozen
+    plan = graph.plan_from_counts({"a": 4}, method="t")
+    small = slim(model, plan, graph=graph)
+    assert small.a.out_channels == 4 and small.b.in_channels == 8
+    assert graph.verify(small, plan) < 1e-5
+    assert outside_check(model, small, input_shape=shape).ok

@@ -13,6 +13,8 @@ channels, and anything else freezes the channels it touches. In particular:
 * ``a @ b`` carries a's row channels and b's column channels; a sum over channels
   (``q @ k.T``) unites both sides; ``F.scaled_dot_product_attention`` likewise, its default
   scale freezing q and k (it reads their count);
+* ``repeat_interleave`` by an int repeats labels with the values: along the batch (GCViT's
+  global query, one per window) it copies them, along the channels every copy keeps its label;
 * channels reshaped into several dimensions (``3 x heads x head_dim``) keep the same innermost
   positions in every block; ``F.pad`` that pads no channel dimension is spatial.
 """
@@ -107,6 +109,10 @@ def function_ids(
             return st.along_dim_op(x_ids, d, what)
     if name in ops.REDUCE and isinstance(x_ids, torch.Tensor) and isinstance(out, torch.Tensor):
         return _reduce(st, tag, node, x_ids, out, what)
+    if name == "repeat_interleave" and isinstance(x_ids, torch.Tensor) and isinstance(out, torch.Tensor):
+        repeated = _repeat_interleave(node, x_ids, mixed)
+        if repeated is not None:
+            return checked(repeated)
     if name in ops.SHAPE or name in ops.CAT or name in ops.SPLIT:
         if name in ops.SPLIT and isinstance(x_ids, torch.Tensor):
             _check_split(st, node, name, x_ids, what)
@@ -237,6 +243,18 @@ def _sdpa(st: LabelState, node: fx.Node, ids: dict[fx.Node, Any], out: torch.Ten
         return v.narrow(-2, 0, 1).expand(out.shape)
     except RuntimeError:
         return None
+
+
+def _repeat_interleave(node: fx.Node, x_ids: torch.Tensor, mixed: Any) -> Any:
+    """``x.repeat_interleave(n, dim)`` with an int ``n``: each element repeated ``n`` times in place
+    (GCViT's global query repeated over the windows of the batch). Applied to the id tensor: along
+    a dimension without channels it just copies their labels; along the channels, every copy of a
+    channel keeps its label, so the copies are kept or cut together and the slim model repeats
+    what is left. None (not followed) for per-element counts (a tensor ``n``) or no ``dim``."""
+    repeats, dim = mixed(ops.arg(node, 1, "repeats")), ops.arg(node, 2, "dim")
+    if type(repeats) is not int or not isinstance(dim, int):
+        return None
+    return x_ids.repeat_interleave(repeats, dim=dim)
 
 
 def _split_many(st: LabelState, res: torch.Tensor, literal: set[int], what: str) -> None:

@@ -130,10 +130,12 @@ def _prop_conv(st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: tor
     st.merge_inputs(rec, cin)
     rec.out_labels = out_labels
     k = int(torch.tensor(m.kernel_size).prod())
+    # every sample counts (the graph is traced at batch 1, but a model may fold windows or
+    # patches into the batch dimension before a layer)
     if transposed:
-        rec.macs += ids_in[0].numel() * (m.out_channels // g) * k
+        rec.macs += ids_in.numel() * (m.out_channels // g) * k
     else:
-        rec.macs += out[0].numel() * (m.in_channels // g) * k
+        rec.macs += out.numel() * (m.in_channels // g) * k
     return st.broadcast_labels(out_labels, out.shape, 1)
 
 
@@ -212,7 +214,7 @@ def _prop_linear(st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: t
     rec = st.record(name, "linear")
     st.merge_inputs(rec, fin)
     rec.out_labels = st.module_space(name, m.out_features)
-    rec.macs += out[0].numel() * m.in_features if out.dim() > 1 else out.numel() * m.in_features
+    rec.macs += out.numel() * m.in_features  # every row, windows folded into the batch included
     return st.broadcast_labels(rec.out_labels, out.shape, out.dim() - 1)
 
 
