@@ -378,3 +378,52 @@ def test_a_class_token_passed_between_stages_is_counted_and_slimmed() -> None:
     res = _slim_checked(model, shape)
     assert res.flops_ratio == pytest.approx(0.5, abs=0.02)
     assert all(p.requires_grad for p in res.small.parameters())  # restored after counting
+
+
+class Cond(nn.Module):
+    """EfficientNet-CondConv's block: pooled features route each sample to a mix of expert
+    filters (a dense CondConv with bias, then a depthwise one, then a pointwise one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers import CondConv2d
+
+        self.stem = nn.Conv2d(3, 12, 3, padding=1)
+        self.route = nn.Linear(12, 3)
+        self.expand = CondConv2d(12, 16, 1, num_experts=3, bias=True)
+        self.dw = CondConv2d(16, 16, 3, padding=1, groups=16, num_experts=3)
+        self.project = CondConv2d(16, 10, 1, num_experts=3)
+        self.head = nn.Conv2d(10, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        r = torch.sigmoid(self.route(x.mean((2, 3))))
+        x = torch.relu(self.dw(torch.relu(self.expand(x, r)), r))
+        return self.head(self.project(x, r))
+
+
+def test_cond_conv_experts_are_pruned_exactly_and_the_checkpoint_reloads(tmp_path: Any) -> None:
+    from compressor.checkpoint import load_checkpoint, save_checkpoint
+
+    shape = (1, 3, 8, 8)
+    res = _slim_checked(Cond(), shape)
+    # the routing weights (one per expert) keep their size; everything else is cut
+    assert set(res.frozen_reasons) == {
+        "network output",
+        "expand (CondConv2d): its further inputs keep their size",
+    }
+    assert abs(res.flops_ratio - 0.5) <= 0.02  # the cost model counts the experts' mixing too
+    small = res.small
+    assert small.route.out_features == 3 and small.dw.groups == small.dw.out_channels < 16
+    assert small.expand.weight.shape == (3, small.expand.out_channels * small.expand.in_channels)
+    path = tmp_path / "cond.pt"
+    save_checkpoint(small, path, meta={"arch": "tests.test_timm_blocks:Cond"})
+    again, _ = load_checkpoint(path, arch="tests.test_timm_blocks:Cond")
+    x = torch.randn(2, *shape[1:])
+    with torch.no_grad():
+        assert torch.equal(again.eval()(x), small.eval()(x))
+    # one expert's kept filter changed: the outside check must refuse it
+    model = randomize(Cond().eval(), shape)
+    with torch.no_grad():
+        again.expand.weight[1, 0] += 1.0
+    assert not outside_check(model, again, input_shape=shape).ok

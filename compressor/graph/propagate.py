@@ -232,9 +232,14 @@ class Propagation:
         name = str(node.target)
         h = handler_for(m)
         in_ids = [ids.get(a) for a in node.all_input_nodes]
+        if h is not None and h.fixed_extra_inputs and len(node.args) > 1 and not node.kwargs:
+            first = ids.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+            extra = [ids.get(a) for a in node.args[1:] if isinstance(a, fx.Node)]
+            st.freeze(extra, f"{name} ({type(m).__name__}): its further inputs keep their size")
+            in_ids = [first, *(t for t in in_ids if t is not first)]
         if (
             h is not None
-            and len(node.args) == 1
+            and (len(node.args) == 1 or h.fixed_extra_inputs)
             and not node.kwargs
             and isinstance(out, torch.Tensor)
             and isinstance(in_ids[0], torch.Tensor)

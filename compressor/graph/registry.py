@@ -94,6 +94,9 @@ class Handler:
     cost_fn: CostFn | None = None
     filters_fn: Filters | None = None
     masked_forward_fn: MaskedForward | None = None
+    #: the module takes further tensor inputs after the first (CondConv's routing weights):
+    #: their channels are frozen, the first input is followed by ``propagate``
+    fixed_extra_inputs: bool = False
 
     def _expect(self, module: Any, what: str) -> None:
         if not isinstance(module, self.module_type):
@@ -140,13 +143,16 @@ def register_handler(
     cost: CostFn | None = None,
     filters: Filters | None = None,
     masked_forward: MaskedForward | None = None,
+    fixed_extra_inputs: bool = False,
     replace: bool = False,
 ) -> Handler:
     """Teach the channel engine the module type ``module_type`` (and its subclasses).
 
     The hooks' contracts are the Protocols of this module: :class:`Propagate` (required),
     :class:`Slim`, :class:`CostFn`, :class:`Filters`, :class:`MaskedForward`. A type already
-    registered is an error unless ``replace=True``. A subclass is handled by the handler of its
+    registered is an error unless ``replace=True``. ``fixed_extra_inputs``: the module is also
+    called with further tensors after the first (CondConv's routing weights), whose channels
+    then stay as they are. A subclass is handled by the handler of its
     nearest registered base class, and only if it does not override ``forward``.
 
     >>> register_handler(MyNorm, propagate=per_channel_propagate, slim=per_channel_slim,
@@ -169,7 +175,7 @@ def register_handler(
             f"a channel handler for {module_type.__module__}.{module_type.__qualname__} is already "
             "registered; pass replace=True to replace it"
         )
-    h = Handler(module_type, propagate, slim, cost, filters, masked_forward)
+    h = Handler(module_type, propagate, slim, cost, filters, masked_forward, fixed_extra_inputs)
     _HANDLERS[module_type] = h
     return h
 

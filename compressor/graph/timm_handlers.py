@@ -26,6 +26,11 @@ plug-in:
   is exactly the original's; the folded layer is fine-tuned as a plain convolution. The
   checkpoint records the fold as the width ``weight_standardization_folded = 1``, which
   :func:`compressor.graph.widths.apply_widths` replays on a freshly built model.
+* ``CondConv2d`` (EfficientNet-CondConv): ``num_experts`` filter sets mixed per sample by
+  routing weights (its second input). A leaf cut like the convolution the experts share: every
+  expert loses the same filters and inputs (``weight_shape`` / ``bias_shape`` follow, and are
+  recorded in a checkpoint's widths); the routing weights keep their size. Its MACs include
+  mixing the experts' filters, which scales with the kept filters.
 """
 
 from __future__ import annotations
@@ -178,6 +183,69 @@ def _filters_std_conv(m: Any, rec: ModuleRecord) -> torch.Tensor:
     return w.reshape(w.shape[0], -1)
 
 
+def _prop_cond_conv(st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: torch.Tensor) -> Any:
+    """``CondConv2d(x, routing_weights)``: per sample, a convolution whose filters are the
+    routing-weighted sum of ``num_experts`` expert filters. Channels flow as through the
+    convolution the experts share (the routing weights, one per expert, stay whole: the
+    caller freezes them). Its MACs: the convolution's plus mixing the experts' filters."""
+    res = H._prop_conv(st, name, m, ids_in, out)
+    rec = st.record(name, "conv")
+    batch = out.shape[0]
+    rec.extra["mix_weight_macs"] = rec.extra.get("mix_weight_macs", 0) + batch * m.weight.numel()
+    if m.bias is not None:
+        rec.extra["mix_bias_macs"] = rec.extra.get("mix_bias_macs", 0) + batch * m.bias.numel()
+    return res
+
+
+def _cond_conv_as_conv(m: Any) -> nn.Conv2d:
+    """A plain ``nn.Conv2d`` holding the experts' filters side by side along the kernel's height
+    (``(out, in/groups, experts * kh, kw)``) and their biases as ``(out, experts)``, so the
+    convolution handler cuts every expert's filters the same way."""
+    e, (kh, kw) = m.num_experts, m.kernel_size
+    conv = nn.Conv2d.__new__(nn.Conv2d)
+    nn.Module.__init__(conv)
+    conv.in_channels, conv.out_channels, conv.groups = m.in_channels, m.out_channels, m.groups
+    w = m.weight.detach().reshape(e, m.out_channels, m.in_channels // m.groups, kh, kw)
+    conv.weight = nn.Parameter(w.permute(1, 2, 0, 3, 4).reshape(m.out_channels, -1, e * kh, kw))
+    conv.bias = None if m.bias is None else nn.Parameter(m.bias.detach().t().contiguous())
+    return conv
+
+
+@torch.no_grad()
+def _slim_cond_conv(m: Any, rec: ModuleRecord, keep: torch.Tensor) -> None:
+    """Cut every expert's filters as the convolution handler cuts one convolution's."""
+    e, (kh, kw) = m.num_experts, m.kernel_size
+    conv = _cond_conv_as_conv(m)
+    H._slim_conv(conv, rec, keep)
+    out, per_group = conv.out_channels, conv.weight.shape[1]
+    w = conv.weight.detach().reshape(out, per_group, e, kh, kw).permute(2, 0, 1, 3, 4).reshape(e, -1)
+    m._parameters["weight"] = nn.Parameter(w.contiguous(), requires_grad=m.weight.requires_grad)
+    if m.bias is not None and conv.bias is not None:
+        b = conv.bias.detach().t().contiguous()
+        m._parameters["bias"] = nn.Parameter(b, requires_grad=m.bias.requires_grad)
+        m.bias_shape = (out,)
+    m.in_channels, m.out_channels, m.groups = conv.in_channels, out, conv.groups
+    m.weight_shape = (out, per_group, kh, kw)
+
+
+def _cost_cond_conv(m: Any, rec: ModuleRecord) -> list[Any]:
+    """The convolution's terms, plus mixing the experts: the filters' part scales like the
+    weights, the biases' like the outputs."""
+    from compressor.graph.cost import CostTerm
+
+    terms = list(H._cost_producer(m, rec))
+    weight_labels = terms[0].scales_with
+    terms.append(CostTerm(rec.extra.get("mix_weight_macs", 0), 0, weight_labels))
+    terms.append(CostTerm(rec.extra.get("mix_bias_macs", 0), 0, (H._io(rec)[1],)))
+    return terms
+
+
+def _filters_cond_conv(m: Any, rec: ModuleRecord) -> torch.Tensor:
+    """Every expert's filters of an output channel, one row per output channel."""
+    w = _cond_conv_as_conv(m).weight.detach()
+    return w.reshape(w.shape[0], -1)
+
+
 def _no_cost(m: Any, rec: ModuleRecord) -> list[Any]:
     """A container whose children's own handlers count its MACs and weights."""
     return []
@@ -205,6 +273,16 @@ def _register() -> None:
     register_handler(MixedConv2d, propagate=_prop_mixed_conv, slim=_slim_mixed_conv, cost=_no_cost)
     register_handler(
         Conv2dSame, propagate=H._prop_conv, slim=H._slim_conv, cost=H._cost_producer, filters=H._filters_conv
+    )
+    from timm.layers.cond_conv2d import CondConv2d
+
+    register_handler(
+        CondConv2d,
+        propagate=_prop_cond_conv,
+        slim=_slim_cond_conv,
+        cost=_cost_cond_conv,
+        filters=_filters_cond_conv,
+        fixed_extra_inputs=True,
     )
     import timm.layers.std_conv as std
 

@@ -31,6 +31,8 @@ STRUCT_ATTRS = (
     "num_parameters",
     "embed_dim",
     "splits",  # timm's MixedConv2d: the channels of each part
+    "weight_shape",  # timm's CondConv2d: one expert's filter shape
+    "bias_shape",
     FOLDED,
 )
 

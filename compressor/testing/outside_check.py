@@ -373,6 +373,31 @@ def _effective_weight(m: nn.Module) -> Any:
     return w
 
 
+def _is_cond_conv(m: nn.Module) -> bool:
+    """A conditionally parameterised convolution (timm's ``CondConv2d``): ``num_experts`` sets of
+    filters, flattened one set per row of ``weight``, mixed per sample by routing weights."""
+    return (
+        hasattr(m, "num_experts")
+        and isinstance(getattr(m, "weight_shape", None), tuple)
+        and isinstance(getattr(m, "weight", None), torch.Tensor)
+    )
+
+
+def _experts_side_by_side(m: nn.Module) -> nn.Conv2d:
+    """A stand-in ``nn.Conv2d`` for matching a CondConv's filters: every expert's filter of an
+    output channel next to each other along the kernel height, biases as ``(out, experts)``."""
+    e = int(m.num_experts)  # type: ignore[arg-type]
+    out, per_group, kh, kw = m.weight_shape  # type: ignore[misc]
+    conv = nn.Conv2d.__new__(nn.Conv2d)
+    nn.Module.__init__(conv)
+    conv.groups = int(m.groups)  # type: ignore[arg-type]
+    w = m.weight.detach().reshape(e, out, per_group, kh, kw)  # type: ignore[operator]
+    conv.weight = nn.Parameter(w.permute(1, 2, 0, 3, 4).reshape(out, per_group, e * kh, kw))
+    b = getattr(m, "bias", None)
+    conv.bias = nn.Parameter(b.detach().t().contiguous()) if isinstance(b, torch.Tensor) else None
+    return conv
+
+
 def _match_filters(name: str, om: nn.Module, sm: nn.Module) -> LayerMatch:
     """Kept output and input channels of a slimmed Conv/Linear, from the weights they apply."""
     is_conv = isinstance(om, nn.modules.conv._ConvNd)
@@ -566,6 +591,9 @@ def match_layers(original: nn.Module, slim: nn.Module) -> tuple[dict[str, LayerM
                     covered.update(
                         f"{name}.{t}" if name else t for t, _ in om.named_parameters(recurse=False)
                     )
+            elif _is_cond_conv(om) and _is_cond_conv(sm):
+                matches[name] = _match_filters(name, _experts_side_by_side(om), _experts_side_by_side(sm))
+                covered.update(f"{name}.{t}" if name else t for t in ("weight", "bias"))
             elif isinstance(om, _NORMS):
                 matches[name] = _match_norm(name, om, sm)
                 covered.update(f"{name}.{t}" if name else t for t in _CHANNEL_TENSORS)
