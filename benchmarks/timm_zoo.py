@@ -162,7 +162,7 @@ def worker(zoo: str, name: str, tool: str, warm_reps: int, full: bool) -> dict[s
     chk = outside_check(model, small, input_shape=shape)
     row["outside_check"] = {
         k: getattr(chk, k)
-        for k in ("ok", "error", "reason", "output_scale", "nonzero_fraction", "layers_pruned")
+        for k in ("ok", "error", "reason", "output_scale", "nonzero_fraction", "layers_pruned", "precision")
     }
     row["verified"] = bool(chk.ok and chk.layers_pruned > 0 and chk.error > 0.0)
     if tool == "ours":

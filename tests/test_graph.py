@@ -310,3 +310,41 @@ def test_repeat_interleave_is_followed_along_the_batch_and_the_channels() -> Non
     assert small.a.out_channels == 4 and small.b.in_channels == 8
     assert graph.verify(small, plan) < 1e-5
     assert outside_check(model, small, input_shape=shape).ok
+
+
+class ClassToken(nn.Module):
+    """A ViT's tokens: a learned class token put before the patch tokens, position embeddings
+    added, a layer norm and an MLP over the channels, the class token and the mean patch read
+    by the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 2, stride=2)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 8))
+        self.pos_embed = nn.Parameter(torch.randn(1, 10, 8))
+        self.norm = nn.LayerNorm(8)
+        self.fc1 = nn.Linear(8, 12)
+        self.fc2 = nn.Linear(12, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = x + self.fc2(torch.relu(self.fc1(self.norm(x))))
+        return self.head(x[:, 0] + x[:, 1:].mean(1))
+
+
+def test_a_class_token_concatenated_before_the_patches_leaves_the_embedding_prunable() -> None:
+    from compressor.testing.outside_check import outside_check, randomize
+
+    shape = (1, 3, 6, 6)
+    model = randomize(ClassToken().eval(), shape)
+    graph = build_graph(model, input_shape=shape)
+    assert [g.name for g in graph.frozen] == ["head"]
+    plan = graph.plan_from_counts({"patch": 5, "fc1": 7}, method="t")
+    small = slim(model, plan, graph=graph)
+    assert small.cls_token.shape == (1, 1, 5) and small.pos_embed.shape == (1, 10, 5)
+    assert small.norm.normalized_shape == (5,)
+    assert graph.verify(small, plan) < 1e-5
+    assert outside_check(model, small, input_shape=shape).ok
+    assert graph.cost(plan).macs == count(small, shape).macs

@@ -136,6 +136,22 @@ def test_outside_check_passes_the_engine_and_fails_a_broken_model() -> None:
     assert not bad.ok
 
 
+def test_outside_check_decides_in_float64_what_float32_rounding_cannot() -> None:
+    shape = (1, 3, 32, 32)
+    model = randomize(build_model("timm:resnet10t"), shape)
+    small = _slim(model, shape)
+    # a tolerance below float32 rounding: only the float64 comparison can meet it
+    res = outside_check(model, small, input_shape=shape, tol=1e-9)
+    assert res.ok and res.precision == "float64", res.reason
+    assert res.float32_error is not None and res.error < 1e-9 < res.float32_error
+    assert next(model.parameters()).dtype == torch.float32  # the models themselves are untouched
+    assert not outside_check(model, small, input_shape=shape, tol=1e-9, double=False).ok
+    # an error the weights do not show (a hook shifts the logits): it does not shrink in float64
+    small.fc.register_forward_hook(lambda m, args, out: out + 1e-3 * out.abs().max())
+    bad = outside_check(model, small, input_shape=shape)
+    assert not bad.ok and bad.precision == "float64" and bad.error > 1e-4
+
+
 def test_outside_check_refuses_a_vacuous_comparison() -> None:
     shape = (1, 3, 32, 32)
     net = randomize(build_model("timm:resnet10t"), shape)

@@ -427,3 +427,40 @@ def test_cond_conv_experts_are_pruned_exactly_and_the_checkpoint_reloads(tmp_pat
     with torch.no_grad():
         again.expand.weight[1, 0] += 1.0
     assert not outside_check(model, again, input_shape=shape).ok
+
+
+class Grn(nn.Module):
+    """ConvNeXt-V2's MLP: a global response norm between the two pointwise layers, channels last
+    (as in ConvNeXt-V2) and channels first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers.grn import GlobalResponseNorm
+
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc1 = nn.Linear(8, 16)
+        self.grn_last = GlobalResponseNorm(16, channels_last=True)
+        self.fc2 = nn.Linear(16, 8)
+        self.pw = nn.Conv2d(8, 12, 1)
+        self.grn_first = GlobalResponseNorm(12, channels_last=False)
+        self.head = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.fc2(self.grn_last(torch.nn.functional.gelu(self.fc1(x.permute(0, 2, 3, 1)))))
+        x = x + y.permute(0, 3, 1, 2)
+        return self.head(self.grn_first(torch.relu(self.pw(x))))
+
+
+def test_global_response_norm_is_cut_like_a_layer_norm() -> None:
+    shape = (1, 3, 6, 6)
+    res = _slim_checked(Grn(), shape)
+    assert set(res.frozen_reasons) == {"network output"}, res.frozen_reasons
+    small = res.small
+    assert small.grn_last.weight.shape[0] == small.fc1.out_features < 16
+    assert small.grn_first.bias.shape[0] == small.pw.out_channels < 12
+    # one kept channel's weight changed: the outside check must refuse it
+    model = randomize(Grn().eval(), shape)
+    with torch.no_grad():
+        small.grn_last.weight[0] += 1.0
+    assert not outside_check(model, small, input_shape=shape).ok

@@ -40,6 +40,16 @@ ON_TARGET = {
     "xcit_nano_12_p16_224",
     "pit_ti_224",
     "mvitv2_tiny",  # an in-place write into a slice (traced, its channels frozen)
+    # windows folded into the batch (counted in full), a query repeated over windows, a class
+    # token concatenated before the patches, CondConv's experts, ConvNeXt-V2's response norm
+    "tiny_vit_5m_224",
+    "gcvit_xxtiny",
+    "maxvit_nano_rw_256",
+    "mobilevit_xxs",
+    "vit_tiny_r_s16_p8_224",
+    "efficientnet_cc_b0_4e",
+    "convnextv2_atto",
+    "csatv2",
 }
 
 

@@ -13,6 +13,8 @@ channels, and anything else freezes the channels it touches. In particular:
 * ``a @ b`` carries a's row channels and b's column channels; a sum over channels
   (``q @ k.T``) unites both sides; ``F.scaled_dot_product_attention`` likewise, its default
   scale freezing q and k (it reads their count);
+* ``cat`` along a dimension without channels (a class token before the patch tokens) unites
+  the parts channel by channel;
 * ``repeat_interleave`` by an int repeats labels with the values: along the batch (GCViT's
   global query, one per window) it copies them, along the channels every copy keeps its label;
 * channels reshaped into several dimensions (``3 x heads x head_dim``) keep the same innermost
@@ -113,6 +115,10 @@ def function_ids(
         repeated = _repeat_interleave(node, x_ids, mixed)
         if repeated is not None:
             return checked(repeated)
+    if name in ops.CAT and name != "stack" and isinstance(out, torch.Tensor):
+        joined = _cat_along_tokens(st, node, in_ids, out)
+        if joined is not None:
+            return joined
     if name in ops.SHAPE or name in ops.CAT or name in ops.SPLIT:
         if name in ops.SPLIT and isinstance(x_ids, torch.Tensor):
             _check_split(st, node, name, x_ids, what)
@@ -243,6 +249,28 @@ def _sdpa(st: LabelState, node: fx.Node, ids: dict[fx.Node, Any], out: torch.Ten
         return v.narrow(-2, 0, 1).expand(out.shape)
     except RuntimeError:
         return None
+
+
+def _cat_along_tokens(st: LabelState, node: fx.Node, in_ids: list[Any], out: torch.Tensor) -> Any:
+    """``cat`` along a dimension that carries no channels in any part (a ViT's class token put
+    before its patch tokens): every part holds the same channels at each position of the other
+    dimensions, and whatever reads the result (a linear layer, a layer norm) treats a channel
+    alike in all of them, so the parts are united element by element and the result carries the
+    first part's labels. None (the generic rule) when some part varies along ``dim``."""
+    parts = in_ids[0] if len(in_ids) == 1 and isinstance(in_ids[0], (tuple, list)) else in_ids
+    dim = ops.arg(node, 1, "dim", 0)
+    if not isinstance(dim, int) or len(parts) < 2 or not all(isinstance(p, torch.Tensor) for p in parts):
+        return None
+    d = dim % out.dim()
+    if any(p.dim() != out.dim() or d in st.varying_dims(p) for p in parts):
+        return None
+    first = [p.narrow(d, 0, 1) for p in parts]
+    if any(f.shape != first[0].shape for f in first) or not st.varying_dims(first[0]):
+        return None
+    for f in first[1:]:
+        code = torch.unique(first[0].reshape(-1) * st.n + f.reshape(-1))
+        st.union(code // st.n, code % st.n)
+    return first[0].expand(out.shape)
 
 
 def _repeat_interleave(node: fx.Node, x_ids: torch.Tensor, mixed: Any) -> Any:

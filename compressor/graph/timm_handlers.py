@@ -31,6 +31,9 @@ plug-in:
   expert loses the same filters and inputs (``weight_shape`` / ``bias_shape`` follow, and are
   recorded in a checkpoint's widths); the routing weights keep their size. Its MACs include
   mixing the experts' filters, which scales with the kept filters.
+* ``GlobalResponseNorm`` (ConvNeXt-V2): cut like a layer norm. Its statistic is the mean, over
+  the channels, of each channel's L2 norm over the positions; the slim layer takes it over the
+  channels it keeps, exactly as a slim ``LayerNorm`` does (the masked pass computes the same).
 """
 
 from __future__ import annotations
@@ -246,6 +249,31 @@ def _filters_cond_conv(m: Any, rec: ModuleRecord) -> torch.Tensor:
     return w.reshape(w.shape[0], -1)
 
 
+def _prop_grn(st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out: torch.Tensor) -> Any:
+    """``GlobalResponseNorm`` (ConvNeXt-V2): per channel, its L2 norm over the positions divided
+    by the mean of those norms over the channels, with a per-channel weight and bias. Cut like a
+    layer norm: the mean is taken over the channels the layer has, so the slim layer's equals the
+    original's over the kept ones (:func:`_masked_grn`)."""
+    d = m.channel_dim % ids_in.dim()
+    H._per_channel(st, name, st.channel_labels(ids_in, d, f"input of {name}"), "grn")
+    return ids_in
+
+
+def _masked_grn(m: Any, x: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The layer with its mean over the kept channels only (as the slim layer computes it)."""
+    keep = mask[ids].to(x.dtype)
+    x = x * keep
+    d = m.channel_dim % x.dim()
+    g = x.norm(p=2, dim=m.spatial_dim, keepdim=True)
+    kept = keep.amax(dim=m.spatial_dim, keepdim=True).sum(d, keepdim=True).clamp_min(1)
+    n = g / (g.sum(d, keepdim=True) / kept + m.eps)
+    return (x + torch.addcmul(m.bias.view(m.wb_shape), m.weight.view(m.wb_shape), x * n)) * keep
+
+
+def _slim_grn(m: Any, rec: ModuleRecord, keep: torch.Tensor) -> None:
+    H._slice_per_channel(m, rec, keep)
+
+
 def _no_cost(m: Any, rec: ModuleRecord) -> list[Any]:
     """A container whose children's own handlers count its MACs and weights."""
     return []
@@ -275,6 +303,15 @@ def _register() -> None:
         Conv2dSame, propagate=H._prop_conv, slim=H._slim_conv, cost=H._cost_producer, filters=H._filters_conv
     )
     from timm.layers.cond_conv2d import CondConv2d
+    from timm.layers.grn import GlobalResponseNorm
+
+    register_handler(
+        GlobalResponseNorm,
+        propagate=_prop_grn,
+        slim=_slim_grn,
+        cost=H._cost_per_channel,
+        masked_forward=_masked_grn,
+    )
 
     register_handler(
         CondConv2d,
