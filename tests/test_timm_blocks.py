@@ -464,3 +464,30 @@ def test_global_response_norm_is_cut_like_a_layer_norm() -> None:
     with torch.no_grad():
         small.grn_last.weight[0] += 1.0
     assert not outside_check(model, small, input_shape=shape).ok
+
+
+class CondAux(Cond):
+    """Cond with an auxiliary head used only in training: the engine traces the training graph
+    too, and what it counted for the CondConvs in the eval graph must not be counted twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aux = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        if self.training:
+            return out + self.aux(torch.relu(self.stem(x)))
+        return out
+
+
+def test_cond_conv_cost_is_exact_with_a_training_only_head() -> None:
+    from compressor.graph import count, slim
+
+    shape = (1, 3, 8, 8)
+    model = randomize(CondAux().eval(), shape)
+    graph = build_graph(model, input_shape=shape)
+    plan = graph.plan_from_counts(graph.counts_for_flops(0.5), method="t")
+    small = slim(model, plan, graph=graph)
+    assert graph.full.macs == count(model, shape).macs
+    assert graph.cost(plan).macs == count(small, shape).macs

@@ -83,7 +83,8 @@ def build_graph(
             finally:
                 model.eval()
             if any(n.op == "call_module" and str(n.target) in dead for n in gm_train.graph.nodes):
-                macs = {name: rec.macs for name, rec in st.records.items()}
+                # what the eval pass counted (MACs, a handler's own per-call counts in ``extra``)
+                counted = {name: (rec.macs, dict(rec.extra)) for name, rec in st.records.items()}
                 xt = x
                 for attempt in range(3):  # auxiliary heads may need a larger input than the eval graph
                     try:
@@ -94,7 +95,7 @@ def build_graph(
                             raise
                         xt = torch.randn(*xt.shape[:2], *(2 * s for s in xt.shape[2:]), device=xt.device)
                 for name, rec in st.records.items():  # the cost model counts the eval graph only
-                    rec.macs = macs.get(name, 0)
+                    rec.macs, rec.extra = counted.get(name, (0, rec.extra))
     finally:
         model.train(was)
     graph = ChannelGraph(model, gm, st, tuple(x.shape), unhandled_macs=int(p.flops // 2))

@@ -46,6 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from compressor.graph import handlers as H
+from compressor.graph.cost import CostTerm
 from compressor.graph.labels import LabelState, ModuleRecord
 from compressor.graph.registry import handler_for, is_handled, kept_positions, register_handler
 
@@ -192,11 +193,11 @@ def _prop_cond_conv(st: LabelState, name: str, m: Any, ids_in: torch.Tensor, out
     convolution the experts share (the routing weights, one per expert, stay whole: the
     caller freezes them). Its MACs: the convolution's plus mixing the experts' filters."""
     res = H._prop_conv(st, name, m, ids_in, out)
-    rec = st.record(name, "conv")
-    batch = out.shape[0]
-    rec.extra["mix_weight_macs"] = rec.extra.get("mix_weight_macs", 0) + batch * m.weight.numel()
-    if m.bias is not None:
-        rec.extra["mix_bias_macs"] = rec.extra.get("mix_bias_macs", 0) + batch * m.bias.numel()
+    if st.recording:  # the record _prop_conv filled (a masked pass counts nothing)
+        extra, batch = st.records[name].extra, out.shape[0]
+        extra["mix_weight_macs"] = extra.get("mix_weight_macs", 0) + batch * m.weight.numel()
+        if m.bias is not None:
+            extra["mix_bias_macs"] = extra.get("mix_bias_macs", 0) + batch * m.bias.numel()
     return res
 
 
@@ -231,11 +232,9 @@ def _slim_cond_conv(m: Any, rec: ModuleRecord, keep: torch.Tensor) -> None:
     m.weight_shape = (out, per_group, kh, kw)
 
 
-def _cost_cond_conv(m: Any, rec: ModuleRecord) -> list[Any]:
+def _cost_cond_conv(m: Any, rec: ModuleRecord) -> list[CostTerm]:
     """The convolution's terms, plus mixing the experts: the filters' part scales like the
     weights, the biases' like the outputs."""
-    from compressor.graph.cost import CostTerm
-
     terms = list(H._cost_producer(m, rec))
     weight_labels = terms[0].scales_with
     terms.append(CostTerm(rec.extra.get("mix_weight_macs", 0), 0, weight_labels))
