@@ -6,7 +6,16 @@ optimisation level, over its possible input and output channel counts on a grid 
 rounding multiple. A plan's latency is then predicted as ``scale * sum(layer terms) + rest``,
 where ``scale`` and ``rest`` (everything that is not a layer: activations, additions, pooling,
 the runtime's per-call cost) are fitted by least squares on end-to-end measurements of the full
-model and a few random plans.
+model and a few random plans, timed interleaved (so a slow spell of a shared machine does not
+fall on one plan only).
+
+The runtime's own channel steps are read from the runtime, not timed: ONNX Runtime's CPU provider
+runs convolutions in a blocked layout (NCHWc) whose block (8 floats with AVX2, 16 with AVX-512)
+pads every convolution's channels up to a multiple of the block (:func:`runtime_channel_block`
+finds it by optimising probe convolutions and reading the graph ONNX Runtime made of them). A
+layer's latency is therefore predicted at its padded widths and the table's grid is on multiples
+of both the target's rounding multiple and the block: 72 channels cost what 80 cost with a block
+of 16, and :meth:`LatencyModel.snap` keeps the 8 free channels.
 
 How a layer's channels depend on the plan is read from the engine itself: each prunable group is
 shrunk by one step in turn, the model slimmed, and every layer's ``in_channels``/``out_channels``
@@ -37,7 +46,7 @@ import numpy as np
 from compressor.io import atomic_write_json
 
 #: Format of the cached table (a change invalidates old caches).
-CACHE_FORMAT = "compressor.latency/3"
+CACHE_FORMAT = "compressor.latency/4"
 
 #: Percentile of the timed runs the table and its calibration use: a low one, since other
 #: processes on a shared machine only ever add time (the model predicts the unloaded latency).
@@ -155,8 +164,74 @@ def find_layers(model: Any, graph: Any, input_shape: tuple[int, ...]) -> list[La
     return list(layers.values())
 
 
+# ----------------------------------------------------------------------------- the runtime's channel block
+_BLOCKS: dict[tuple[str, str], int] = {}
+
+
+def _optimized_ops(module: Any, shape: tuple[int, ...], level: str, tmp: Path) -> list[tuple[str, str]]:
+    """(domain, op type) of every node ONNX Runtime's CPU provider makes of ``module`` at ``level``."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from compressor.export.runtime import _OPT
+
+    src, dst = tmp / "probe.onnx", tmp / "probe.opt.onnx"
+    with torch.no_grad():
+        torch.onnx.export(module.eval(), (torch.zeros(1, *shape),), str(src), opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamo=False)  # fmt: skip
+    so = ort.SessionOptions()
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT[level])
+    so.optimized_model_filepath = str(dst)
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 1
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    return [(n.domain, n.op_type) for n in onnx.load(str(dst)).graph.node]
+
+
+def runtime_channel_block(target: Any) -> int:
+    """The channel block the target's runtime pads convolutions to on this machine (1: none).
+
+    ONNX Runtime's CPU provider, at optimisation level ``all``, rewrites convolutions into its
+    blocked NCHWc layout; a convolution with fewer input channels than the block reads the plain
+    layout directly, one with at least the block is reordered (and padded) into blocks. The block
+    is the smallest input width whose probe convolution gets that reorder: read from the graph
+    ONNX Runtime optimised, so it is exact and costs no timing. Other providers and levels: 1.
+    """
+    import warnings
+
+    import torch.nn as nn
+
+    provider, level = str(target.runtime.provider), str(target.runtime.graph_optimization_level)
+    if provider != "CPUExecutionProvider":
+        return 1
+    key = (provider, level)
+    if key not in _BLOCKS:
+        block = 1
+        with tempfile.TemporaryDirectory(prefix="compressor-block-") as td, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for c in (2, 4, 8, 16, 32, 64):
+                ops = _optimized_ops(nn.Conv2d(c, 16, 3, padding=1), (c, 8, 8), level, Path(td))
+                blocked = [op for dom, op in ops if dom == "com.microsoft.nchwc"]
+                if not blocked:
+                    break  # this runtime/level has no blocked layout
+                if "ReorderInput" in blocked:
+                    block = c
+                    break
+        _BLOCKS[key] = block
+    return _BLOCKS[key]
+
+
+def padded(c: float, block: int, *, reads_plain: bool = False) -> float:
+    """Width ``c`` as the runtime computes it: up to a multiple of ``block`` (``reads_plain``: an
+    input narrower than the block is read as it is)."""
+    if block <= 1 or (reads_plain and c < block):
+        return c
+    return float(math.ceil(c / block - 1e-9) * block)
+
+
 # ----------------------------------------------------------------------------- timing
-def _grid(full: int, multiple: int, max_points: int) -> list[int]:
+def _grid(full: int, multiple: int, max_points: int, block: int = 1, plain: bool = False) -> list[int]:
     """Channel counts a layer can take at ``multiple`` (always its full width), at most
     ``max_points`` of them spread evenly."""
     if full < 2 * multiple:
@@ -165,6 +240,8 @@ def _grid(full: int, multiple: int, max_points: int) -> list[int]:
             pts = sorted({max(1, full // 2), full})
     else:
         pts = sorted({multiple * k for k in range(1, full // multiple + 1)} | {full})
+    if block > 1:  # the runtime computes a width at its padded size: time that (capped at full)
+        pts = sorted({min(int(padded(p, block, reads_plain=plain)), full) for p in pts})
     if len(pts) > max_points:
         idx = np.unique(np.round(np.linspace(0, len(pts) - 1, max_points)).astype(int))
         pts = [pts[i] for i in idx]
@@ -254,8 +331,10 @@ class LatencyModel:
     """Predicted end-to-end latency of a plan (by kept channel counts per prunable group)."""
 
     def __init__(self, layers: list[Layer], tables: dict[str, LayerTable], sizes: dict[str, int],
-                 scale: float, rest: float, full_ms: float, info: dict[str, Any]) -> None:  # fmt: skip
+                 scale: float, rest: float, full_ms: float, info: dict[str, Any], block: int = 1) -> None:  # fmt: skip
         self.layers = layers
+        #: the runtime's channel block (:func:`runtime_channel_block`): conv widths are padded to it
+        self.block = int(block)
         self.tables = tables
         self.sizes = sizes
         self.scale = scale
@@ -270,6 +349,9 @@ class LatencyModel:
         out = {}
         for lay in self.layers:
             cin, cout = lay.widths(removed)
+            if lay.kind != "linear":
+                cin = padded(cin, self.block, reads_plain=lay.kind == "conv")
+                cout = padded(cout, self.block)
             out[lay.name] = self.tables[lay.key()].at(cin, cout)
         return out
 
@@ -355,6 +437,7 @@ def cache_key(layers: list[Layer], sizes: dict[str, int], target: Any, input_sha
         "cores": cpu_count(),
         "input_shape": list(input_shape),
         "multiple": int(multiple),
+        "channel_block": runtime_channel_block(target),
         "max_points": int(max_points),
         "model": hashlib.sha256(
             json.dumps(
@@ -379,6 +462,12 @@ def _table_setup(
     sizes = {g.name: int(g.size) for g in graph.prunable}
     key, desc = cache_key(layers, sizes, target, shape, m, max_points)
     return target, m, shape, layers, sizes, key, desc
+
+
+def grid_step(multiple: int, block: int) -> int:
+    """The table's grid step: a multiple of both the target's rounding ``multiple`` and the
+    runtime's channel ``block`` (widths in between cost what the next block costs)."""
+    return math.lcm(max(int(multiple), 1), max(int(block), 1))
 
 
 def build_latency_model(
@@ -417,13 +506,18 @@ def build_latency_model(
             d = json.loads(path.read_text(encoding="utf-8"))
             tables = {k: LayerTable(**v) for k, v in d["tables"].items()}
             info = {**d["info"], "cache": str(path), "cache_hit": True}
-            return LatencyModel(layers, tables, sizes, d["scale"], d["rest"], d["full_ms"], info)
+            return LatencyModel(
+                layers, tables, sizes, d["scale"], d["rest"], d["full_ms"], info, desc["channel_block"]
+            )
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a broken cache file is measured again
     t0 = time.perf_counter()
-    tables = _measure_tables(layers, target, m, max_points, seconds_per_point, progress, clock)
+    block = int(desc["channel_block"])
+    tables = _measure_tables(
+        layers, target, grid_step(m, block), max_points, seconds_per_point, progress, clock, block
+    )
     scale, rest, full_ms, calib = _calibrate(
-        model, graph, layers, tables, sizes, target, input_shape, m, calib_plans, seed, progress, clock
+        model, graph, layers, tables, sizes, target, input_shape, m, calib_plans, seed, progress, clock, block
     )
     if progress:
         _progress(f"latency table: done in {time.perf_counter() - t0:.1f} s, cached in {path}", force=True)
@@ -443,12 +537,12 @@ def build_latency_model(
         },  # fmt: skip
     )
     return LatencyModel(
-        layers, tables, sizes, scale, rest, full_ms, {**info, "cache": str(path), "cache_hit": False}
+        layers, tables, sizes, scale, rest, full_ms, {**info, "cache": str(path), "cache_hit": False}, block
     )
 
 
 def _table_grids(
-    layers: list[Layer], m: int, max_points: int
+    layers: list[Layer], m: int, max_points: int, block: int = 1
 ) -> dict[str, tuple[Layer, list[int], list[int]]]:
     """Per distinct layer shape: (layer, input-width grid, output-width grid) to time."""
     todo: dict[str, Layer] = {}
@@ -456,9 +550,14 @@ def _table_grids(
         todo.setdefault(lay.key(), lay)
     plans = {}
     for k, lay in todo.items():
-        gi = _grid(lay.cin, m, max_points) if lay.coef_in and lay.kind != "dwconv" else [lay.cin]
+        b = 1 if lay.kind == "linear" else block
+        gi = (
+            _grid(lay.cin, m, max_points, b, plain=lay.kind == "conv")
+            if lay.coef_in and lay.kind != "dwconv"
+            else [lay.cin]
+        )
         go = (
-            _grid(lay.cout, m, max_points)
+            _grid(lay.cout, m, max_points, b)
             if lay.coef_out or (lay.kind == "dwconv" and lay.coef_in)
             else [lay.cout]
         )
@@ -496,9 +595,10 @@ def estimate_build(
     """What :func:`build_latency_model` with the same arguments would do, without timing anything:
     ``cached`` (the table is read from the cache, ~0 s), the number of single-layer and end-to-end
     timings, and ``estimate_s``, a rough time on this machine."""
-    _, m, _, layers, _, key, _ = _table_setup(model, graph, target, input_shape, multiple, max_points)
+    _, m, _, layers, _, key, desc = _table_setup(model, graph, target, input_shape, multiple, max_points)
     path = cache_dir(cache) / f"{key}.json"
-    n_layer = _timings(_table_grids(layers, m, max_points))
+    block = int(desc["channel_block"])
+    n_layer = _timings(_table_grids(layers, grid_step(m, block), max_points, block))
     n_plan = calib_plans + 1
     cached = path.is_file()
     seconds = n_layer * (seconds_per_point + LAYER_OVERHEAD_S) + n_plan * (0.4 + PLAN_OVERHEAD_S)
@@ -513,9 +613,9 @@ def estimate_build(
 
 
 def _measure_tables(layers: list[Layer], target: Any, m: int, max_points: int, seconds: float,
-                    progress: bool, clock: str = "wall") -> dict[str, LayerTable]:  # fmt: skip
+                    progress: bool, clock: str = "wall", block: int = 1) -> dict[str, LayerTable]:  # fmt: skip
     """Time every distinct layer shape over its grid."""
-    plans = _table_grids(layers, m, max_points)
+    plans = _table_grids(layers, m, max_points, block)
     total = _timings(plans)
     done = 0
     tables: dict[str, LayerTable] = {}
@@ -554,18 +654,51 @@ def random_counts(
 def measure_plan(model: Any, graph: Any, counts: Mapping[str, int], target: Any, input_shape: tuple[int, ...],
                  *, seconds: float = 0.4, tmp: Path | None = None, clock: str = "wall") -> float:  # fmt: skip
     """Measured end-to-end latency (ms, :data:`TIMING_PERCENTILE`, target settings) of the model slimmed to ``counts``."""
+    return measure_plans(model, graph, [counts], target, input_shape, seconds=seconds, clock=clock)[0]
+
+
+def measure_plans(model: Any, graph: Any, plans: list[Mapping[str, int]], target: Any,
+                  input_shape: tuple[int, ...], *, seconds: float = 0.4, clock: str = "wall",
+                  rounds: int = 3, progress: Callable[[int], None] | None = None) -> list[float]:  # fmt: skip
+    """Measured end-to-end latency (ms) of the model slimmed to each of ``plans``, in rounds.
+
+    Every plan is slimmed and exported first; then, ``rounds`` times, each plan in turn gets a
+    fresh session timed for ``seconds / rounds``, so a slow spell of a shared machine falls on
+    every plan alike. One session lives at a time: ONNX Runtime's intra-op threads spin for a
+    while after a run, and sessions kept alive side by side (each with its own threads) slow each
+    other down by up to 2x. Each plan's figure is the :data:`TIMING_PERCENTILE` of all its runs.
+    ``progress(i)`` is called as plan ``i`` is exported.
+    """
     from compressor.export import export_onnx
+    from compressor.export.runtime import input_meta, make_session, time_sessions
     from compressor.graph import slim
 
-    small = (
-        slim(model, graph.plan_from_counts(dict(counts), method="probe"), graph=graph) if counts else model
-    )
     batch = int(target.input.batch)
+    shape = (batch, *input_shape)
+    feed_x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    rounds = max(int(rounds), 1)
+    runs: list[list[float]] = [[] for _ in plans]
     with tempfile.TemporaryDirectory(prefix="compressor-lat-") as td:
-        p = Path(td) / "m.onnx"
-        export_onnx(small, p, input_shape=(batch, *input_shape), opset=int(target.export.opset),
-                    dynamic_batch=False, simplify=True)  # fmt: skip
-        return time_onnx(p, target, (batch, *input_shape), seconds=seconds, clock=clock)
+        paths = []
+        for i, counts in enumerate(plans):
+            if progress is not None:
+                progress(i)
+            small = (
+                slim(model, graph.plan_from_counts(dict(counts), method="probe"), graph=graph)
+                if counts
+                else model
+            )
+            paths.append(Path(td) / f"m{i}.onnx")
+            export_onnx(small, paths[-1], input_shape=shape, opset=int(target.export.opset),
+                        dynamic_batch=False, simplify=True)  # fmt: skip
+        for _ in range(rounds):
+            for i, path in enumerate(paths):
+                sess, _ = make_session(path, target.runtime)
+                name, _, _ = input_meta(sess)
+                runs[i] += time_sessions([(sess, {name: feed_x})], warmup=3, min_runs=max(10 // rounds, 3),
+                                         time_budget_s=seconds / rounds, block=5, clock=clock)[0]  # fmt: skip
+                del sess
+    return [float(np.percentile(r, TIMING_PERCENTILE)) for r in runs]
 
 
 def fit_scale_rest(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -584,18 +717,19 @@ def fit_scale_rest(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def _calibrate(model: Any, graph: Any, layers: list[Layer], tables: dict[str, LayerTable], sizes: dict[str, int],
                target: Any, input_shape: tuple[int, ...], m: int, n: int, seed: int,
-               progress: bool, clock: str = "wall") -> tuple[float, float, float, list[dict[str, float]]]:  # fmt: skip
-    """Fit ``measured = scale * sum(layer terms) + rest`` on the full model and ``n`` random plans."""
-    tmp_model = LatencyModel(layers, tables, sizes, 1.0, 0.0, 0.0, {})
+               progress: bool, clock: str = "wall", block: int = 1) -> tuple[float, float, float, list[dict[str, float]]]:  # fmt: skip
+    """Fit ``measured = scale * sum(layer terms) + rest`` on the full model and ``n`` random plans
+    (at the target's multiple ``m``), all timed interleaved."""
+    tmp_model = LatencyModel(layers, tables, sizes, 1.0, 0.0, 0.0, {}, block)
     rng = np.random.default_rng([seed, 15])
     plans: list[dict[str, int]] = [{}] + [random_counts(sizes, rng, m) for _ in range(n)]
-    xs, ys = [], []
-    for i, c in enumerate(plans):
+
+    def said(i: int) -> None:
         if progress:
-            _progress(f"latency table: calibrating end to end {i + 1}/{len(plans)}")
-        xs.append(tmp_model.predict_ms(c))
-        ys.append(measure_plan(model, graph, c, target, input_shape, clock=clock))
-    x, y = np.asarray(xs), np.asarray(ys)
+            _progress(f"latency table: calibrating end to end, exporting {i + 1}/{len(plans)}")
+
+    x = np.asarray([tmp_model.predict_ms(c) for c in plans])
+    y = np.asarray(measure_plans(model, graph, plans, target, input_shape, clock=clock, progress=said))
     scale, rest = fit_scale_rest(x, y)
     calib = [
         {"table_ms": round(float(a), 5), "measured_ms": round(float(b), 5)} for a, b in zip(x, y, strict=True)
@@ -679,6 +813,9 @@ __all__ = [
     "counts_for_cost",
     "find_layers",
     "measure_plan",
+    "measure_plans",
+    "padded",
     "random_counts",
     "refine_under",
+    "runtime_channel_block",
 ]

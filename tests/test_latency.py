@@ -355,3 +355,98 @@ def test_dry_run_estimates_the_latency_table(tmp_path: Path, monkeypatch: pytest
     row = table_row()
     assert row["estimate_s"] == 0 and row["what"].startswith("read from the cache")
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+
+# ----------------------------------------------------------------------------- the runtime's channel block
+def _one_layer_model(block: int) -> object:
+    """A latency model of one conv whose output width is group ``g`` (64..128), its table linear in
+    the output width (2 us per channel), timing-free."""
+    from compressor.latency import LatencyModel, Layer, LayerTable
+
+    lay = Layer("conv", "conv", 32, 128, (8, 8), coef_out={"g": 1.0})
+    table = LayerTable([32], [16, 64, 128], [[0.032, 0.128, 0.256]])
+    return LatencyModel([lay], {lay.key(): table}, {"g": 128}, 1.0, 0.0, 0.0, {}, block)
+
+
+def test_widths_between_blocks_cost_the_next_block() -> None:
+    """With the runtime's block of 16, 72 channels cost what 80 cost and snap keeps the free 8;
+    without a block, 72 is cheaper than 80 and snap keeps 72."""
+    blocked, plain = _one_layer_model(16), _one_layer_model(1)
+    assert blocked.predict_ms({"g": 72}) == pytest.approx(blocked.predict_ms({"g": 80}))  # type: ignore[attr-defined]
+    assert blocked.predict_ms({"g": 80}) < blocked.predict_ms({"g": 88})  # type: ignore[attr-defined]
+    assert blocked.snap({"g": 72}, multiple=8) == {"g": 80}  # type: ignore[attr-defined]
+    assert plain.predict_ms({"g": 72}) < plain.predict_ms({"g": 80})  # type: ignore[attr-defined]
+    assert plain.snap({"g": 72}, multiple=8) == {"g": 72}  # type: ignore[attr-defined]
+
+
+def test_padded_widths() -> None:
+    from compressor.latency import padded
+
+    assert padded(72, 16) == 80 and padded(80, 16) == 80 and padded(72, 1) == 72
+    assert padded(3, 16) == 16  # an output (or a depthwise conv) narrower than the block is padded
+    assert padded(3, 16, reads_plain=True) == 3  # a conv input narrower than the block is read as is
+    assert padded(24, 16, reads_plain=True) == 32
+
+
+def test_grid_lies_on_the_block() -> None:
+    """The table is timed at widths the runtime computes: multiples of the block, and the full width."""
+    from compressor.latency import _grid, grid_step
+
+    step = grid_step(8, 16)
+    assert step == 16 and grid_step(8, 1) == 8 and grid_step(4, 6) == 12
+    pts = _grid(200, step, 20, 16)
+    assert pts[-1] == 200 and all(p % 16 == 0 for p in pts[:-1])
+    assert _grid(24, 8, 20, 16) == [16, 24]  # 8 and 16 are both computed as 16
+
+
+def test_runtime_channel_block_is_read_from_the_runtime() -> None:
+    """The block is found in the graph ONNX Runtime optimised: at level "all" a conv with at least
+    the block of input channels is reordered into blocks and one with fewer is not (checked here
+    with the probe itself); below level "all" there is no blocked layout."""
+    import tempfile
+
+    import onnxruntime as ort  # noqa: F401 - the runtime the probe reads
+
+    from compressor.latency import _optimized_ops, runtime_channel_block
+
+    target = load_target("mobile")
+    block = runtime_channel_block(target)
+    assert block in (1, 4, 8, 16, 32, 64)
+    assert runtime_channel_block(load_target("mobile", graph_optimization_level="extended")) == 1
+    if block > 1:
+        with tempfile.TemporaryDirectory() as td:
+            at = _optimized_ops(nn.Conv2d(block, 16, 3, padding=1), (block, 8, 8), "all", Path(td))
+            below = _optimized_ops(
+                nn.Conv2d(block // 2, 16, 3, padding=1), (block // 2, 8, 8), "all", Path(td)
+            )
+        assert ("com.microsoft.nchwc", "ReorderInput") in at
+        assert ("com.microsoft.nchwc", "ReorderInput") not in below
+
+
+def test_interleaved_multithreaded_sessions_rest_between_blocks() -> None:
+    """Sessions with several intra-op threads, timed interleaved, get a rest before each block (their
+    idle threads spin after a run and would slow the next block); single-threaded ones do not."""
+    from compressor.export import runtime as rt
+
+    class Fake:
+        def __init__(self, threads: int, log: list) -> None:
+            self.threads, self.log = threads, log
+
+        def get_session_options(self) -> object:
+            return type("O", (), {"intra_op_num_threads": self.threads})()
+
+        def run(self, _names: object, _feed: object) -> None:
+            self.log.append((id(self), time.perf_counter()))
+
+    import time
+
+    for threads, rests in ((2, True), (1, False)):
+        log: list = []
+        sessions = [(Fake(threads, log), {}), (Fake(threads, log), {})]
+        rt.time_sessions(sessions, warmup=1, min_runs=4, time_budget_s=0.0, block=2)  # type: ignore[arg-type]
+        switches = [b[1] - a[1] for a, b in zip(log, log[1:]) if a[0] != b[0]]
+        assert switches
+        if rests:
+            assert min(switches[1:]) >= rt.SWITCH_PAUSE_S * 0.9
+        else:
+            assert max(switches) < rt.SWITCH_PAUSE_S / 2
