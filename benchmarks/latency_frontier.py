@@ -8,7 +8,12 @@ percentile, as a fraction of the original's timed alongside). Methods:
 * ``l1-uniform`` and ``eagleeye-flops``: FLOPs-driven, asked for the budget as a FLOPs fraction
   (what a user without a latency model does);
 * ``eagleeye-latency``, ``epruner-latency`` and ``halp``: under the target's latency model
-  (:mod:`compressor.latency`), meeting the budget as predicted latency.
+  (:mod:`compressor.latency`), meeting the budget as predicted latency; then the plan is timed
+  and, when it misses the budget as measured, searched again under a predicted budget 7% lower
+  (up to ``--latency-candidates`` plans; the first that fits is kept, else the fastest), as
+  ``compress run --latency`` does for the methods without scored candidates (for EagleEye it
+  times the next-best of the same search instead). Timing comes before fine-tuning (the weights do
+  not change latency), and only the kept plan is fine-tuned.
 
 "At equal measured latency": the FLOPs-driven methods' frontiers (mean top-1 against mean measured
 latency fraction over their budgets) are interpolated at each latency-aware result's measured
@@ -70,7 +75,10 @@ def search_plan(
     lm, m = env["lm"], env["multiple"]
     budget = None
     if by_latency:
-        budget = CostBudget("latency", budget_frac, lm.fraction, snap=lambda c: lm.snap(c, m), model=lm)
+        # as compress run: a budget below the predicted floor searches at the floor
+        floor = lm.fraction({g.name: 1 for g in env["graph"].prunable})
+        frac = max(budget_frac, floor * 1.0001)
+        budget = CostBudget("latency", frac, lm.fraction, snap=lambda c: lm.snap(c, m), model=lm)
     opts: dict[str, Any] = {}
     if spec.has_option("multiple"):
         opts["multiple"] = m
@@ -83,29 +91,20 @@ def search_plan(
     )
 
 
-def evaluate(
-    plan: Any, seed: int, env: dict[str, Any], args: argparse.Namespace, tmp: Path
-) -> dict[str, Any]:
-    """Slim, fine-tune, top-1 on the test split, latency interleaved with the original."""
-    from compressor.data import make_loader
-    from compressor.evaluate import accuracy
+def time_plan(plan: Any, env: dict[str, Any], args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Slim, export and time interleaved with the original (the weights do not change latency, so
+    this is done before fine-tuning, as ``compress run`` times its candidates)."""
     from compressor.export import export_onnx, measure_latency
     from compressor.graph import slim
-    from compressor.train import FinetuneConfig, finetune
 
     model, graph, target, shape = env["model"], env["graph"], env["target"], env["shape"]
-    small = slim(model, plan, graph=graph)
-    if args.epochs > 0:
-        cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=64, seed=seed)
-        small = finetune(small, env["bundle"], cfg, device="cpu", progress=False).model.cpu().eval()
-    top1 = float(accuracy(small, make_loader(env["bundle"].test, batch_size=256))["top1"])
+    small = slim(model, plan, graph=graph).eval()
     path = tmp / "c.onnx"
     export_onnx(small, path, input_shape=(1, *shape), opset=int(target.export.opset), dynamic_batch=False)
     lat = measure_latency([env["orig_onnx"], path], target=target, time_budget_s=args.seconds)["models"]
     counts = env["lm"].plan_counts(plan)
     pct = target.budget.percentile
     return {
-        "top1": round(top1, 3),
         "flops": round(graph.cost(plan).macs / graph.full.macs, 4),
         "predicted_fraction": round(env["lm"].fraction(counts), 4),
         "latency_p50_ms": lat[1]["p50"],
@@ -114,6 +113,43 @@ def evaluate(
         f"latency_fraction_p{pct:g}": round(lat[1]["at_percentile"] / lat[0]["at_percentile"], 4),
         "counts": counts,
     }
+
+
+def choose(label: str, b: float, seed: int, env: dict[str, Any], args: argparse.Namespace,
+           tmp: Path) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    """The plan of one method at one budget and its timing. Latency-aware methods do what
+    ``compress run --latency`` does: up to ``--latency-candidates`` plans, each under a predicted
+    budget 7% lower than the last, timed in turn; the first whose measured latency fraction is
+    within the budget is kept (else the fastest). FLOPs-driven methods: their one plan."""
+    by_latency = METHODS[label][1]
+    tries = max(int(args.latency_candidates), 1) if by_latency else 1
+    timed: list[tuple[Any, dict[str, Any]]] = []
+    for k in range(tries):
+        plan = search_plan(label, round(b * (1.0 - 0.07 * k), 4), seed, env, args)
+        t = time_plan(plan, env, args, tmp)
+        t["try"] = k
+        timed.append((plan, t))
+        if not by_latency or t["latency_fraction_p50"] <= b:
+            break
+    plan, t = next(((p, t) for p, t in timed if t["latency_fraction_p50"] <= b), None) or min(
+        timed, key=lambda pt: pt[1]["latency_fraction_p50"]
+    )
+    t = {**t, "tries": len(timed), "tried_fractions": [x["latency_fraction_p50"] for _, x in timed]}
+    return plan, t
+
+
+def finetune_top1(plan: Any, seed: int, env: dict[str, Any], args: argparse.Namespace) -> float:
+    """Slim, fine-tune (the same recipe for every method), top-1 on the test split."""
+    from compressor.data import make_loader
+    from compressor.evaluate import accuracy
+    from compressor.graph import slim
+    from compressor.train import FinetuneConfig, finetune
+
+    small = slim(env["model"], plan, graph=env["graph"])
+    if args.epochs > 0:
+        cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=64, seed=seed)
+        small = finetune(small, env["bundle"], cfg, device="cpu", progress=False).model.cpu().eval()
+    return float(accuracy(small, make_loader(env["bundle"].test, batch_size=256))["top1"])
 
 
 def setup(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -235,6 +271,10 @@ def main() -> None:
     ap.add_argument("--calib-batches", type=int, default=5)
     ap.add_argument("--val-images", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=1.5, help="latency timing of each model")
+    ap.add_argument(
+        "--latency-candidates", type=int, default=4,
+        help="latency-aware methods: plans timed until one meets the budget (as compress run does)",
+    )  # fmt: skip
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
@@ -270,7 +310,9 @@ def main() -> None:
             "original_top1": env["original_top1"],
             "latency_model": {
                 "scale": lm.scale,
+                "per_element_ms": lm.per_element,
                 "rest_ms": lm.rest,
+                "channel_block": lm.block,
                 "cache_hit": lm.info.get("cache_hit"),
                 "floor_fraction": lm.fraction({g.name: 1 for g in env["graph"].prunable}),
             },  # fmt: skip
@@ -284,9 +326,10 @@ def main() -> None:
                 t0 = time.perf_counter()
                 row: dict[str, Any] = {"budget": b, "method": label, "seed": seed}
                 try:
-                    plan = search_plan(label, b, seed, env, args)
+                    plan, timing = choose(label, b, seed, env, args, tmp)
                     row["search_seconds"] = round(time.perf_counter() - t0, 1)
-                    row.update(evaluate(plan, seed, env, args, tmp))
+                    row["top1"] = round(finetune_top1(plan, seed, env, args), 3)
+                    row.update(timing)
                 except Exception as e:  # noqa: BLE001 - a failed run is recorded, the others go on
                     row["error"] = f"{type(e).__name__}: {e}"
                 row["seconds"] = round(time.perf_counter() - t0, 1)

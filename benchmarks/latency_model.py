@@ -88,10 +88,16 @@ def run_model(name: str, args: argparse.Namespace, target: Any) -> dict[str, Any
     plans = [random_counts(lm.sizes, rng, m) for _ in range(args.plans)]
     # the full model is timed in the same rounds as the plans: the measured fraction of each plan
     # is free of the machine's drift between the calibration and now
+    # ... and once more at the end: how far two timings of one model in one run differ (the noise)
+    # the most-pruned plan (every group at one channel) is timed too: the floor the search sees
+    floor = {g: 1 for g in lm.sizes}
     measured = measure_plans(
-        model, graph, [{}, *plans], target, shape, seconds=args.seconds, clock=args.clock, rounds=args.rounds
-    )
-    full_now = measured[0]
+        model, graph, [{}, *plans, floor, {}], target, shape, seconds=args.seconds, clock=args.clock,
+        rounds=args.rounds,
+    )  # fmt: skip
+    full_first, full_again = measured[0], measured.pop()
+    full_now = (full_first + full_again) / 2  # the reference: the mean of the two
+    floor_ms = measured.pop()
     rows = []
     for i, (counts, meas) in enumerate(zip(plans, measured[1:], strict=True)):
         pred = lm.predict_ms(counts)
@@ -113,9 +119,15 @@ def run_model(name: str, args: argparse.Namespace, target: Any) -> dict[str, Any
         "table_seconds": round(build_s, 1),
         "cache_hit": lm.info.get("cache_hit"),
         "scale": round(lm.scale, 4),
+        "per_element_ms": lm.per_element,
         "rest_ms": round(lm.rest, 5),
         "full_measured_ms": round(lm.full_ms, 5),
         "full_measured_with_the_plans_ms": round(full_now, 5),
+        "full_measured_again_ms": round(full_again, 5),
+        "full_measured_first_ms": round(full_first, 5),
+        "noise_full_timed_twice": round(abs(full_again - full_first) / full_now, 4),
+        "floor_predicted_fraction": round(lm.fraction(floor), 4),
+        "floor_measured_fraction": round(floor_ms / full_now, 4),
         "calibration": lm.info.get("calibration"),
         "median_abs_error": round(float(np.median(errs)), 4),
         "max_abs_error": round(float(errs.max()), 4),
@@ -133,8 +145,8 @@ def main() -> None:
     ap.add_argument("--target", default="mobile")
     ap.add_argument("--size", type=int, default=112, help="input H=W of the torchvision models")
     ap.add_argument("--plans", type=int, default=20)
-    ap.add_argument("--seconds", type=float, default=0.6, help="timing of each plan end to end (all rounds)")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds over all plans (a fresh session each)")
+    ap.add_argument("--seconds", type=float, default=1.5, help="timing of each plan end to end (all rounds)")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds over all plans (a fresh session each)")
     ap.add_argument("--seconds-per-point", type=float, default=0.05, help="timing of each table point")
     ap.add_argument("--max-points", type=int, default=6, help="grid points per width axis")
     ap.add_argument("--calib-plans", type=int, default=6)
@@ -177,6 +189,8 @@ def main() -> None:
     for r in result["models"]:
         print(f"{r['model']}: median |error| {r['median_abs_error']:.1%}, max {r['max_abs_error']:.1%}; "
               f"of the fraction {r['median_abs_fraction_error']:.1%}, max {r['max_abs_fraction_error']:.1%}; "
+              f"the full model timed twice differed by {r['noise_full_timed_twice']:.1%}; "
+            f"floor predicted {r['floor_predicted_fraction']:.3f}, measured {r['floor_measured_fraction']:.3f}; "
               f"table {r['table_seconds']} s")  # fmt: skip
 
 

@@ -3,11 +3,19 @@
 Every convolution and linear layer of the model is timed alone (a standalone ONNX model of that
 one layer, bias included since BatchNorm folds into it) with the target's provider, threads and
 optimisation level, over its possible input and output channel counts on a grid at the target's
-rounding multiple. A plan's latency is then predicted as ``scale * sum(layer terms) + rest``,
-where ``scale`` and ``rest`` (everything that is not a layer: activations, additions, pooling,
-the runtime's per-call cost) are fitted by least squares on end-to-end measurements of the full
-model and a few random plans, timed interleaved (so a slow spell of a shared machine does not
-fall on one plan only).
+rounding multiple (and at one input channel, the search's floor); every point is timed in two
+passes and keeps its least time, less the runtime's fixed cost of a call (which end to end is
+paid once, not once per layer). A plan's latency is then predicted as
+
+    scale * sum(layer terms) + per_element * (output elements of the layers) + rest
+
+where the element term stands for the elementwise work between layers (activations, additions,
+pooling, layout reorders), which shrinks with the channels, and ``rest`` for the runtime's cost
+of a call. The three are fitted by non-negative least squares on end-to-end timings of the full
+model and the most-pruned plan (every group at one channel, so tight budgets are not an
+extrapolation), each weighted as much as all the others together (budgets are fractions of the
+full model's latency), and a few random plans, timed in interleaved rounds with one session alive at a time (a slow spell of a shared
+machine then falls on every plan alike).
 
 The runtime's own channel steps are read from the runtime, not timed: ONNX Runtime's CPU provider
 runs convolutions in a blocked layout (NCHWc) whose block (8 floats with AVX2, 16 with AVX-512)
@@ -46,7 +54,7 @@ import numpy as np
 from compressor.io import atomic_write_json
 
 #: Format of the cached table (a change invalidates old caches).
-CACHE_FORMAT = "compressor.latency/4"
+CACHE_FORMAT = "compressor.latency/8"
 
 #: Percentile of the timed runs the table and its calibration use: a low one, since other
 #: processes on a shared machine only ever add time (the model predicts the unloaded latency).
@@ -78,6 +86,16 @@ class Layer:
             [self.kind, self.hw, self.kernel, self.stride, self.padding, self.dilation, self.groups,
              self.cin, self.cout, bool(self.coef_in), bool(self.coef_out)]
         )  # fmt: skip
+
+    def out_pixels(self) -> int:
+        """Spatial size of the output (1 for a linear layer)."""
+        if self.kind == "linear":
+            return 1
+        size = 1
+        for i in range(2):
+            k = self.dilation[i] * (self.kernel[i] - 1) + 1
+            size *= max((self.hw[i] + 2 * self.padding[i] - k) // self.stride[i] + 1, 1)
+        return size
 
     def widths(self, removed: Mapping[str, int]) -> tuple[float, float]:
         """(cin, cout) when ``removed[g]`` channels of each group are gone."""
@@ -223,9 +241,15 @@ def runtime_channel_block(target: Any) -> int:
 
 
 def padded(c: float, block: int, *, reads_plain: bool = False) -> float:
-    """Width ``c`` as the runtime computes it: up to a multiple of ``block`` (``reads_plain``: an
-    input narrower than the block is read as it is)."""
-    if block <= 1 or (reads_plain and c < block):
+    """Width ``c`` as it costs in the model: up to a multiple of ``block``.
+
+    ``reads_plain`` (a convolution's input): one input channel is read as it is. ONNX Runtime
+    reads any input narrower than the block plainly, but inside a model such a width costs more
+    than the block: the producer's output leaves the blocked layout and the fused residual
+    additions with it (measured on the demo ResNet: groups at 8 channels ran at 0.88 of the
+    latency, the same groups at 16 at 0.72, at 1 at 0.53), so it is costed as the block and
+    :meth:`LatencyModel.snap` raises it to the block."""
+    if block <= 1 or (reads_plain and c <= 1):
         return c
     return float(math.ceil(c / block - 1e-9) * block)
 
@@ -293,8 +317,20 @@ def time_onnx(
     sess, _ = make_session(path, target.runtime)
     name, _, _ = input_meta(sess)
     feed = {name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-    t = time_sessions([(sess, feed)], warmup=3, min_runs=10, time_budget_s=seconds, block=5, clock=clock)[0]
+    # warm up for a while, not a few runs: the first tens of milliseconds after exporting (one
+    # core busy in Python) ran small layers up to 1.8x slower
+    w0 = time.perf_counter()
+    while time.perf_counter() - w0 < WARMUP_S:
+        sess.run(None, feed)
+    t = time_sessions([(sess, feed)], warmup=1, min_runs=10, time_budget_s=seconds, block=5, clock=clock)[0]
     return float(np.percentile(t, TIMING_PERCENTILE))
+
+
+#: Seconds a session runs before it is timed (:func:`time_onnx`).
+WARMUP_S = 0.02
+#: Passes over a latency table's points; each point keeps its least time (a slow spell of a
+#: shared machine then has to fall on the same point in every pass to stay in the table).
+TABLE_PASSES = 2
 
 
 _last_progress = [0.0]
@@ -331,7 +367,8 @@ class LatencyModel:
     """Predicted end-to-end latency of a plan (by kept channel counts per prunable group)."""
 
     def __init__(self, layers: list[Layer], tables: dict[str, LayerTable], sizes: dict[str, int],
-                 scale: float, rest: float, full_ms: float, info: dict[str, Any], block: int = 1) -> None:  # fmt: skip
+                 scale: float, rest: float, full_ms: float, info: dict[str, Any], block: int = 1,
+                 per_element: float = 0.0) -> None:  # fmt: skip
         self.layers = layers
         #: the runtime's channel block (:func:`runtime_channel_block`): conv widths are padded to it
         self.block = int(block)
@@ -339,6 +376,9 @@ class LatencyModel:
         self.sizes = sizes
         self.scale = scale
         self.rest = rest
+        #: ms per output element of the layers (the elementwise work between them: activations,
+        #: additions, pooling, layout reorders), fitted with ``scale`` and ``rest``
+        self.per_element = float(per_element)
         self.full_ms = full_ms
         self.info = info
         self._full_pred = self.predict_ms({})
@@ -357,7 +397,22 @@ class LatencyModel:
 
     def predict_ms(self, counts: Mapping[str, int]) -> float:
         """Predicted latency (ms) of the model keeping ``counts`` (absent groups: all channels)."""
-        return self.scale * sum(self.layer_terms(counts).values()) + self.rest
+        return (
+            self.scale * sum(self.layer_terms(counts).values())
+            + self.per_element * self.elements(counts)
+            + self.rest
+        )
+
+    def elements(self, counts: Mapping[str, int]) -> float:
+        """Output elements of all layers for ``counts`` (at the widths the runtime computes)."""
+        removed = {g: self.sizes[g] - int(c) for g, c in counts.items() if g in self.sizes}
+        total = 0.0
+        for lay in self.layers:
+            cout = lay.widths(removed)[1]
+            if lay.kind != "linear":
+                cout = padded(cout, self.block)
+            total += cout * lay.out_pixels()
+        return total
 
     def plan_counts(self, plan: Any) -> dict[str, int]:
         """Kept channels per prunable group of a :class:`~compressor.plan.Plan` (unlisted: all)."""
@@ -507,23 +562,25 @@ def build_latency_model(
             tables = {k: LayerTable(**v) for k, v in d["tables"].items()}
             info = {**d["info"], "cache": str(path), "cache_hit": True}
             return LatencyModel(
-                layers, tables, sizes, d["scale"], d["rest"], d["full_ms"], info, desc["channel_block"]
-            )
+                layers, tables, sizes, d["scale"], d["rest"], d["full_ms"], info, desc["channel_block"],
+                d["per_element"],
+            )  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a broken cache file is measured again
     t0 = time.perf_counter()
     block = int(desc["channel_block"])
-    tables = _measure_tables(
+    tables, call_ms = _measure_tables(
         layers, target, grid_step(m, block), max_points, seconds_per_point, progress, clock, block
     )
-    scale, rest, full_ms, calib = _calibrate(
+    scale, per_element, rest, full_ms, calib = _calibrate(
         model, graph, layers, tables, sizes, target, input_shape, m, calib_plans, seed, progress, clock, block
     )
     if progress:
         _progress(f"latency table: done in {time.perf_counter() - t0:.1f} s, cached in {path}", force=True)
         if sys.stderr.isatty():
             sys.stderr.write("\n")
-    info = {**desc, "key": key, "calibration": calib, "measure_seconds": round(time.perf_counter() - t0, 2)}
+    info = {**desc, "key": key, "calibration": calib, "call_ms": round(call_ms, 5),
+            "measure_seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
     atomic_write_json(
         path,
         {
@@ -531,14 +588,16 @@ def build_latency_model(
             "describe": desc,
             "tables": {k: vars(v) for k, v in tables.items()},
             "scale": scale,
+            "per_element": per_element,
             "rest": rest,
             "full_ms": full_ms,
             "info": info,
         },  # fmt: skip
     )
     return LatencyModel(
-        layers, tables, sizes, scale, rest, full_ms, {**info, "cache": str(path), "cache_hit": False}, block
-    )
+        layers, tables, sizes, scale, rest, full_ms, {**info, "cache": str(path), "cache_hit": False}, block,
+        per_element,
+    )  # fmt: skip
 
 
 def _table_grids(
@@ -556,6 +615,10 @@ def _table_grids(
             if lay.coef_in and lay.kind != "dwconv"
             else [lay.cin]
         )
+        if lay.coef_in and lay.kind != "dwconv" and gi[0] > 1:
+            # one input channel (a group pruned to its last channel, the search's floor) is read as
+            # it is, far below the grid's first step: time it rather than clamp to that step
+            gi = [1, *gi]
         go = (
             _grid(lay.cout, m, max_points, b)
             if lay.coef_out or (lay.kind == "dwconv" and lay.coef_in)
@@ -576,7 +639,9 @@ def _timings(plans: dict[str, tuple[Layer, list[int], list[int]]]) -> int:
 #: and an end-to-end calibration timing besides its window (slim, export, simplify, session), on a
 #: small CPU (measured on 2 shared cores: the estimate was within 30% of the build on the demo
 #: models, ResNet-18 and MobileNetV2 at 112 px); a rough figure.
-LAYER_OVERHEAD_S = 0.07
+LAYER_OVERHEAD_S = 0.09
+#: Seconds each calibration plan is timed end to end (over 5 rounds).
+CALIB_SECONDS = 1.0
 PLAN_OVERHEAD_S = 1.0
 
 
@@ -598,10 +663,10 @@ def estimate_build(
     _, m, _, layers, _, key, desc = _table_setup(model, graph, target, input_shape, multiple, max_points)
     path = cache_dir(cache) / f"{key}.json"
     block = int(desc["channel_block"])
-    n_layer = _timings(_table_grids(layers, grid_step(m, block), max_points, block))
-    n_plan = calib_plans + 1
+    n_layer = _timings(_table_grids(layers, grid_step(m, block), max_points, block)) * TABLE_PASSES + 3
+    n_plan = calib_plans + 2  # + the full model and the most-pruned plan
     cached = path.is_file()
-    seconds = n_layer * (seconds_per_point + LAYER_OVERHEAD_S) + n_plan * (0.4 + PLAN_OVERHEAD_S)
+    seconds = n_layer * (seconds_per_point + LAYER_OVERHEAD_S) + n_plan * (CALIB_SECONDS + PLAN_OVERHEAD_S)
     return {
         "cached": cached,
         "cache": str(path),
@@ -613,29 +678,47 @@ def estimate_build(
 
 
 def _measure_tables(layers: list[Layer], target: Any, m: int, max_points: int, seconds: float,
-                    progress: bool, clock: str = "wall", block: int = 1) -> dict[str, LayerTable]:  # fmt: skip
-    """Time every distinct layer shape over its grid."""
+                    progress: bool, clock: str = "wall", block: int = 1) -> tuple[dict[str, LayerTable], float]:  # fmt: skip
+    """Time every distinct layer shape over its grid, less the runtime's cost of a call.
+
+    A layer timed alone pays ONNX Runtime's fixed cost of a ``run`` (tens of microseconds); end to
+    end the model pays it once, not once per layer. It is measured on a one-weight convolution
+    (the least of three timings) and taken off every table entry (keeping at least a tenth of
+    the entry), so the tables sum the layers' own work and ``rest`` holds the call's cost. Every
+    point is timed in :data:`TABLE_PASSES` passes and keeps its least time. Returns the tables and
+    that cost (ms).
+    """
+    import torch.nn as nn
+
     plans = _table_grids(layers, m, max_points, block)
-    total = _timings(plans)
+    total = _timings(plans) * TABLE_PASSES
     done = 0
     tables: dict[str, LayerTable] = {}
     with tempfile.TemporaryDirectory(prefix="compressor-lat-") as td:
         tmp = Path(td)
+        call = min(
+            time_module(nn.Conv2d(1, 1, 1), (1, 1, 1), target, seconds=seconds, tmp=tmp, clock=clock)
+            for _ in range(3)
+        )
+        raw = {k: [[math.inf] * len(go) for _ in gi] for k, (_, gi, go) in plans.items()}
+        for _ in range(TABLE_PASSES):
+            for k, (lay, gi, go) in plans.items():
+                for i, ci in enumerate(gi):
+                    for j, co in enumerate(go):
+                        if lay.kind == "dwconv" and i != j:
+                            continue
+                        mod, shape = _layer_module(lay, ci, co)
+                        t = time_module(mod, shape, target, seconds=seconds, tmp=tmp, clock=clock)
+                        raw[k][i][j] = min(raw[k][i][j], t)
+                        done += 1
+                        if progress:
+                            _progress(f"latency table: {done}/{total} layer timings ({lay.name} {ci}->{co})")
         for k, (lay, gi, go) in plans.items():
-            ms = [[0.0] * len(go) for _ in gi]
-            for i, ci in enumerate(gi):
-                for j, co in enumerate(go):
-                    if lay.kind == "dwconv" and i != j:
-                        continue
-                    mod, shape = _layer_module(lay, ci, co)
-                    ms[i][j] = time_module(mod, shape, target, seconds=seconds, tmp=tmp, clock=clock)
-                    done += 1
-                    if progress:
-                        _progress(f"latency table: {done}/{total} layer timings ({lay.name} {ci}->{co})")
+            ms = [[max(t - call, 0.1 * t) if math.isfinite(t) else 0.0 for t in row] for row in raw[k]]
             if lay.kind == "dwconv":  # the table is the diagonal; fill rows so interpolation works
                 ms = [[ms[j][j] for j in range(len(go))] for _ in gi]
             tables[k] = LayerTable(list(gi), list(go), ms)
-    return tables
+    return tables, call
 
 
 def random_counts(
@@ -715,26 +798,73 @@ def fit_scale_rest(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return scale, rest
 
 
+def fit_latency(
+    x: np.ndarray, e: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[float, float, float]:
+    """``y ~ scale * x + per_element * e + rest`` (``x``: the tables' sum, ``e``: output elements),
+    by (``weights``-weighted) least squares with all three kept non-negative: the tables have the
+    runtime's cost of a call taken off, so nothing left is negative. Falls back to
+    :func:`fit_scale_rest` (no element term) when the points cannot separate the terms (fewer
+    than 4, or ``scale`` fitted at 0)."""
+    from scipy.optimize import lsq_linear
+
+    if len(x) >= 4 and np.ptp(x) > 0 and np.ptp(e) > 0:
+        # columns scaled to similar size so the solver's tolerance treats them alike
+        sx, se = float(np.max(x)), float(np.max(e))
+        w = np.sqrt(np.ones_like(y) if weights is None else np.asarray(weights, dtype=float))
+        a = np.stack([x / sx, e / se, np.ones_like(x)], axis=1) * w[:, None]
+        sol = lsq_linear(a, y * w, bounds=([0.0, 0.0, 0.0], [np.inf, np.inf, np.inf]))
+        scale, per_element, rest = float(sol.x[0]) / sx, float(sol.x[1]) / se, float(sol.x[2])
+        if scale > 0:
+            return scale, per_element, rest
+    scale, rest = fit_scale_rest(x, y)
+    return scale, 0.0, rest
+
+
 def _calibrate(model: Any, graph: Any, layers: list[Layer], tables: dict[str, LayerTable], sizes: dict[str, int],
-               target: Any, input_shape: tuple[int, ...], m: int, n: int, seed: int,
-               progress: bool, clock: str = "wall", block: int = 1) -> tuple[float, float, float, list[dict[str, float]]]:  # fmt: skip
-    """Fit ``measured = scale * sum(layer terms) + rest`` on the full model and ``n`` random plans
-    (at the target's multiple ``m``), all timed interleaved."""
+               target: Any, input_shape: tuple[int, ...], m: int, n: int, seed: int, progress: bool,
+               clock: str = "wall", block: int = 1) -> tuple[float, float, float, float, list[dict[str, float]]]:  # fmt: skip
+    """Fit ``measured = scale * sum(layer terms) + per_element * output elements + rest`` on the
+    full model, the most-pruned plan (every group at one channel: the far end, so the fit does
+    not extrapolate to the plans a tight budget asks for) and ``n`` random plans at the target's
+    multiple ``m``, all timed in interleaved rounds. Returns (scale, per_element, rest, the full
+    model's measured ms, the points)."""
     tmp_model = LatencyModel(layers, tables, sizes, 1.0, 0.0, 0.0, {}, block)
     rng = np.random.default_rng([seed, 15])
-    plans: list[dict[str, int]] = [{}] + [random_counts(sizes, rng, m) for _ in range(n)]
+    plans: list[dict[str, int]] = [{}]
+    if sizes:
+        plans += [{g: 1 for g in sizes}] + [random_counts(sizes, rng, m) for _ in range(n)]
 
     def said(i: int) -> None:
         if progress:
             _progress(f"latency table: calibrating end to end, exporting {i + 1}/{len(plans)}")
 
     x = np.asarray([tmp_model.predict_ms(c) for c in plans])
-    y = np.asarray(measure_plans(model, graph, plans, target, input_shape, clock=clock, progress=said))
-    scale, rest = fit_scale_rest(x, y)
+    e = np.asarray([tmp_model.elements(c) for c in plans])
+    y = np.asarray(
+        measure_plans(
+            model,
+            graph,
+            plans,
+            target,
+            input_shape,
+            seconds=CALIB_SECONDS,
+            clock=clock,
+            progress=said,
+            rounds=5,
+        )  # fmt: skip
+    )
+    # the two ends weigh as much as all the random plans each: budgets are fractions of the full
+    # model's latency, and the most-pruned plan bounds what a budget can ask; the fit goes
+    # (nearly) through both, the random plans (noisier, clustered) shape it in between
+    weights = np.ones_like(y)
+    weights[:2] = max(len(y) - 2, 1)
+    scale, per_element, rest = fit_latency(x, e, y, weights)
     calib = [
-        {"table_ms": round(float(a), 5), "measured_ms": round(float(b), 5)} for a, b in zip(x, y, strict=True)
+        {"table_ms": round(float(a), 5), "elements": int(b), "measured_ms": round(float(c), 5)}
+        for a, b, c in zip(x, e, y, strict=True)
     ]
-    return float(scale), float(rest), float(y[0]), calib
+    return float(scale), float(per_element), float(rest), float(y[0]), calib
 
 
 # ----------------------------------------------------------------------------- constraint

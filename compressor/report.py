@@ -910,6 +910,7 @@ def render_html(report: dict[str, Any]) -> str:
                     "predicted (ms)",
                     "measured p50 (ms)",
                     "latency (ms)",
+                    "budget (ms)",
                     "fits",
                 ],
                 [
@@ -920,11 +921,12 @@ def render_html(report: dict[str, Any]) -> str:
                         _e(fmt_num(r.get("predicted_ms"), 3)),
                         _e(fmt_num(r.get("p50"), 3)),
                         _e(fmt_num(r.get("latency_ms"), 3)),
+                        _e(fmt_num(r.get("limit_ms", s.get("latency_ms")), 3)),
                         _pf(r.get("fits")),
                     ]
                     for r in lc
                 ],
-                num_cols=(1, 2, 3, 4, 5),
+                num_cols=(1, 2, 3, 4, 5, 6),
             )
         )
     lmodel = report.get("latency_model") or {}

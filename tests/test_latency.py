@@ -276,16 +276,18 @@ def test_prune_takes_the_targets_multiple_and_a_latency_budget(
 
 
 def _demo_budget() -> float:
-    """A latency budget halfway between the demo's predicted floor and 1, from the latency table the
-    CLI will read from the cache (the fitted floor moves with the machine's load: 0.6-0.8 here)."""
+    """A latency budget halfway between 1 and what halp's floor (every group at 20% of its channels)
+    is predicted at, from the latency table the CLI will read from the cache (the fitted figures
+    move with the machine's load)."""
     from compressor.checkpoint import load_checkpoint
     from compressor.graph import build_graph
     from compressor.latency import build_latency_model
+    from compressor.methods.floor import floor_counts
 
     model, _ = load_checkpoint(DEMO)
     graph = build_graph(model, input_shape=(1, 1, 28, 28))
     lm = build_latency_model(model, graph, "mobile", (1, 28, 28), multiple=8, progress=False)
-    floor = lm.fraction({g.name: 1 for g in graph.prunable})
+    floor = lm.fraction(lm.snap(floor_counts(graph, 0.8), 8))
     return round((1 + floor) / 2, 3)
 
 
@@ -384,7 +386,8 @@ def test_padded_widths() -> None:
 
     assert padded(72, 16) == 80 and padded(80, 16) == 80 and padded(72, 1) == 72
     assert padded(3, 16) == 16  # an output (or a depthwise conv) narrower than the block is padded
-    assert padded(3, 16, reads_plain=True) == 3  # a conv input narrower than the block is read as is
+    assert padded(1, 16, reads_plain=True) == 1  # one input channel is read as it is
+    assert padded(8, 16, reads_plain=True) == 16  # a wider one costs the block (see padded)
     assert padded(24, 16, reads_plain=True) == 32
 
 
@@ -450,3 +453,55 @@ def test_interleaved_multithreaded_sessions_rest_between_blocks() -> None:
             assert min(switches[1:]) >= rt.SWITCH_PAUSE_S * 0.9
         else:
             assert max(switches) < rt.SWITCH_PAUSE_S / 2
+
+
+def test_fit_separates_layers_elements_and_the_call() -> None:
+    """The calibration's fit recovers known coefficients of the three terms (noise-free points),
+    keeps them non-negative, and a heavily weighted point is met (the full model's)."""
+    from compressor.latency import fit_latency
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(1.0, 5.0, 8)
+    e = rng.uniform(1e5, 4e5, 8)
+    y = 0.8 * x + 2e-6 * e + 0.05
+    scale, per_element, rest = fit_latency(x, e, y)
+    assert scale == pytest.approx(0.8, rel=1e-3)
+    assert per_element == pytest.approx(2e-6, rel=1e-2)
+    assert rest == pytest.approx(0.05, abs=1e-3)
+    # an element term that would be negative is held at zero
+    y2 = 0.8 * x - 1e-6 * e + 0.5
+    assert fit_latency(x, e, y2)[1] == pytest.approx(0.0, abs=1e-15)
+    # a noisy cloud plus one point weighted as much as all the others: the fit passes near it
+    y3 = y * rng.uniform(0.8, 1.2, 8)
+    w = np.ones(8)
+    w[0] = 7
+    s3, p3, r3 = fit_latency(x, e, y3, w)
+    s4, p4, r4 = fit_latency(x, e, y3)
+    near = abs(s3 * x[0] + p3 * e[0] + r3 - y3[0])
+    assert near <= abs(s4 * x[0] + p4 * e[0] + r4 - y3[0]) + 1e-12
+
+
+def test_elements_follow_the_padded_widths() -> None:
+    """A plan's output elements: each layer's output width (padded to the block) times its output
+    pixels; a strided conv's output pixels follow its stride and padding."""
+    from compressor.latency import Layer
+
+    lay = Layer("c", "conv", 16, 32, (28, 28), (3, 3), (2, 2), (1, 1))
+    assert lay.out_pixels() == 14 * 14
+    assert Layer("fc", "linear", 64, 10, (1, 1)).out_pixels() == 1
+    blocked, plain = _one_layer_model(16), _one_layer_model(1)  # conv 32 -> g, 8x8
+    assert blocked.elements({"g": 72}) == 80 * 64  # type: ignore[attr-defined]
+    assert plain.elements({"g": 72}) == 72 * 64  # type: ignore[attr-defined]
+    assert plain.elements({}) == 128 * 64  # type: ignore[attr-defined]
+
+
+def test_input_grid_times_one_channel() -> None:
+    """A conv or linear input is also timed at one channel (the search's floor), not clamped to the
+    grid's first step; a depthwise conv (its input is its output) is not."""
+    from compressor.latency import Layer, _table_grids
+
+    conv = Layer("c", "conv", 64, 64, (8, 8), (3, 3), coef_in={"g": 1.0}, coef_out={"h": 1.0})
+    dw = Layer("d", "dwconv", 64, 64, (8, 8), (3, 3), groups=64, coef_in={"g": 1.0}, coef_out={"g": 1.0})
+    grids = _table_grids([conv, dw], 16, 6, 16)
+    assert grids[conv.key()][1][0] == 1 and grids[conv.key()][2][0] == 16
+    assert grids[dw.key()][1][0] == 16

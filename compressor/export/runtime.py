@@ -170,10 +170,10 @@ def time_sessions(
     the time other processes pre-empt the run: a steadier figure on a shared machine.
 
     Several sessions with more than one intra-op thread each get :data:`SWITCH_PAUSE_S` of rest
-    before each block (not counted in the budget): after a run, a session's idle threads spin for
-    tens of milliseconds, and on a small machine that spinning took the cores from the next
-    session's block (identical models timed interleaved differed by up to 1.6x; with the pause,
-    a few percent).
+    before each block (not counted in the budget), and each block then lasts at least five rests:
+    after a run, a session's idle threads spin for tens of milliseconds, and on a small machine
+    that spinning took the cores from the next session's block (identical models timed
+    interleaved differed by up to 1.6x; with the pause, a few percent).
     """
     if clock not in ("wall", "thread_cpu"):
         raise UsageError(f"clock {clock!r} is invalid; valid: wall, thread_cpu")
@@ -196,10 +196,14 @@ def time_sessions(
             if pause:
                 time.sleep(pause)
                 paused += pause
-            for _ in range(block):
+            b0 = time.perf_counter()
+            i = 0
+            # with a rest between blocks, a block also lasts 5 rests, so resting costs at most a fifth
+            while i < block or (pause and time.perf_counter() - b0 < 5 * pause and len(rec) < max_runs):
                 t0 = now()
                 sess.run(None, feed)
                 rec.append((now() - t0) * 1e3)
+                i += 1
         n = min(len(t) for t in times)
         if n >= max_runs or (n >= min_runs and time.perf_counter() - start - paused >= time_budget_s):
             break

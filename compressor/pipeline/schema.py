@@ -114,6 +114,8 @@ class LatencyCheckRow(TypedDict):
     p50: float
     fits: bool
     predicted_ms: NotRequired[float]  # the latency model's prediction (unloaded: a low percentile)
+    limit_ms: NotRequired[float]  # a budget as a fraction: that fraction of original_ms
+    original_ms: NotRequired[float]  # the original, timed together with this candidate
 
 
 class SearchSection(TypedDict):
