@@ -15,7 +15,7 @@ model's, timed in the same rounds). The second is what a ``--latency F`` budget 
 of the machine's drift between building the table and timing the plans (on a shared machine the
 same model's latency moved by 25% within minutes).
 
-Models: the MNIST demo (examples/resnet_mnist.pt, 1x28x28), and untrained torchvision ResNet-18
+Models: both MNIST demos (examples/resnet_mnist.pt and examples/mbconv_mnist.pt), and untrained torchvision ResNet-18
 and MobileNetV2 at ``--size`` (default 112: at 224 a shared 2-core machine cannot time 20 plans
 of each in a few minutes; pass --size 224 for the full size).
 
@@ -141,7 +141,7 @@ def run_model(name: str, args: argparse.Namespace, target: Any) -> dict[str, Any
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="demo,resnet18,mobilenet_v2")
+    ap.add_argument("--models", default="demo,mbconv_demo,resnet18,mobilenet_v2")
     ap.add_argument("--target", default="mobile")
     ap.add_argument("--size", type=int, default=112, help="input H=W of the torchvision models")
     ap.add_argument("--plans", type=int, default=20)
