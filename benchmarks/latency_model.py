@@ -1,13 +1,14 @@
 """How well does the latency model predict? Prediction error against measured end-to-end latency.
 
 For each model, the target's latency model (:mod:`compressor.latency`) is built (each conv and
-linear layer timed alone over its channel grid at the target's rounding multiple, then
-``scale`` and ``rest`` fitted on the full model and a few random plans), then ``--plans`` other
-random plans (each group keeps a uniform fraction in [0.2, 1] of its channels, on the multiple)
-are slimmed, exported and timed end to end with the target's runtime settings (``--rounds``
-rounds over all plans and the full model, a fresh session each, ``--seconds`` per plan in all;
-the 10th percentile of the runs, as the table: the unloaded latency), and compared with the
-prediction. Goal: median absolute error <= 10%.
+linear layer timed alone over its channel grid, then the scale of the tables, the element term
+and the call's cost fitted on the full model, the most-pruned plan and a few random plans), then
+``--plans`` other random plans (each group keeps a uniform fraction in [0.2, 1] of its channels,
+on the widths a latency-aware search keeps: multiples of the target's multiple and the runtime's
+channel block, see ``--plan-multiple``) are slimmed, exported and timed end to end with the
+target's runtime settings (``--rounds`` rounds over all plans and the full model, a fresh session
+each, ``--seconds`` per plan in all; the 10th percentile of the runs, as the table: the unloaded
+latency), and compared with the prediction. Goal: median absolute error <= 10%.
 
 Two errors are reported: of the latency in ms (``error``), and of the latency as a fraction of
 the full model's (``fraction_error``: predicted fraction against the plan's time over the full
@@ -23,6 +24,7 @@ of each in a few minutes; pass --size 224 for the full size).
     python benchmarks/latency_model.py --models demo --plans 20
     python benchmarks/latency_model.py --size 224 --max-points 8 --seconds 1.0
     python benchmarks/latency_model.py --threads 1 --clock thread_cpu   # steady on a loaded machine
+    python benchmarks/latency_model.py --plan-multiple 8 --out benchmarks/results/latency_model_x8.json
 
 Writes benchmarks/results/latency_model.json (after each model).
 """
@@ -73,7 +75,7 @@ def load(name: str, size: int) -> tuple[Any, tuple[int, int, int]]:
 
 def run_model(name: str, args: argparse.Namespace, target: Any) -> dict[str, Any]:
     from compressor.graph import build_graph
-    from compressor.latency import build_latency_model, measure_plans, random_counts
+    from compressor.latency import build_latency_model, grid_step, measure_plans, random_counts
 
     model, shape = load(name, args.size)
     graph = build_graph(model, input_shape=(1, *shape))
@@ -84,7 +86,9 @@ def run_model(name: str, args: argparse.Namespace, target: Any) -> dict[str, Any
     )  # fmt: skip
     build_s = time.perf_counter() - t0
     rng = np.random.default_rng(1000)
-    m = int(target.export.channel_multiple)
+    # default: the widths a latency-aware search keeps (the target's multiple and the runtime's
+    # block: between the block's steps channels cost nothing, and the search raises them)
+    m = args.plan_multiple or grid_step(int(target.export.channel_multiple), lm.block)
     plans = [random_counts(lm.sizes, rng, m) for _ in range(args.plans)]
     # the full model is timed in the same rounds as the plans: the measured fraction of each plan
     # is free of the machine's drift between the calibration and now
@@ -116,6 +120,7 @@ def run_model(name: str, args: argparse.Namespace, target: Any) -> dict[str, Any
         "input_shape": list(shape),
         "layers": len(lm.layers),
         "channel_block": lm.block,
+        "plan_multiple": m,
         "table_seconds": round(build_s, 1),
         "cache_hit": lm.info.get("cache_hit"),
         "scale": round(lm.scale, 4),
@@ -150,6 +155,11 @@ def main() -> None:
     ap.add_argument("--seconds-per-point", type=float, default=0.05, help="timing of each table point")
     ap.add_argument("--max-points", type=int, default=6, help="grid points per width axis")
     ap.add_argument("--calib-plans", type=int, default=6)
+    ap.add_argument(
+        "--plan-multiple", type=int, default=0,
+        help="widths of the random plans on this multiple (default 0: the target's multiple and the "
+        "runtime's channel block, the widths a latency-aware search keeps)",
+    )  # fmt: skip
     ap.add_argument("--cache", default=None, help="latency table cache folder (default ~/.cache/compressor)")
     ap.add_argument(
         "--clock",

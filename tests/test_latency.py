@@ -123,6 +123,8 @@ def test_methods_meet_a_latency_budget(built: tuple, method: str) -> None:
     counts = lm.plan_counts(plan)
     assert all(1 <= counts[g] <= s for g, s in lm.sizes.items())
     assert all(counts[g] % 8 == 0 or counts[g] == s for g, s in lm.sizes.items())  # the target's multiple
+    # widths between the runtime's steps cost the next step: the plan keeps those free channels
+    assert all(counts[g] % lm.block == 0 or counts[g] in (1, s) for g, s in lm.sizes.items())
     reached = lm.fraction(counts)
     assert plan.info["budget"]["kind"] == "latency"
     assert reached <= 0.6 * 1.02
@@ -194,6 +196,11 @@ def test_compress_run_with_a_latency_budget(tmp_path: Path, monkeypatch: pytest.
     assert lm["cache_hit"] is True and len(lm["layers"]) == 10 and lm["calibration"]  # built by _demo_budget
     checked = rep["search"]["latency_checked"]
     assert checked and all(c["predicted_ms"] > 0 for c in checked)
+    # a budget as a fraction: each candidate against the original timed with it
+    for c in checked:
+        assert c["limit_ms"] == pytest.approx(f * c["original_ms"], rel=1e-3)
+        if abs(c["latency_ms"] - c["limit_ms"]) > 2e-4:  # clear of the rounding to 4 decimals
+            assert c["fits"] == (c["latency_ms"] < c["limit_ms"])
     lat = next(b for b in rep["budgets"] if b["name"].startswith("latency"))
     orig = rep["original"]["latency"]["at_percentile"]
     # the limit is F times the original's latency the report shows: the one timed alongside the
