@@ -236,6 +236,7 @@ def test_a_latency_budget_stopped_at_the_search_keeps_the_originals_timing(
     rep = json.loads((out / "report.json").read_text())
     lat = next(b for b in rep["budgets"] if b["name"].startswith("latency"))
     assert lat["limit"] == pytest.approx(0.02 * rep["original"]["latency"]["at_percentile"], rel=1e-5)
+    assert lat["passed"] is False  # no candidate fitted its own limit
     assert "latency" in rep["message"]
 
 
