@@ -14,8 +14,8 @@ pooling, layout reorders), which shrinks with the channels, and ``rest`` for the
 of a call. The three are fitted by non-negative least squares on end-to-end timings of the full
 model and the most-pruned plan (every group at one channel, so tight budgets are not an
 extrapolation), each weighted as much as all the others together (budgets are fractions of the
-full model's latency), and a few random plans, timed in interleaved rounds with one session alive at a time (a slow spell of a shared
-machine then falls on every plan alike).
+full model's latency), and a few random plans, timed in interleaved rounds with one session
+alive at a time (a slow spell of a shared machine then falls on every plan alike).
 
 The runtime's own channel steps are read from the runtime, not timed: ONNX Runtime's CPU provider
 runs convolutions in a blocked layout (NCHWc) whose block (8 floats with AVX2, 16 with AVX-512)
@@ -257,7 +257,8 @@ def padded(c: float, block: int, *, reads_plain: bool = False) -> float:
 # ----------------------------------------------------------------------------- timing
 def _grid(full: int, multiple: int, max_points: int, block: int = 1, plain: bool = False) -> list[int]:
     """Channel counts a layer can take at ``multiple`` (always its full width), at most
-    ``max_points`` of them spread evenly."""
+    ``max_points`` of them spread evenly; with the runtime's ``block``, each at the width it costs
+    (:func:`padded`; ``plain``: a convolution's input)."""
     if full < 2 * multiple:
         pts = list(range(1, full + 1)) if multiple == 1 else [full]
         if multiple > 1 and full > 1:
@@ -383,36 +384,32 @@ class LatencyModel:
         self.info = info
         self._full_pred = self.predict_ms({})
 
-    def layer_terms(self, counts: Mapping[str, int]) -> dict[str, float]:
-        """Each layer's table latency (ms, before scaling) for ``counts``."""
+    def _costed_widths(self, counts: Mapping[str, int]) -> list[tuple[Layer, float, float]]:
+        """(layer, cin, cout) for ``counts``, at the widths they cost (:func:`padded`)."""
         removed = {g: self.sizes[g] - int(c) for g, c in counts.items() if g in self.sizes}
-        out = {}
+        out = []
         for lay in self.layers:
             cin, cout = lay.widths(removed)
             if lay.kind != "linear":
                 cin = padded(cin, self.block, reads_plain=lay.kind == "conv")
                 cout = padded(cout, self.block)
-            out[lay.name] = self.tables[lay.key()].at(cin, cout)
+            out.append((lay, cin, cout))
         return out
 
-    def predict_ms(self, counts: Mapping[str, int]) -> float:
-        """Predicted latency (ms) of the model keeping ``counts`` (absent groups: all channels)."""
-        return (
-            self.scale * sum(self.layer_terms(counts).values())
-            + self.per_element * self.elements(counts)
-            + self.rest
-        )
+    def layer_terms(self, counts: Mapping[str, int]) -> dict[str, float]:
+        """Each layer's table latency (ms, before scaling) for ``counts``."""
+        return {lay.name: self.tables[lay.key()].at(ci, co) for lay, ci, co in self._costed_widths(counts)}
 
     def elements(self, counts: Mapping[str, int]) -> float:
         """Output elements of all layers for ``counts`` (at the widths the runtime computes)."""
-        removed = {g: self.sizes[g] - int(c) for g, c in counts.items() if g in self.sizes}
-        total = 0.0
-        for lay in self.layers:
-            cout = lay.widths(removed)[1]
-            if lay.kind != "linear":
-                cout = padded(cout, self.block)
-            total += cout * lay.out_pixels()
-        return total
+        return sum(co * lay.out_pixels() for lay, _, co in self._costed_widths(counts))
+
+    def predict_ms(self, counts: Mapping[str, int]) -> float:
+        """Predicted latency (ms) of the model keeping ``counts`` (absent groups: all channels)."""
+        widths = self._costed_widths(counts)  # one pass serves both terms (searches call this often)
+        tables = sum(self.tables[lay.key()].at(ci, co) for lay, ci, co in widths)
+        elements = sum(co * lay.out_pixels() for lay, _, co in widths)
+        return self.scale * tables + self.per_element * elements + self.rest
 
     def plan_counts(self, plan: Any) -> dict[str, int]:
         """Kept channels per prunable group of a :class:`~compressor.plan.Plan` (unlisted: all)."""
@@ -852,7 +849,7 @@ def _calibrate(model: Any, graph: Any, layers: list[Layer], tables: dict[str, La
             clock=clock,
             progress=said,
             rounds=5,
-        )  # fmt: skip
+        )
     )
     # the two ends weigh as much as all the random plans each: budgets are fractions of the full
     # model's latency, and the most-pruned plan bounds what a budget can ask; the fit goes
