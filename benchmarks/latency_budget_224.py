@@ -12,8 +12,10 @@ optimisation level, batch), for each budget ``b`` (a fraction of the original's 
 Every plan is slimmed with the graph engine, exported with the target's export options and timed
 interleaved with the original (alternating blocks, so load from other processes falls on both);
 the fraction is the slim model's p50 over the original's in the same timing. The latency model's
-predicted fraction sits next to it (its error), and so does the predicted floor (every group at one
-channel). No fine-tuning: this measures where each plan lands, not its accuracy.
+predicted fraction sits next to it (its error), and so does the predicted floor (the most-pruned
+plan at the target's multiple). A latency-aware plan that misses its budget as measured is searched
+again under a predicted budget 7% lower, up to 4 plans, as ``compress run --latency`` does. No
+fine-tuning: this measures where each plan lands, not its accuracy.
 
     python benchmarks/latency_budget_224.py                        # ~15 min on 2 shared cores
     python benchmarks/latency_budget_224.py --models resnet18 --budgets 0.5
@@ -45,23 +47,61 @@ MODELS = ("resnet18", "mobilenet_v2", "efficientnet_b0")
 SHAPE = (3, 224, 224)
 
 
-def plans_for_budget(env: dict[str, Any], b: float) -> list[tuple[str, Any]]:
-    """(label, plan) for one budget: latency-aware first, then FLOPs-driven at equal FLOPs and at b."""
+#: Plans a latency-aware method may time per budget, as ``compress run --latency`` (4 candidates),
+#: each searched under a predicted budget 7% below the last when the previous one missed.
+TRIES = 4
+
+
+def latency_plan(env: dict[str, Any], name: str, frac: float) -> Any:
+    """``name``'s plan under ``frac`` of the predicted latency (clamped to the predicted floor at
+    the target's multiple, as the pipeline does)."""
     from compressor.methods import MethodContext, get_method
     from compressor.methods.spec import CostBudget
 
-    lm, m, model, graph = env["lm"], env["multiple"], env["model"], env["graph"]
-    out: list[tuple[str, Any]] = []
+    lm, m = env["lm"], env["multiple"]
+    frac = max(frac, lm.fraction(lm.floor_counts(m)) * 1.0001)
+    budget = CostBudget("latency", frac, lm.fraction, snap=lambda c: lm.snap(c, m), model=lm)
+    ctx = MethodContext(progress=False, budget=budget)
+    return get_method(name)(env["model"], env["graph"], flops=frac, seed=0, context=ctx, multiple=m)
+
+
+def budget_rows(env: dict[str, Any], b: float, tmp: Path, seconds: float) -> list[dict[str, Any]]:
+    """The rows of one budget: ``halp`` and ``l1-uniform`` by latency (each as ``compress run``
+    does it: timed, and on a miss searched again under a predicted budget 7% lower, up to
+    :data:`TRIES` plans; the first within the budget is kept, else the fastest), then
+    ``l1-uniform`` by FLOPs at halp's FLOPs (equal FLOPs) and at ``b`` as a FLOPs fraction."""
+    from compressor.methods import get_method
+
+    graph, m = env["graph"], env["multiple"]
+    rows: list[dict[str, Any]] = []
+    halp_plan = None
     for name in ("halp", "l1-uniform"):
-        budget = CostBudget("latency", b, lm.fraction, snap=lambda c: lm.snap(c, m), model=lm)
-        ctx = MethodContext(progress=False, budget=budget)
-        plan = get_method(name)(model, graph, flops=b, seed=0, context=ctx, multiple=m)
-        out.append((f"{name} by latency", plan))
-    flops_eq = graph.cost(out[0][1]).macs / graph.full.macs  # halp's FLOPs
+        timed = []
+        for k in range(TRIES):
+            plan = latency_plan(env, name, round(b * (1.0 - 0.07 * k), 4))
+            timed.append((plan, measure(env, plan, tmp, seconds)))
+            if timed[-1][1]["measured_fraction_p50"] <= b:
+                break
+        plan, row = next(((p, r) for p, r in timed if r["measured_fraction_p50"] <= b), None) or min(
+            timed, key=lambda pr: pr[1]["measured_fraction_p50"]
+        )
+        row = {"plan": f"{name} by latency", **row, "tries": len(timed),
+               "tried_fractions": [r["measured_fraction_p50"] for _, r in timed],
+               "within_5pct": row["measured_fraction_p50"] <= b * 1.05}  # fmt: skip
+        rows.append(row)
+        print(b, row, flush=True)
+        halp_plan = plan if halp_plan is None else halp_plan
+    flops_eq = graph.cost(halp_plan).macs / graph.full.macs  # halp's FLOPs
     l1 = get_method("l1-uniform")
-    out.append(("l1-uniform by FLOPs, equal FLOPs", l1(model, graph, flops=flops_eq, seed=0, multiple=m)))
-    out.append(("l1-uniform by FLOPs = budget", l1(model, graph, flops=b, seed=0, multiple=m)))
-    return out
+    for label, flops in (("l1-uniform by FLOPs, equal FLOPs", flops_eq), ("l1-uniform by FLOPs = budget", b)):
+        rows.append(
+            {
+                "plan": label,
+                **measure(env, l1(env["model"], graph, flops=flops, seed=0, multiple=m), tmp, seconds),
+            }
+        )
+        print(b, rows[-1], flush=True)
+    return rows
 
 
 def measure(env: dict[str, Any], plan: Any, tmp: Path, seconds: float) -> dict[str, Any]:
@@ -109,16 +149,14 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "layers": len(lm.layers),
             "cache_hit": lm.info.get("cache_hit"),
             "build_seconds": round(time.perf_counter() - t0, 1),
-            "floor_fraction": round(lm.fraction({g.name: 1 for g in graph.prunable}), 4),
+            "floor_fraction": round(lm.fraction(lm.floor_counts(m)), 4),
         },
         "budgets": [],
     }
     for b in args.budgets:
         entry: dict[str, Any] = {"budget": b, "plans": []}
         try:
-            for label, plan in plans_for_budget(env, b):
-                entry["plans"].append({"plan": label, **measure(env, plan, tmp, args.seconds)})
-                print(name, b, entry["plans"][-1], flush=True)
+            entry["plans"] = budget_rows(env, b, tmp, args.seconds)
         except Exception as e:  # noqa: BLE001 - recorded; the other budgets go on
             entry["error"] = f"{type(e).__name__}: {e}"
             print(name, b, entry["error"], flush=True)
@@ -162,6 +200,8 @@ def main() -> None:
         for name in args.models.split(","):
             result["results"].append(run_model(name, args, Path(td)))
             atomic_write_json(args.out, result)
+    aware = [p for r in result["results"] for e in r["budgets"] for p in e["plans"] if "within_5pct" in p]
+    result["latency_aware_within_5pct"] = f"{sum(p['within_5pct'] for p in aware)}/{len(aware)}"
     result["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(args.out, result)
 

@@ -75,8 +75,8 @@ def search_plan(
     lm, m = env["lm"], env["multiple"]
     budget = None
     if by_latency:
-        # as compress run: a budget below the predicted floor searches at the floor
-        floor = lm.fraction({g.name: 1 for g in env["graph"].prunable})
+        # as compress run: a budget below the predicted floor (at the multiple) searches at the floor
+        floor = lm.fraction(lm.floor_counts(m))
         frac = max(budget_frac, floor * 1.0001)
         budget = CostBudget("latency", frac, lm.fraction, snap=lambda c: lm.snap(c, m), model=lm)
     opts: dict[str, Any] = {}
@@ -314,10 +314,14 @@ def main() -> None:
                 "rest_ms": lm.rest,
                 "channel_block": lm.block,
                 "cache_hit": lm.info.get("cache_hit"),
-                "floor_fraction": lm.fraction({g.name: 1 for g in env["graph"].prunable}),
+                "floor_fraction": lm.fraction(lm.floor_counts(env["multiple"])),
             },  # fmt: skip
             "runs": [],
         }
+        # the fastest plan at the target's multiple, timed: a budget more than 5% below it cannot be met
+        floor_plan = env["graph"].plan_from_counts(lm.floor_counts(env["multiple"]), method="floor", seed=0)
+        floor_t = time_plan(floor_plan, env, args, tmp)
+        result["latency_model"]["floor_measured_fraction_p50"] = floor_t["latency_fraction_p50"]
         extra = [float(f) for f in args.flops_extra.split(",") if f.strip()]
         grid = [(b, label) for b in budgets for label in labels]
         grid += [(f, label) for f in extra if f not in budgets for label in labels if not METHODS[label][1]]
@@ -337,6 +341,8 @@ def main() -> None:
                 print({k: v for k, v in row.items() if k != "counts"}, flush=True)
                 atomic_write_json(args.out, result)
         summary = summarize(result["runs"], sorted({b for b, _ in grid}, reverse=True), labels)
+        for srow in summary:
+            srow["reachable_at_the_multiple"] = bool(srow["budget"] * 1.05 >= floor_t["latency_fraction_p50"])
         result["summary"] = summary
         result["seconds"] = round(time.perf_counter() - t_all, 1)
         atomic_write_json(args.out, result)

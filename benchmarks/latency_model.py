@@ -5,7 +5,8 @@ linear layer timed alone over its channel grid, then the scale of the tables, th
 and the call's cost fitted on the full model, the most-pruned plan and a few random plans), then
 ``--plans`` other random plans (each group keeps a uniform fraction in [0.2, 1] of its channels,
 on the widths a latency-aware search keeps: multiples of the target's multiple and the runtime's
-channel block, see ``--plan-multiple``) are slimmed, exported and timed end to end with the
+channel block, snapped to the runtime's steps as the searches do; ``--plan-multiple M``: raw plans
+on M instead) are slimmed, exported and timed end to end with the
 target's runtime settings (``--rounds`` rounds over all plans and the full model, a fresh session
 each, ``--seconds`` per plan in all; the 10th percentile of the runs, as the table: the unloaded
 latency), and compared with the prediction. Goal: median absolute error <= 10%.
@@ -86,15 +87,19 @@ def run_model(name: str, args: argparse.Namespace, target: Any) -> dict[str, Any
     )  # fmt: skip
     build_s = time.perf_counter() - t0
     rng = np.random.default_rng(1000)
-    # default: the widths a latency-aware search keeps (the target's multiple and the runtime's
-    # block: between the block's steps channels cost nothing, and the search raises them)
-    m = args.plan_multiple or grid_step(int(target.export.channel_multiple), lm.block)
+    # default: the widths a latency-aware search keeps (on the target's multiple and the runtime's
+    # block, snapped: between the block's steps channels cost nothing, and the search raises them);
+    # --plan-multiple M: raw random plans on M (what a FLOPs-driven search may keep)
+    tm = int(target.export.channel_multiple)
+    m = args.plan_multiple or grid_step(tm, lm.block)
     plans = [random_counts(lm.sizes, rng, m) for _ in range(args.plans)]
+    if not args.plan_multiple:
+        plans = [lm.snap(c, tm) for c in plans]
     # the full model is timed in the same rounds as the plans: the measured fraction of each plan
     # is free of the machine's drift between the calibration and now
     # ... and once more at the end: how far two timings of one model in one run differ (the noise)
-    # the most-pruned plan (every group at one channel) is timed too: the floor the search sees
-    floor = {g: 1 for g in lm.sizes}
+    # the most-pruned plan a search at the target's multiple reaches is timed too: its floor
+    floor = lm.floor_counts(tm)
     measured = measure_plans(
         model, graph, [{}, *plans, floor, {}], target, shape, seconds=args.seconds, clock=args.clock,
         rounds=args.rounds,
@@ -121,6 +126,7 @@ def run_model(name: str, args: argparse.Namespace, target: Any) -> dict[str, Any
         "layers": len(lm.layers),
         "channel_block": lm.block,
         "plan_multiple": m,
+        "plans_snapped": not args.plan_multiple,
         "table_seconds": round(build_s, 1),
         "cache_hit": lm.info.get("cache_hit"),
         "scale": round(lm.scale, 4),
@@ -157,8 +163,8 @@ def main() -> None:
     ap.add_argument("--calib-plans", type=int, default=6)
     ap.add_argument(
         "--plan-multiple", type=int, default=0,
-        help="widths of the random plans on this multiple (default 0: the target's multiple and the "
-        "runtime's channel block, the widths a latency-aware search keeps)",
+        help="raw random plans on this multiple (default 0: on the target's multiple and the runtime's "
+        "channel block, snapped to the runtime's steps: the widths a latency-aware search keeps)",
     )  # fmt: skip
     ap.add_argument("--cache", default=None, help="latency table cache folder (default ~/.cache/compressor)")
     ap.add_argument(

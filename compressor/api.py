@@ -188,12 +188,13 @@ def _latency_budget(inputs: MethodInputs, tgt: Any, latency: float, progress: bo
         inputs.model, inputs.graph, tgt, tuple(inputs.input_shape), multiple=m, progress=progress
     )
     budget = CostBudget("latency", float(latency), lm.fraction, snap=lambda c: lm.snap(c, m), model=lm)
-    floor = lm.fraction({g.name: 1 for g in inputs.graph.prunable})
+    floor = lm.fraction(lm.floor_counts(m))
     if float(latency) < floor:
         raise BudgetError(
             f"--latency {latency:g} is below what the latency model of target {tgt.name!r} predicts for the "
-            f"most-pruned plan ({floor:.3f} of the original's latency: the layers that cannot be pruned "
-            "and the runtime's fixed cost); ask for at least that, or use a faster target runtime"
+            f"most-pruned plan at its x{m} channel multiple ({floor:.3f} of the original's latency: the "
+            "layers that cannot be pruned, the runtime's fixed cost and its channel steps); ask for at "
+            "least that, or use a faster target runtime"
         )
     return lm, budget
 

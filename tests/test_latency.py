@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -299,6 +300,17 @@ def _demo_budget() -> float:
     return round((1 + floor) / 2, 3)
 
 
+def _demo_floors() -> tuple[float, float]:
+    """The demo's predicted latency fraction with every group at one channel, and at the floor of
+    the target's multiple (from the cached table, as :func:`_demo_budget`)."""
+    from compressor.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(DEMO)
+    graph = build_graph(model, input_shape=(1, 1, 28, 28))
+    lm = build_latency_model(model, graph, "mobile", (1, 28, 28), multiple=8, progress=False)
+    return lm.fraction({g: 1 for g in lm.sizes}), lm.fraction(lm.floor_counts(8))
+
+
 def test_search_under_a_latency_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`compress search --target mobile --latency F` plans under the target's latency model (the
     plan's predicted latency within the budget, widths at the target's multiple); a budget below the
@@ -330,6 +342,14 @@ def test_search_under_a_latency_budget(tmp_path: Path, monkeypatch: pytest.Monke
         ["search", str(DEMO), "--method", "halp", "--target", "mobile", "--latency", "0.05", "-o", str(low)],
     )
     assert res.exit_code == 3 and "most-pruned" in res.output and not low.exists()
+    # between the plan with every group at one channel and the floor at the target's multiple:
+    # no plan at x8 reaches it, so it is refused up front, naming the multiple
+    one, at_m = _demo_floors()
+    if at_m - one > 0.02:
+        mid = tmp_path / "mid.json"
+        res = run(app, ["search", str(DEMO), "--method", "halp", "--target", "mobile", "--latency",
+                        f"{(one + at_m) / 2:.3f}", "-o", str(mid)])  # fmt: skip
+        assert res.exit_code == 3 and "x8 channel multiple" in res.output and not mid.exists(), res.output
     res = run(
         app, ["search", str(DEMO), "--method", "halp", "--latency", "0.6", "-o", str(tmp_path / "x.json")]
     )
@@ -513,3 +533,81 @@ def test_input_grid_times_one_channel() -> None:
     grids = _table_grids([conv, dw], 16, 6, 16)
     assert grids[conv.key()][1][0] == 1 and grids[conv.key()][2][0] == 16
     assert grids[dw.key()][1][0] == 16
+
+
+def test_floor_counts_is_the_fastest_plan_at_the_multiple() -> None:
+    """The most-pruned plan at a multiple: one step per group, raised to the runtime's next step
+    (free channels). With a block of 16 and multiple 8, a 128-channel group's floor is 16 (8 costs
+    the block); without a block it is 8."""
+    from compressor.latency import LatencyModel, Layer, LayerTable
+
+    def one_layer(block: int) -> LatencyModel:
+        lay = Layer("conv", "conv", 32, 128, (8, 8), coef_out={"g": 1.0})
+        table = LayerTable([32], [1, 8, 16, 64, 128], [[0.001, 0.008, 0.016, 0.064, 0.128]])
+        return LatencyModel([lay], {lay.key(): table}, {"g": 128}, 1.0, 0.0, 0.0, {}, block)
+
+    blocked, plain = one_layer(16), one_layer(1)
+    assert blocked.floor_counts(8) == {"g": 16}  # type: ignore[attr-defined]
+    assert plain.floor_counts(8) == {"g": 8}  # type: ignore[attr-defined]
+    assert plain.floor_counts(1) == {"g": 1}  # type: ignore[attr-defined]
+    assert plain.fraction({"g": 8}) > plain.fraction({"g": 1})  # type: ignore[attr-defined]
+
+
+def test_calibration_plans_keep_the_searches_widths(
+    built: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fit is calibrated on the full model, the floor at the multiple, every group at one
+    channel and random plans on the widths a search keeps (on lcm(multiple, block), snapped), not on widths between the block's
+    steps (in context those cost more than the tables say, and no search keeps them)."""
+    import compressor.latency as latency
+
+    model, graph, target, _, kw, lm = built
+    seen: list[list[dict[str, int]]] = []
+
+    def fake(model: object, graph: object, plans: list, *a: object, **k: object) -> list[float]:
+        seen.append([dict(p) for p in plans])
+        return [1.0 + 0.01 * i for i in range(len(plans))]
+
+    monkeypatch.setattr(latency, "measure_plans", fake)
+    again = build_latency_model(model, graph, target, SHAPE, **{**kw, "cache": tmp_path, "calib_plans": 6})
+    plans = seen[-1]
+    from compressor.latency import LatencyModel
+
+    tables = LatencyModel(again.layers, again.tables, again.sizes, 1.0, 0.0, 0.0, {}, again.block)
+    assert plans[0] == {} and plans[1] == tables.floor_counts(8) and plans[2] == {g: 1 for g in again.sizes}
+    assert plans[1] != plans[2] and len(plans) == 9
+    step = math.lcm(8, again.block)
+    for p in plans[3:]:
+        assert p == tables.snap(p, 8)  # snapped: no free channels left
+        for g, c in p.items():
+            size = again.sizes[g]
+            assert c in (1, size) or c % step == 0 or c % again.block == 0 or size < 2 * step, (g, c)
+
+
+def test_halp_floor_gives_way_to_a_latency_budget(built: tuple) -> None:
+    """A latency budget that halp's 20% floor keeps out of reach is met below the floor (down to
+    one step per group) and the plan says so; a reachable one leaves the floor alone."""
+    model, graph, _, _, _, _ = built
+    sizes = {g.name: int(g.size) for g in graph.prunable}
+
+    def cost(counts: dict) -> float:  # a latency stand-in: the mean kept share of the groups
+        return float(np.mean([counts.get(g, s) / s for g, s in sizes.items()]))
+
+    # the least halp reaches above its 20% floor (in steps of 8), and with one step per group
+    at_floor = cost({g: 8 * math.ceil(max(8, math.ceil(0.2 * s)) / 8) for g, s in sizes.items()})
+    at_step = cost({g: 8 for g in sizes})
+    assert at_step < at_floor
+    budget = round((at_floor + at_step) / 2, 3)
+    plan = get_method("halp")(
+        model, graph, flops=None, multiple=8,
+        context=MethodContext(progress=False, budget=CostBudget("latency", budget, cost)),
+    )  # fmt: skip
+    kept = {g: len(plan.groups.get(g, range(s))) for g, s in sizes.items()}
+    assert cost(kept) <= budget and plan.info["met"] and plan.info["floor_relaxed"]
+    assert any(k < math.ceil(0.2 * sizes[g]) for g, k in kept.items())
+    assert all(k >= 8 for k in kept.values())  # one step of the multiple, not gutted
+    easy = get_method("halp")(
+        model, graph, flops=None, multiple=8,
+        context=MethodContext(progress=False, budget=CostBudget("latency", 0.6, cost)),
+    )  # fmt: skip
+    assert easy.info["met"] and not easy.info["floor_relaxed"]

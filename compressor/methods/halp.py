@@ -16,7 +16,10 @@ with each channel's latency taken from a lookup table. Here, data-free and deter
    at least ``min_keep`` (20%) of its channels, as l1-uniform; with a 5% floor the knapsack cut
    the demo models' costliest groups (the stem, a projection) to one or two channels and lost
    up to 39 points of top-1 against l1-uniform after fine-tuning (docs/search_quality.md). A FLOPs target unreachable
-   above the floor is a budget failure (exit 3).
+   above the floor is a budget failure (exit 3). A latency budget unreachable above it lets the
+   floor give way (down to one step per group) rather than miss: latency moves in the runtime's
+   channel steps, so a group at its 20% floor can cost what the whole group costs (4 of 16
+   channels on a 16-channel block), and the budget is the deploy requirement.
 """
 
 from __future__ import annotations
@@ -83,8 +86,10 @@ def _best_move(
     return None if best is None else (best[1], best[2])
 
 
-def greedy_counts(graph: Any, budget: CostBudget, options: HalpOptions) -> tuple[dict[str, int], float]:
-    """Kept counts per prunable group meeting ``budget`` by the greedy knapsack, and their cost."""
+def greedy_counts(graph: Any, budget: CostBudget, options: HalpOptions) -> tuple[dict[str, int], float, bool]:
+    """Kept counts per prunable group meeting ``budget`` by the greedy knapsack, their cost, and
+    whether the floor gave way (a latency budget unreachable above ``min_keep``: the knapsack
+    then goes on down to one step per group)."""
     from compressor.latency import refine_under
 
     imp = _importance(graph)
@@ -94,8 +99,13 @@ def greedy_counts(graph: Any, budget: CostBudget, options: HalpOptions) -> tuple
     floor = {g: max(step[g], int(np.ceil(options.min_keep * s))) for g, s in sizes.items()}
     counts = dict(sizes)
     cur = float(budget.cost(counts))
+    relaxed = False
     while cur > budget.fraction:
         move = _best_move(counts, budget, imp, floor, step, options.lookahead, cur)
+        if move is None and budget.kind != "flops" and floor != step:
+            # a latency budget the floor keeps out of reach: the floor gives way to one step
+            floor, relaxed = dict(step), True
+            continue
         if move is None:
             break
         counts[move[0]] = move[1]
@@ -107,7 +117,7 @@ def greedy_counts(graph: Any, budget: CostBudget, options: HalpOptions) -> tuple
             if budget.cost(snapped) <= budget.fraction:
                 counts = snapped
         cur = float(budget.cost(counts))
-    return counts, cur
+    return counts, cur, relaxed
 
 
 def search(
@@ -128,13 +138,14 @@ def search(
         budget = flops_budget(graph, 0.5 if flops is None else float(flops))
     if budget.kind == "flops" and options.min_keep < 1.0:  # an unreachable target fails at once
         require_reachable(graph, budget.fraction, 1.0 - options.min_keep, "halp")
-    counts, reached = greedy_counts(graph, budget, options)
+    counts, reached, relaxed = greedy_counts(graph, budget, options)
     full = float(graph.full.macs)
     achieved = graph.cost_of_counts(counts).macs / full
     info: dict[str, Any] = {
         "budget": {"kind": budget.kind, "fraction": budget.fraction, "reached": reached},
         "flops": achieved,
         "met": reached <= budget.fraction * (1 + 1e-6),
+        "floor_relaxed": relaxed,
     }
     return graph.plan_from_counts(
         counts,
@@ -150,7 +161,11 @@ def describe(info: Mapping[str, Any]) -> str:
     b = info.get("budget") or {}
     if not b:
         return ""
-    return f", greedy knapsack of L1 importance per unit of {b.get('kind')} saved (reached {b.get('reached', 0):.3f})"
+    relaxed = ", below its min_keep floor to meet it" if info.get("floor_relaxed") else ""
+    return (
+        f", greedy knapsack of L1 importance per unit of {b.get('kind')} saved "
+        f"(reached {b.get('reached', 0):.3f}{relaxed})"
+    )
 
 
 halp = register_method(

@@ -63,8 +63,8 @@ def latency_budget(ctx: RunContext) -> Any:
     """With a latency objective: the target's latency model (built or read from the cache), the
     budget in ms (``--latency F`` times the original's measured latency), and the
     :class:`CostBudget` the method searches under (a fraction of the full model's predicted
-    latency). A budget below what the most-pruned plan is predicted to reach searches at that
-    floor: the timing then decides (a miss is exit 3 with the fastest reached)."""
+    latency). A budget below what the most-pruned plan at the channel multiple is predicted to
+    reach (:meth:`~compressor.latency.LatencyModel.floor_counts`) searches at that floor: the timing then decides (a miss is exit 3 with the fastest reached)."""
     from compressor.latency import build_latency_model
     from compressor.methods.spec import CostBudget
     from compressor.pipeline.stages import at_percentile, original_latency
@@ -90,11 +90,11 @@ def latency_budget(ctx: RunContext) -> Any:
         f"({lm.info.get('cache')}); budget p{s.percentile:g} {s.latency_ms:.4g} ms = {fraction:.3f} of the "
         f"original's {orig:.4g} ms" + (f"; calibrated on {len(cal)} end-to-end timings" if cal else "")
     )
-    floor = lm.fraction({g.name: 1 for g in ctx.graph.prunable})
+    floor = lm.fraction(lm.floor_counts(m))
     if fraction < floor:  # search for the fastest predicted plan; timing decides (exit 3 if it misses)
         ctx.log.note(
             f"the latency budget is {fraction:.3f} of the original's latency, below the {floor:.3f} the latency "
-            "model predicts for the most-pruned plan: searching at that floor"
+            f"model predicts for the most-pruned plan at the x{m} channel multiple: searching at that floor"
         )
         ctx.budget = dataclasses.replace(ctx.budget, fraction=floor * 1.0001)
     return ctx.budget
