@@ -50,6 +50,9 @@ for p in (ROOT, ROOT / "benchmarks"):
 
 from machine_info import machine_info  # noqa: E402
 
+#: The full model is timed before every this many plans (the reference of the measured fractions).
+FULL_EVERY = 5
+
 OUT = ROOT / "benchmarks" / "results" / "latency_model.json"
 
 
@@ -95,20 +98,30 @@ def run_model(name: str, args: argparse.Namespace, target: Any) -> dict[str, Any
     plans = [random_counts(lm.sizes, rng, m) for _ in range(args.plans)]
     if not args.plan_multiple:
         plans = [lm.snap(c, tm) for c in plans]
-    # the full model is timed in the same rounds as the plans: the measured fraction of each plan
-    # is free of the machine's drift between the calibration and now
-    # ... and once more at the end: how far two timings of one model in one run differ (the noise)
-    # the most-pruned plan a search at the target's multiple reaches is timed too: its floor
+    # the full model is timed in the same rounds as the plans, before every FULL_EVERY plans and
+    # at the end: the measured fraction of each plan is taken against the median of those timings
+    # (free of the machine's drift between the calibration and now, and of one slow timing of the
+    # reference, which would shift every plan's fraction at once); their spread is the noise.
+    # The most-pruned plan a search at the target's multiple reaches is timed too: its floor
     floor = lm.floor_counts(tm)
-    measured = measure_plans(
-        model, graph, [{}, *plans, floor, {}], target, shape, seconds=args.seconds, clock=args.clock,
-        rounds=args.rounds,
+    order: list[dict[str, int]] = []
+    where: list[int] = []  # index of each plan (and then the floor) in the timed order
+    for i, c in enumerate([*plans, floor]):
+        if i % FULL_EVERY == 0:
+            order.append({})
+        where.append(len(order))
+        order.append(c)
+    order.append({})
+    timed = measure_plans(
+        model, graph, order, target, shape, seconds=args.seconds, clock=args.clock, rounds=args.rounds
     )  # fmt: skip
-    full_first, full_again = measured[0], measured.pop()
-    full_now = (full_first + full_again) / 2  # the reference: the mean of the two
+    fulls = [t for c, t in zip(order, timed, strict=True) if not c]
+    full_first, full_again = fulls[0], fulls[-1]
+    full_now = float(np.median(fulls))  # the reference
+    measured = [timed[j] for j in where]
     floor_ms = measured.pop()
     rows = []
-    for i, (counts, meas) in enumerate(zip(plans, measured[1:], strict=True)):
+    for i, (counts, meas) in enumerate(zip(plans, measured, strict=True)):
         pred = lm.predict_ms(counts)
         err = (pred - meas) / meas
         frac, meas_frac = lm.fraction(counts), meas / full_now
@@ -137,6 +150,8 @@ def run_model(name: str, args: argparse.Namespace, target: Any) -> dict[str, Any
         "full_measured_again_ms": round(full_again, 5),
         "full_measured_first_ms": round(full_first, 5),
         "noise_full_timed_twice": round(abs(full_again - full_first) / full_now, 4),
+        "full_timings_ms": [round(t, 5) for t in fulls],
+        "noise_full_spread": round((max(fulls) - min(fulls)) / full_now, 4),
         "floor_predicted_fraction": round(lm.fraction(floor), 4),
         "floor_measured_fraction": round(floor_ms / full_now, 4),
         "calibration": lm.info.get("calibration"),
