@@ -868,7 +868,7 @@ def _calibrate(model: Any, graph: Any, layers: list[Layer], tables: dict[str, La
     # the full model and the floor at the multiple weigh as much as all the random plans each:
     # budgets are fractions of the full model's latency, and the floor bounds what a budget can
     # ask; the fit goes (nearly) through both, the random plans (noisier, clustered) shape it in
-    #     # between. The one-channel plan weighs as one random plan: it widens a narrow range (on the
+    # between. The one-channel plan weighs as one random plan: it widens a narrow range (on the
     # demo ResNet, whose floor at x8 is 0.7 of its latency, the fit without it over-predicted
     # the searches' plans by about 10%), but one-channel widths cost more in context than their
     # tables (ResNet-18, MobileNetV2: 1.6x), and weighted like the ends it pulled the fit off the

@@ -64,7 +64,8 @@ def latency_budget(ctx: RunContext) -> Any:
     budget in ms (``--latency F`` times the original's measured latency), and the
     :class:`CostBudget` the method searches under (a fraction of the full model's predicted
     latency). A budget below what the most-pruned plan at the channel multiple is predicted to
-    reach (:meth:`~compressor.latency.LatencyModel.floor_counts`) searches at that floor: the timing then decides (a miss is exit 3 with the fastest reached)."""
+    reach (:meth:`~compressor.latency.LatencyModel.floor_counts`) searches at that floor: the
+    timing then decides (a miss is exit 3 with the fastest reached)."""
     from compressor.latency import build_latency_model
     from compressor.methods.spec import CostBudget
     from compressor.pipeline.stages import at_percentile, original_latency
