@@ -11,11 +11,13 @@ paid once, not once per layer). A plan's latency is then predicted as
 
 where the element term stands for the elementwise work between layers (activations, additions,
 pooling, layout reorders), which shrinks with the channels, and ``rest`` for the runtime's cost
-of a call. The three are fitted by non-negative least squares on end-to-end timings of the full
-model and the most-pruned plan (every group at one channel, so tight budgets are not an
-extrapolation), each weighted as much as all the others together (budgets are fractions of the
-full model's latency), and a few random plans, timed in interleaved rounds with one session
-alive at a time (a slow spell of a shared machine then falls on every plan alike).
+of a call. The three are fitted by weighted non-negative least squares on end-to-end timings of
+the full model (timed three times a round, the median kept) and the most-pruned plan a search at
+the target's multiple reaches (so tight budgets are not an extrapolation), each weighted as much
+as all the random plans together (budgets are fractions of the full model's latency), the plan
+with every group at one channel and a few random plans on the widths the searches keep, timed in
+interleaved rounds with one session alive at a time (a slow spell of a shared machine then falls
+on every plan alike).
 
 The runtime's own channel steps are read from the runtime, not timed: ONNX Runtime's CPU provider
 runs convolutions in a blocked layout (NCHWc) whose block (8 floats with AVX2, 16 with AVX-512)
@@ -670,7 +672,7 @@ def estimate_build(
     path = cache_dir(cache) / f"{key}.json"
     block = int(desc["channel_block"])
     n_layer = _timings(_table_grids(layers, grid_step(m, block), max_points, block)) * TABLE_PASSES + 3
-    n_plan = calib_plans + 2  # + the full model and the most-pruned plan
+    n_plan = calib_plans + 5  # + the full model (three times) and the two floors (see _calibrate)
     cached = path.is_file()
     seconds = n_layer * (seconds_per_point + LAYER_OVERHEAD_S) + n_plan * (CALIB_SECONDS + PLAN_OVERHEAD_S)
     return {
@@ -768,18 +770,22 @@ def measure_plans(model: Any, graph: Any, plans: list[Mapping[str, int]], target
     rounds = max(int(rounds), 1)
     runs: list[list[float]] = [[] for _ in plans]
     with tempfile.TemporaryDirectory(prefix="compressor-lat-") as td:
-        paths = []
+        paths: list[Path] = []
+        exported: dict[tuple[tuple[str, int], ...], Path] = {}  # a plan timed twice is exported once
         for i, counts in enumerate(plans):
             if progress is not None:
                 progress(i)
-            small = (
-                slim(model, graph.plan_from_counts(dict(counts), method="probe"), graph=graph)
-                if counts
-                else model
-            )
-            paths.append(Path(td) / f"m{i}.onnx")
-            export_onnx(small, paths[-1], input_shape=shape, opset=int(target.export.opset),
-                        dynamic_batch=False, simplify=True)  # fmt: skip
+            key = tuple(sorted((g, int(c)) for g, c in counts.items()))
+            if key not in exported:
+                small = (
+                    slim(model, graph.plan_from_counts(dict(counts), method="probe"), graph=graph)
+                    if counts
+                    else model
+                )
+                exported[key] = Path(td) / f"m{len(exported)}.onnx"
+                export_onnx(small, exported[key], input_shape=shape, opset=int(target.export.opset),
+                            dynamic_batch=False, simplify=True)  # fmt: skip
+            paths.append(exported[key])
         for _ in range(rounds):
             for i, path in enumerate(paths):
                 sess, _ = make_session(path, target.runtime)

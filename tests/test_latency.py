@@ -615,3 +615,37 @@ def test_halp_floor_gives_way_to_a_latency_budget(built: tuple) -> None:
         context=MethodContext(progress=False, budget=CostBudget("latency", 0.6, cost)),
     )  # fmt: skip
     assert easy.info["met"] and not easy.info["floor_relaxed"]
+
+
+def test_costbudget_snapped_keeps_within_the_budget() -> None:
+    """snapped raises counts to the free channels only when the raised plan still fits."""
+
+    def cost(c: dict) -> float:
+        return c["g"] / 100
+
+    raise_to_40 = lambda c: {"g": 40}  # noqa: E731
+    assert CostBudget("latency", 0.5, cost, snap=raise_to_40).snapped({"g": 30}) == {"g": 40}
+    assert CostBudget("latency", 0.35, cost, snap=raise_to_40).snapped({"g": 30}) == {"g": 30}
+    assert CostBudget("latency", 0.5, cost).snapped({"g": 30}) == {"g": 30}
+
+
+def test_measure_plans_exports_a_repeated_plan_once(built: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The full model timed three times (as the calibration does) is exported once, and each
+    timing is still reported in its place."""
+    import compressor.export as export
+
+    model, graph, target, _, _, lm = built
+    calls: list[object] = []
+    real = export.export_onnx
+
+    def counting(*a: object, **k: object) -> object:
+        calls.append(a[1])
+        return real(*a, **k)
+
+    monkeypatch.setattr(export, "export_onnx", counting)
+    half = {g: s // 2 for g, s in lm.sizes.items()}
+    from compressor.latency import measure_plans
+
+    ms = measure_plans(model, graph, [{}, half, {}, {}], target, SHAPE, seconds=0.05, rounds=1)
+    assert len(ms) == 4 and all(t > 0 for t in ms)
+    assert len(calls) == 2

@@ -304,10 +304,7 @@ def sample_under_budget(
         }
         counts = counts_for_cost(graph, budget.cost, budget.fraction, shape=drawn, multiple=multiple)
         counts = {g: int(counts.get(g, sizes[g])) for g in sizes}
-        if budget.snap is not None:
-            snapped = budget.snap(counts)
-            if budget.cost(snapped) <= budget.fraction:
-                counts = snapped
+        counts = budget.snapped(counts)
         c = float(budget.cost(counts))
         macs = graph.cost_of_counts(counts)
         cand = Strategy(

@@ -419,8 +419,7 @@ def search(
             from compressor.latency import counts_for_cost
 
             counts = counts_for_cost(graph, budget.cost, budget.fraction, shape=shape, multiple=o.multiple)
-            if budget.snap is not None:
-                counts = budget.snap(counts)
+            counts = budget.snapped(counts)
             info["budget"]["reached"] = float(budget.cost(counts))
             frac = info["flops"] = graph.cost_of_counts(counts).macs / graph.full.macs
         elif flops_target is not None and rescale and (o.multiple > 1 or not info["within_tolerance"]):

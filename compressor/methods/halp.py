@@ -112,10 +112,7 @@ def greedy_counts(graph: Any, budget: CostBudget, options: HalpOptions) -> tuple
         cur = float(budget.cost(counts))
     if cur <= budget.fraction:
         counts = refine_under(counts, budget.cost, budget.fraction, sizes, m)
-        if budget.snap is not None:  # channels that cost nothing (up to the runtime's next step)
-            snapped = budget.snap(counts)
-            if budget.cost(snapped) <= budget.fraction:
-                counts = snapped
+        counts = budget.snapped(counts)  # channels that cost nothing (up to the runtime's next step)
         cur = float(budget.cost(counts))
     return counts, cur, relaxed
 

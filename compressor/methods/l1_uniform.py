@@ -77,10 +77,7 @@ def search(
         from compressor.latency import counts_for_cost
 
         counts = counts_for_cost(graph, budget.cost, budget.fraction, multiple=options.multiple)
-        if budget.snap is not None:  # channels that cost nothing (up to the runtime's next step)
-            snapped = budget.snap(counts)
-            if budget.cost(snapped) <= budget.fraction:
-                counts = snapped
+        counts = budget.snapped(counts)  # channels that cost nothing (up to the runtime's next step)
         achieved = graph.cost_of_counts(counts).macs / graph.full.macs
         return graph.plan_from_counts(
             counts, method="l1-uniform", seed=seed, flops_achieved=achieved, multiple=options.multiple,

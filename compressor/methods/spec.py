@@ -53,6 +53,16 @@ class CostBudget:
     snap: Callable[[Mapping[str, int]], dict[str, int]] | None = None
     model: Any = None
 
+    def snapped(self, counts: Mapping[str, int]) -> dict[str, int]:
+        """``counts`` raised by :attr:`snap` (the channels that cost nothing) when that stays
+        within the budget, else unchanged."""
+        out = dict(counts)
+        if self.snap is not None:
+            raised = self.snap(out)
+            if self.cost(raised) <= self.fraction:
+                return raised
+        return out
+
 
 def flops_budget(graph: Any, fraction: float) -> CostBudget:
     """A FLOPs budget: ``cost`` is the analytic MACs of the counts over the full model's."""
